@@ -1,0 +1,1 @@
+"""The ``fastalign`` command line (see ``main.py``)."""

@@ -1,0 +1,12 @@
+"""`fastalign distill` (placeholder until its issue lands)."""
+
+
+def register(sub):
+    p = sub.add_parser("distill", help="(not yet available)")
+    p.set_defaults(func=_run)
+
+
+def _run(args):
+    from .main import CLIError
+
+    raise CLIError("'distill' is not available in this version yet")

@@ -1,0 +1,64 @@
+"""``fastalign`` command line: one module per subcommand.
+
+Each module in ``COMMANDS`` defines ``register(subparsers)``, which adds its
+parser and sets ``func(args) -> int``. Heavy imports happen inside ``func`` so
+that ``fastalign --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from .. import __version__
+
+# (module, command) in the order the help lists them.
+COMMANDS = [
+    ("run", "run"),
+    ("fit_teacher", "fit-teacher"),
+    ("make_triplets", "make-triplets"),
+    ("triplets_io", "export-triplets / import-triplets"),
+    ("distill", "distill"),
+    ("embed", "embed"),
+    ("evaluate", "evaluate"),
+    ("bench", "bench"),
+    ("info", "info"),
+]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastalign",
+        description="Fast human-aligned representation learning (AligNet) with fused triplet kernels.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastalign {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module, _ in COMMANDS:
+        importlib.import_module(f"{__package__}.{module}").register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        print(f"fastalign {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fastalign {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

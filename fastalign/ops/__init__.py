@@ -1,0 +1,25 @@
+"""One contract, one dispatch: validation, the backend registry and the
+``torch.library`` registration of the triplet ops."""
+
+from . import backends as _builtin_backends  # noqa: F401  (registers the built-in backends)
+from .affine import affine_transform, fold_affine
+from .registry import backends, register_backend
+from .triplet import (
+    odd_one_out_accuracy,
+    odd_one_out_probs,
+    triplet_distill_loss,
+    triplet_loss,
+    triplet_similarities,
+)
+
+__all__ = [
+    "affine_transform",
+    "backends",
+    "fold_affine",
+    "odd_one_out_accuracy",
+    "odd_one_out_probs",
+    "register_backend",
+    "triplet_distill_loss",
+    "triplet_loss",
+    "triplet_similarities",
+]
