@@ -1,0 +1,164 @@
+"""Read and write odd-one-out triplet tables.
+
+A triplet row ``(i, j, k)`` holds 0-based object (feature row) indices with the
+odd one out in column 2. A fourth column, when present, is a participant id.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from .atomic import atomic_save_npz, atomic_write, atomic_write_bytes
+
+PathLike = Union[str, os.PathLike]
+
+TRIPLET_FORMATS = (".txt", ".tsv", ".csv", ".npy", ".npz")
+
+
+@dataclass(frozen=True)
+class TripletTable:
+    """Triplets read from a file.
+
+    Attributes:
+        triplets: (k, 3) int64, column 2 the odd one out.
+        participants: (k,) int64 participant ids, or None when the file had 3 columns.
+    """
+
+    triplets: np.ndarray
+    participants: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return int(self.triplets.shape[0])
+
+
+def _as_table(arr: np.ndarray, name: str) -> TripletTable:
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or arr.shape[1] not in (3, 4):
+        raise ValueError(f"{name}: expected a (k, 3) or (k, 4) triplet table, got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        # Text files and some exports store indices as floats; accept only exact integers.
+        if not np.isfinite(arr).all() or not (arr == np.round(arr)).all():
+            row = int(np.argwhere(~np.isfinite(arr) | (arr != np.round(arr)))[0, 0])
+            raise ValueError(f"{name}: row {row} = {arr[row].tolist()} is not integer indices")
+    elif arr.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integer triplet indices, got dtype {arr.dtype}")
+    table = arr.astype(np.int64)
+    trip = np.ascontiguousarray(table[:, :3])
+    neg = (trip < 0).any(axis=1)
+    if neg.any():
+        row = int(np.flatnonzero(neg)[0])
+        raise ValueError(f"{name}: row {row} = {trip[row].tolist()} has a negative index")
+    rep = (trip[:, 0] == trip[:, 1]) | (trip[:, 0] == trip[:, 2]) | (trip[:, 1] == trip[:, 2])
+    if rep.any():
+        row = int(np.flatnonzero(rep)[0])
+        raise ValueError(f"{name}: row {row} = {trip[row].tolist()} repeats an object; a triplet needs 3 distinct objects")
+    part = np.ascontiguousarray(table[:, 3]) if table.shape[1] == 4 else None
+    return TripletTable(trip, part)
+
+
+def load_triplets(path: PathLike, key: Optional[str] = None) -> TripletTable:
+    """Load a triplet table.
+
+    Args:
+        path: whitespace text (``.txt``/``.tsv``; ``.csv`` comma-separated) or
+            ``.npy`` with 3 or 4 integer columns, or ``.npz`` with ``key`` (default
+            ``triplets``, plus an optional ``participants`` array).
+        key: array name inside an ``.npz``.
+
+    Returns a ``TripletTable``. Raises FileNotFoundError, or ValueError for an
+    unknown format, a wrong shape, non-integer or negative indices, or a row
+    that repeats an object (each naming the first bad row).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: triplet file not found")
+    suffix = p.suffix.lower()
+    name = str(p)
+    if suffix in (".txt", ".tsv", ".csv"):
+        try:
+            arr = np.loadtxt(p, dtype=np.float64, delimiter="," if suffix == ".csv" else None, ndmin=2)
+        except ValueError as exc:
+            raise ValueError(f"{name}: not a numeric triplet table: {exc}") from None
+        if arr.size == 0:
+            arr = np.zeros((0, 3), dtype=np.int64)
+        return _as_table(arr, name)
+    if suffix == ".npy":
+        return _as_table(np.load(p, allow_pickle=False), name)
+    if suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            k = key or "triplets"
+            if k not in z.files:
+                raise ValueError(f"{name}: no array {k!r}; available: {z.files}")
+            table = _as_table(z[k], name)
+            if "participants" in z.files and table.participants is None:
+                part = np.asarray(z["participants"]).astype(np.int64).reshape(-1)
+                if part.shape[0] != len(table):
+                    raise ValueError(f"{name}: participants has {part.shape[0]} entries, triplets {len(table)}")
+                table = TripletTable(table.triplets, part)
+            return table
+    raise ValueError(f"{name}: unknown triplet file format {p.suffix!r}; supported: {', '.join(TRIPLET_FORMATS)}")
+
+
+def check_triplets_fit(triplets: np.ndarray, n: int, name: str = "triplets") -> None:
+    """Raise ValueError naming the first row of ``triplets`` with an index outside [0, n).
+
+    Args:
+        triplets: (k, 3) integer array.
+        n: number of feature rows the triplets index into.
+        name: what to call the triplets in the message (e.g. the file name).
+    """
+    t = np.asarray(triplets)
+    if t.size == 0:
+        return
+    bad = ((t < 0) | (t >= n)).any(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{name}: row {row} = {t[row].tolist()} indexes past the {n} feature rows (valid indices 0..{n - 1})"
+        )
+
+
+def save_triplets_txt(path: PathLike, triplets: np.ndarray, participants: Optional[np.ndarray] = None) -> None:
+    """Write triplets (and optional participant ids) as whitespace text, atomically."""
+    table = _as_table(_stack(triplets, participants), str(path))
+    full = table.triplets if table.participants is None else np.column_stack([table.triplets, table.participants])
+    with atomic_write(path, "w") as fh:
+        np.savetxt(fh, full, fmt="%d", delimiter=" ")
+
+
+def save_triplets(path: PathLike, triplets: np.ndarray, participants: Optional[np.ndarray] = None) -> None:
+    """Write triplets atomically; the format follows the suffix (.txt/.tsv, .npy, .npz)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".txt", ".tsv"):
+        save_triplets_txt(path, triplets, participants)
+        return
+    table = _as_table(_stack(triplets, participants), str(path))
+    if suffix == ".npy":
+        import io
+
+        full = table.triplets if table.participants is None else np.column_stack([table.triplets, table.participants])
+        buf = io.BytesIO()
+        np.save(buf, full)
+        atomic_write_bytes(path, buf.getvalue())
+    elif suffix == ".npz":
+        arrays = {"triplets": table.triplets}
+        if table.participants is not None:
+            arrays["participants"] = table.participants
+        atomic_save_npz(path, **arrays)
+    else:
+        raise ValueError(f"{path}: unknown triplet file format {suffix!r}; supported: .txt, .tsv, .npy, .npz")
+
+
+def _stack(triplets: np.ndarray, participants: Optional[np.ndarray]) -> np.ndarray:
+    t = np.asarray(triplets)
+    if participants is None:
+        return t
+    p = np.asarray(participants).reshape(-1, 1)
+    if t.ndim != 2 or p.shape[0] != t.shape[0]:
+        raise ValueError(f"participants has {p.shape[0]} entries but triplets has shape {t.shape}")
+    return np.concatenate([t, p.astype(t.dtype) if t.dtype.kind in 'iu' else p], axis=1)

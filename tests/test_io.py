@@ -1,0 +1,281 @@
+"""fastalign.io: atomic writes, feature/triplet/transform files and their errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fastalign.io import (
+    atomic_save_npz,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    check_triplets_fit,
+    load_features,
+    load_transform,
+    load_triplets,
+    order_rows,
+    save_transform,
+    save_triplets,
+    save_triplets_txt,
+)
+from fastalign.teacher import AffineTransform
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+# ------------------------------------------------------------------ atomic
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "sub" / "f.txt"
+    atomic_write_text(target, "one")
+    atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    assert os.listdir(target.parent) == ["f.txt"]
+
+
+def test_atomic_write_exception_keeps_target(tmp_path):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as fh:
+            fh.write(b"new-partial")
+            raise RuntimeError("boom")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_atomic_json_and_npz(tmp_path):
+    atomic_write_json(tmp_path / "r.json", {"a": np.float32(1.5), "b": np.arange(3), "c": float("nan")})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1.5, "b": [0, 1, 2], "c": None}
+    x = _rng().standard_normal((4, 3))
+    atomic_save_npz(tmp_path / "a.npz", x=x)
+    with np.load(tmp_path / "a.npz") as z:
+        np.testing.assert_array_equal(z["x"], x)
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_write(tmp_path / "x", "a"):
+            pass
+
+
+# ------------------------------------------------------------------ features
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "npz_key", "pt", "pt_dict", "h5", "txt"])
+def test_load_features_formats(tmp_path, fmt):
+    x = _rng().standard_normal((7, 5)).astype(np.float32)
+    key = None
+    if fmt == "npy":
+        path = tmp_path / "f.npy"
+        np.save(path, x)
+    elif fmt == "npz":
+        path = tmp_path / "f.npz"
+        np.savez(path, anything=x)
+    elif fmt == "npz_key":
+        path = tmp_path / "f.npz"
+        np.savez(path, features=x, other=x[:2])
+    elif fmt == "pt":
+        path = tmp_path / "f.pt"
+        torch.save(torch.from_numpy(x), path)
+    elif fmt == "pt_dict":
+        path = tmp_path / "f.pt"
+        torch.save({"emb": torch.from_numpy(x), "ids": torch.arange(7)}, path)
+        key = "emb"
+    elif fmt == "h5":
+        h5py = pytest.importorskip("h5py")
+        path = tmp_path / "f.hdf5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("features", data=x)
+    else:
+        path = tmp_path / "f.txt"
+        np.savetxt(path, x, fmt="%.9g")
+    out = load_features(path, key=key)
+    assert out.shape == (7, 5) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, x)
+
+
+def test_load_features_ambiguous_npz_needs_key(tmp_path):
+    np.savez(tmp_path / "f.npz", a=np.zeros((2, 2)), b=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="pass key="):
+        load_features(tmp_path / "f.npz")
+    with pytest.raises(ValueError, match="no key 'c'"):
+        load_features(tmp_path / "f.npz", key="c")
+
+
+def test_load_features_nan_names_row(tmp_path):
+    x = np.ones((6, 3), dtype=np.float32)
+    x[4, 1] = np.nan
+    np.save(tmp_path / "f.npy", x)
+    with pytest.raises(ValueError, match="row 4"):
+        load_features(tmp_path / "f.npy")
+
+
+def test_load_features_unknown_format(tmp_path):
+    path = tmp_path / "f.parquet"
+    path.write_bytes(b"xx")
+    with pytest.raises(ValueError, match=r"f\.parquet.*unknown feature file format.*\.npy"):
+        load_features(path)
+
+
+def test_load_features_missing_and_bad_rank(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_features(tmp_path / "nope.npy")
+    np.save(tmp_path / "v.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="2-D"):
+        load_features(tmp_path / "v.npy")
+
+
+def test_file_names_count_and_order(tmp_path):
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.save(tmp_path / "f.npy", x)
+    names = ["zebra/zebra_01b.jpg", "ant/ant_01b.jpg", "ant/ant_02s.jpg", "cat/cat_01b.jpg"]
+    (tmp_path / "file_names.txt").write_text("\n".join(names) + "\n")
+    out = load_features(tmp_path / "f.npy", file_names=tmp_path / "file_names.txt", order=["ant", "cat", "zebra"])
+    np.testing.assert_array_equal(out, x[[1, 3, 0]])
+    np.testing.assert_array_equal(order_rows(names, ["cat/cat_01b.jpg", "ant_02s"]), [3, 2])
+    with pytest.raises(ValueError, match="'dog'"):
+        order_rows(names, ["dog"])
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match="lists 2 names but .* 4 feature rows"):
+        load_features(tmp_path / "f.npy", file_names=tmp_path / "short.txt")
+
+
+# ------------------------------------------------------------------ triplets
+
+
+def test_triplets_text_and_npy_round_trip(tmp_path):
+    t = _rng().integers(0, 50, size=(20, 3))
+    t = t[(t[:, 0] != t[:, 1]) & (t[:, 0] != t[:, 2]) & (t[:, 1] != t[:, 2])]
+    part = np.arange(len(t)) % 3
+    save_triplets_txt(tmp_path / "t.txt", t)
+    tab = load_triplets(tmp_path / "t.txt")
+    assert tab.triplets.dtype == np.int64 and tab.participants is None
+    np.testing.assert_array_equal(tab.triplets, t)
+    for name in ("p.txt", "p.npy", "p.npz"):
+        save_triplets(tmp_path / name, t, part)
+        tab = load_triplets(tmp_path / name)
+        np.testing.assert_array_equal(tab.triplets, t)
+        np.testing.assert_array_equal(tab.participants, part)
+    np.save(tmp_path / "three.npy", t.astype(np.int32))
+    np.testing.assert_array_equal(load_triplets(tmp_path / "three.npy").triplets, t)
+
+
+def test_triplets_bad_inputs(tmp_path):
+    (tmp_path / "bad.txt").write_text("0 1 2\n3 4\n")
+    with pytest.raises(ValueError, match="bad.txt"):
+        load_triplets(tmp_path / "bad.txt")
+    np.save(tmp_path / "w.npy", np.zeros((3, 5), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"\(k, 3\) or \(k, 4\)"):
+        load_triplets(tmp_path / "w.npy")
+    (tmp_path / "rep.txt").write_text("0 1 2\n5 5 6\n")
+    with pytest.raises(ValueError, match="row 1 .* repeats"):
+        load_triplets(tmp_path / "rep.txt")
+    (tmp_path / "neg.txt").write_text("0 1 2\n0 -1 6\n")
+    with pytest.raises(ValueError, match="row 1 .* negative"):
+        load_triplets(tmp_path / "neg.txt")
+    (tmp_path / "frac.txt").write_text("0 1 2.5\n")
+    with pytest.raises(ValueError, match="row 0 .* not integer"):
+        load_triplets(tmp_path / "frac.txt")
+    (tmp_path / "t.json").write_text("[]")
+    with pytest.raises(ValueError, match="unknown triplet file format"):
+        load_triplets(tmp_path / "t.json")
+
+
+def test_check_triplets_fit_names_first_bad_row():
+    t = np.array([[0, 1, 2], [3, 4, 5], [9, 10, 1], [11, 0, 1]])
+    check_triplets_fit(t, 12, "ok")
+    with pytest.raises(ValueError, match=r"tr\.txt: row 2 = \[9, 10, 1\] indexes past the 10 feature rows"):
+        check_triplets_fit(t, 10, "tr.txt")
+
+
+# ------------------------------------------------------------------ transforms
+
+
+def _random_transform(d=6, d_out=None, bias=True, per_dim=False, seed=0, calibrated=False):
+    rng = _rng(seed)
+    x = rng.standard_normal((30, d)).astype(np.float32) * 3 + 1
+    t = AffineTransform.from_features(x, per_dim=per_dim, dim_out=d_out, bias=bias)
+    with torch.no_grad():
+        t.weight.copy_(torch.from_numpy(rng.standard_normal(t.weight.shape).astype(np.float32)))
+        if bias:
+            t.bias.copy_(torch.from_numpy(rng.standard_normal(t.bias.shape).astype(np.float32)))
+    if calibrated:
+        t.set_temperature(0.731)
+    return t, x
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+@pytest.mark.parametrize("kind", ["scalar", "per_dim", "rect_nobias", "calibrated"])
+def test_transform_round_trip_bit_exact(tmp_path, suffix, kind):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    t, x = _random_transform(
+        d_out=4 if kind == "rect_nobias" else None,
+        bias=kind != "rect_nobias",
+        per_dim=kind == "per_dim",
+        calibrated=kind == "calibrated",
+    )
+    path = tmp_path / f"transform{suffix}"
+    save_transform(path, t)
+    u = load_transform(path)
+    for k, v in t.to_arrays().items():
+        w = u.to_arrays()[k]
+        assert v.dtype == w.dtype and v.shape == w.shape
+        np.testing.assert_array_equal(v, w)
+    assert ("temperature" in u.to_arrays()) == (kind == "calibrated")
+    xt = torch.from_numpy(x)
+    assert torch.equal(t(xt), u(xt))
+
+
+def test_transform_npz_has_glocal_keys(tmp_path):
+    t, _ = _random_transform(calibrated=True)
+    save_transform(tmp_path / "transform.npz", t)
+    with np.load(tmp_path / "transform.npz") as z:
+        assert set(z.files) == {"weights", "bias", "mean", "std", "temperature"}
+        assert z["weights"].shape == (6, 6) and z["bias"].shape == (6,)
+        assert z["mean"].shape == () and z["std"].shape == ()
+    # Loading a directory finds transform.npz.
+    assert load_transform(tmp_path).dim_in == 6
+
+
+def test_load_glocal_style_file(tmp_path):
+    """A gLocal transform: weights/bias/mean/std; applying it matches the numpy formula."""
+    rng = _rng(3)
+    w, b = rng.standard_normal((5, 5)), rng.standard_normal(5)
+    mean, std = np.float64(0.3), np.float64(2.5)
+    np.savez(tmp_path / "g.npz", weights=w, bias=b, mean=mean, std=std)
+    t = load_transform(tmp_path / "g.npz")
+    x = rng.standard_normal((8, 5))
+    np.testing.assert_allclose(t.transform(x), ((x - mean) / std) @ w + b, rtol=1e-12, atol=1e-12)
+
+
+def test_transform_dim_mismatch_and_bad_files(tmp_path):
+    t, _ = _random_transform(d=6)
+    save_transform(tmp_path / "t.npz", t)
+    with pytest.raises(ValueError, match="transform expects D=6, features have D=5"):
+        load_transform(tmp_path / "t.npz", dim_in=5)
+    with pytest.raises(ValueError, match="transform expects D=6, features have D=5"):
+        t(torch.zeros(2, 5))
+    np.savez(tmp_path / "bad.npz", weights=np.zeros((4, 3)), bias=np.zeros(4))
+    with pytest.raises(ValueError, match=r"'bias' must have shape \(3,\)"):
+        load_transform(tmp_path / "bad.npz")
+    np.savez(tmp_path / "nomat.npz", W=np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="missing 'weights'"):
+        load_transform(tmp_path / "nomat.npz")
+    np.savez(tmp_path / "badstd.npz", weights=np.zeros((4, 4)), std=np.ones(3))
+    with pytest.raises(ValueError, match="'std' must be a scalar or shape"):
+        load_transform(tmp_path / "badstd.npz")
+    (tmp_path / "t.pkl").write_bytes(b"x")
+    with pytest.raises(ValueError, match="unknown transform file format"):
+        load_transform(tmp_path / "t.pkl")
+    with pytest.raises(ValueError, match="unknown transform file format"):
+        save_transform(tmp_path / "t.pkl", t)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.npz"):
+        load_transform(tmp_path / "junk.npz")
