@@ -44,18 +44,21 @@ def hard_loss64(emb, triplets, odd=None, temperature=1.0, similarity="dot", redu
 def distill_loss64(emb, triplets, target_probs=None, target_sims=None, teacher_temperature=1.0, temperature=1.0,
                    divergence="kl", similarity="dot", reduction="mean", weight=None):
     s = sims64(emb, triplets, similarity) / temperature
-    q = torch.softmax(s, dim=1)
+    # log q from log_softmax stays finite where q itself underflows (T = 0.01).
+    logq = torch.log_softmax(s, dim=1)
     if target_sims is not None:
         p = torch.softmax(target_sims.double() / teacher_temperature, dim=1)
     else:
         p = target_probs.double()
-    def kl(x, y):  # sum x log(x / y) with 0 log 0 = 0
-        return torch.where(x > 0, x * (torch.log(x) - torch.log(y)), torch.zeros_like(x)).sum(1)
+    pos = p > 0
+    logp = torch.where(pos, torch.log(torch.where(pos, p, torch.ones_like(p))), torch.full_like(p, float("-inf")))
+    plogp = torch.where(pos, p * logp, torch.zeros_like(p))  # 0 log 0 = 0
     if divergence == "kl":
-        per = kl(p, q)
+        per = (plogp - torch.where(pos, p * logq, torch.zeros_like(p))).sum(1)
     else:
-        m = 0.5 * (p + q)
-        per = 0.5 * kl(p, m) + 0.5 * kl(q, m)
+        logm = torch.logaddexp(logp, logq) - torch.log(torch.tensor(2.0, dtype=torch.float64))
+        q = logq.exp()
+        per = 0.5 * (plogp - torch.where(pos, p * logm, torch.zeros_like(p))).sum(1) + 0.5 * (q * (logq - logm)).sum(1)
     return _reduce(per, weight, reduction)
 
 

@@ -1,0 +1,120 @@
+"""Bad input gets a clear error on every backend, never a crash or garbage."""
+
+import pytest
+import torch
+
+import fastalign
+from backends import backend_params, random_problem
+
+
+def _calls(emb, trip, backend, **kw):
+    p = torch.full((trip.shape[0], 3), 1 / 3)
+    return [
+        lambda: fastalign.triplet_similarities(emb, trip, backend=backend),
+        lambda: fastalign.odd_one_out_probs(emb, trip, backend=backend),
+        lambda: fastalign.triplet_loss(emb, trip, backend=backend, **kw),
+        lambda: fastalign.triplet_distill_loss(emb, trip, target_probs=p, backend=backend, **kw),
+        lambda: fastalign.odd_one_out_accuracy(emb, trip, backend=backend),
+    ]
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("bad", [-1, 40, 10**12])
+def test_out_of_range_index_names_the_row(backend, bad):
+    emb, trip = random_problem(n=40)
+    trip[17, 1] = bad
+    for call in _calls(emb, trip, backend):
+        with pytest.raises(ValueError, match=r"row 17 .* outside \[0, 40\)"):
+            call()
+
+
+@pytest.mark.parametrize(
+    "emb, trip, exc, match",
+    [
+        (torch.randn(4, 3), torch.zeros(5, 2, dtype=torch.long), ValueError, r"shape \(B, 3\)"),
+        (torch.randn(4, 3), torch.zeros(5, 3, 1, dtype=torch.long), ValueError, r"shape \(B, 3\)"),
+        (torch.randn(4, 3), torch.zeros(5, 3), TypeError, "int32 or int64"),
+        (torch.randn(4), torch.zeros(5, 3, dtype=torch.long), ValueError, r"2-D \(N, D\)"),
+        (torch.randint(0, 3, (4, 3)), torch.zeros(5, 3, dtype=torch.long), TypeError, "float64/float32"),
+        (torch.randn(4, 0), torch.zeros(5, 3, dtype=torch.long), ValueError, "D >= 1"),
+        ([[1.0]], torch.zeros(5, 3, dtype=torch.long), TypeError, "torch.Tensor"),
+    ],
+)
+def test_shapes_and_dtypes(emb, trip, exc, match):
+    for call in _calls(emb, trip, None):
+        with pytest.raises(exc, match=match):
+            call()
+
+
+def test_device_mismatch():
+    emb = torch.randn(4, 3, device="meta")
+    with pytest.raises(ValueError, match="move both to one device"):
+        fastalign.triplet_loss(emb, torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_bad_target_probs(backend):
+    emb, trip = random_problem()
+    b = trip.shape[0]
+    good = torch.full((b, 3), 1 / 3)
+    cases = {
+        "negative": good.clone().index_put_((torch.tensor([4]), torch.tensor([0])), torch.tensor(-0.1)),
+        "nan": good.clone().index_put_((torch.tensor([4]), torch.tensor([1])), torch.tensor(float("nan"))),
+        "sum": good.clone().index_put_((torch.tensor([4]), torch.tensor([2])), torch.tensor(0.9)),
+    }
+    for name, p in cases.items():
+        with pytest.raises(ValueError, match="target_probs row 4"):
+            fastalign.triplet_distill_loss(emb, trip, target_probs=p, backend=backend)
+    with pytest.raises(ValueError, match=r"target_probs must have shape"):
+        fastalign.triplet_distill_loss(emb, trip, target_probs=good[:-1], backend=backend)
+    with pytest.raises(ValueError, match="exactly one"):
+        fastalign.triplet_distill_loss(emb, trip, backend=backend)
+    with pytest.raises(ValueError, match="exactly one"):
+        fastalign.triplet_distill_loss(emb, trip, target_probs=good, target_sims=good, backend=backend)
+
+
+@pytest.mark.parametrize("t", [0, -1.0, float("nan"), float("inf")])
+def test_bad_temperature(t):
+    emb, trip = random_problem()
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        fastalign.triplet_loss(emb, trip, temperature=t)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        fastalign.triplet_distill_loss(emb, trip, target_sims=torch.zeros(trip.shape[0], 3), teacher_temperature=t)
+    with pytest.raises(ValueError):
+        fastalign.TripletLoss(temperature=t)
+
+
+def test_bad_options():
+    emb, trip = random_problem()
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        fastalign.triplet_loss(emb, trip, reduction="avg")
+    with pytest.raises(ValueError, match="similarity must be one of"):
+        fastalign.triplet_loss(emb, trip, similarity="l2")
+    with pytest.raises(ValueError, match="divergence must be one of"):
+        fastalign.TripletDistillLoss(divergence="ce")
+    with pytest.raises(ValueError, match="unknown backend"):
+        fastalign.triplet_loss(emb, trip, backend="tpu")
+    with pytest.raises(ValueError, match="triplet position"):
+        fastalign.triplet_loss(emb, trip, odd=torch.full((trip.shape[0],), 5))
+    with pytest.raises(ValueError, match=r"weight must have shape"):
+        fastalign.triplet_loss(emb, trip, weight=torch.ones(3))
+
+
+def test_unavailable_backend_says_why(monkeypatch):
+    report = fastalign.backends()
+    assert set(report["backends"]) >= {"torch", "cpu", "triton", "cuda"}
+    for name, info in report["backends"].items():
+        assert info["available"] or info["reason"], name
+    if not report["backends"]["cuda"]["available"]:
+        emb, trip = random_problem()
+        with pytest.raises((ValueError, RuntimeError)):
+            fastalign.triplet_loss(emb, trip, backend="cuda")
+
+
+def test_env_var_selects_backend(monkeypatch):
+    emb, trip = random_problem()
+    monkeypatch.setenv("FASTALIGN_BACKEND", "nonexistent")
+    with pytest.raises(ValueError, match="unknown backend 'nonexistent'"):
+        fastalign.triplet_loss(emb, trip)
+    monkeypatch.setenv("FASTALIGN_BACKEND", "torch")
+    assert torch.isfinite(fastalign.triplet_loss(emb, trip))
