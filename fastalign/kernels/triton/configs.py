@@ -1,0 +1,66 @@
+"""Block shapes for the Triton kernels: autotuned on a GPU, fixed elsewhere.
+
+- Under ``TRITON_INTERPRET=1`` ``triton.autotune`` can hold only ONE config
+  (it would otherwise "benchmark" configs through the interpreter), so a single
+  small config is used there.
+- Deterministic mode never autotunes: the summation order depends on the block
+  shape, and timing-based tuning may pick a different shape in another process,
+  which would break bitwise reproducibility across runs. It uses the fixed
+  shapes of ``fixed_rows`` / ``fixed_segment``, chosen from D alone.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# (BLOCK_T, BLOCK_D, num_warps): tiles of BLOCK_T triplets x BLOCK_D columns.
+# Small D wants many triplets per tile, large D wide column blocks.
+_GPU_ROW_SHAPES = (
+    (1, 256, 2), (1, 512, 4), (1, 1024, 8),
+    (2, 256, 4), (2, 512, 4),
+    (4, 128, 4), (4, 256, 4), (4, 256, 8),
+    (8, 64, 4), (8, 128, 4),
+    (16, 32, 4), (16, 64, 4), (32, 32, 4),
+)
+_INTERPRET_ROWS = triton.Config({"BLOCK_T": 8, "BLOCK_D": 32}, num_warps=1)
+
+
+def row_configs() -> List[triton.Config]:
+    """Autotune configs of the per-triplet kernels (keyed on D)."""
+    if INTERPRET:
+        return [_INTERPRET_ROWS]
+    return [
+        triton.Config({"BLOCK_T": t, "BLOCK_D": d}, num_warps=w, num_stages=s)
+        for t, d, w in _GPU_ROW_SHAPES
+        for s in (2, 3)
+    ]
+
+
+def prune_row_configs(configs, named_args, **kwargs):
+    """Drop column blocks much wider than D (all-masked lanes do no work)."""
+    d = named_args["D"] if "D" in named_args else kwargs["D"]
+    cap = max(32, triton.next_power_of_2(d))
+    kept = [c for c in configs if c.kwargs["BLOCK_D"] <= cap]
+    return kept or configs[:1]
+
+
+def fixed_rows(d: int) -> Dict[str, int]:
+    """Deterministic-mode block shape of the per-triplet kernels (launch kwargs)."""
+    if INTERPRET:
+        return {"BLOCK_T": 8, "BLOCK_D": 32, "num_warps": 1}
+    block_d = min(256, max(32, triton.next_power_of_2(d)))
+    block_t = max(1, 1024 // block_d)
+    return {"BLOCK_T": min(block_t, 16), "BLOCK_D": block_d, "num_warps": 4}
+
+
+def fixed_segment(d: int) -> Dict[str, int]:
+    """Block shape of the segmented-reduction kernel (entries x columns)."""
+    if INTERPRET:
+        return {"BLOCK_E": 4, "BLOCK_D": 32, "num_warps": 1}
+    block_d = min(256, max(32, triton.next_power_of_2(d)))
+    return {"BLOCK_E": 8, "BLOCK_D": block_d, "num_warps": 4}
