@@ -1,0 +1,375 @@
+"""Distillation configuration: dataclasses, filled from TOML and ``--set key=value``.
+
+Every field has a default; a TOML file and command-line overrides change
+only what they name. An unknown key or a value of the wrong type raises
+``ValueError`` naming the dotted key (``optim.lr``), never a traceback deep in
+the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+
+@dataclass
+class StudentConfig:
+    """What to train.
+
+    Attributes:
+        kind: "features" (``FeatureStudent``: frozen feature rows + trainable head),
+            "timm" or "open_clip" (image backbones, when installed), or "module"
+            (``module`` names a factory ``"pkg.mod:fn"`` returning an ``nn.Module``).
+        features: for "features": an ``.npy`` path or ``"things:<name>"`` for the
+            bundled THINGS features (``things:word2vec``).
+        head: "linear", "mlp" or "none" (AligNet: a new Linear(D, 1024)).
+        head_dim: output width of the head; 0 keeps the backbone width D.
+        hidden_dim: hidden width of the "mlp" head.
+        head_init: "random" (PyTorch default init) or "identity" (rectangular
+            identity weight, zero bias: training starts at the backbone's features).
+        dropout: dropout before the head (0 = off).
+        model_name: timm / open_clip architecture name.
+        weights: local path of pretrained weights (never downloaded).
+        pooling: "cls", "avg" or "map" for timm / open_clip.
+        module: ``"pkg.mod:factory"`` for kind "module".
+    """
+
+    kind: str = "features"
+    features: str = ""
+    head: str = "linear"
+    head_dim: int = 1024
+    hidden_dim: int = 1024
+    head_init: str = "random"
+    dropout: float = 0.0
+    model_name: str = ""
+    weights: str = ""
+    pooling: str = "avg"
+    module: str = ""
+
+
+@dataclass
+class DataConfig:
+    """Where the triplets and the items come from.
+
+    Attributes:
+        source: "store" (a triplet store written by ``make-triplets``) or "dense"
+            (triplet-dense sampling: ``dense_items`` items per step and
+            ``train.batch_triplets`` triplets among them, labelled on the fly
+            by the teacher embeddings).
+        store: triplet store path (source "store").
+        val_store: held-out triplet store (the validation split), optional.
+        teacher_embeddings: (N, Dt) ``.npy`` of teacher embeddings (source "dense"),
+            e.g. the transformed teacher features.
+        teacher_similarity: "dot" or "cosine" for labelling dense triplets.
+        dense_items: distinct items embedded per step and rank in dense mode;
+            the step's ``train.batch_triplets`` triplets are drawn among them.
+        items: "features" (rows of the student's feature matrix) or "images".
+        image_root: directory the image ``file_names`` are relative to.
+        file_names: text file, one image path per line; "" uses the store
+            manifest's ``file_names``.
+        image_size: side of the square crop fed to the student.
+        mean, std: per-channel normalisation; empty uses the model's own.
+        num_workers: DataLoader workers (image decoding).
+        shuffle: shuffle the store each epoch.
+    """
+
+    source: str = "store"
+    store: str = ""
+    val_store: str = ""
+    teacher_embeddings: str = ""
+    teacher_similarity: str = "dot"
+    dense_items: int = 512
+    items: str = "features"
+    image_root: str = ""
+    file_names: str = ""
+    image_size: int = 224
+    mean: List[float] = field(default_factory=list)
+    std: List[float] = field(default_factory=list)
+    num_workers: int = 0
+    shuffle: bool = True
+
+
+@dataclass
+class LossConfig:
+    """The objective.
+
+    Attributes:
+        divergence: "jsd" (AligNet) or "kl".
+        temperature: student softmax temperature (AligNet: 100).
+        teacher_temperature: temperature turning teacher similarities into
+            probabilities; unset uses the store manifest's ``temperature`` (else 1).
+        similarity: "dot" (AligNet) or "cosine".
+        human_triplets: hard human triplets mixed in: ``.txt`` path (THINGS
+            format, column 2 the odd one out) or ``"things:<split>"``; "" = none.
+        human_weight: weight of the hard human loss.
+        human_batch: human triplets drawn per step.
+        human_temperature: temperature of the hard loss.
+        backend: triplet op backend (None = auto).
+    """
+
+    divergence: str = "jsd"
+    temperature: float = 100.0
+    teacher_temperature: Optional[float] = None
+    similarity: str = "dot"
+    human_triplets: str = ""
+    human_weight: float = 0.0
+    human_batch: int = 0
+    human_temperature: float = 1.0
+    backend: Optional[str] = None
+
+
+@dataclass
+class OptimConfig:
+    """Adam with decay toward the initial weights, warmup then cosine.
+
+    Attributes:
+        lr: peak learning rate (AligNet: 3e-5).
+        betas: Adam betas.
+        eps: Adam epsilon.
+        weight_decay: decay-to-init strength ``wd`` in
+            ``theta <- theta - lr * (adam_update + wd * (theta - theta0))``.
+        warmup_steps: linear warmup from 0 to ``lr``.
+        min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+        clip_grad_norm: global gradient-norm clip; 0 disables.
+    """
+
+    lr: float = 3e-5
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 1.0
+    warmup_steps: int = 5000
+    min_lr_ratio: float = 0.0
+    clip_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """The loop.
+
+    Attributes:
+        steps: optimiser steps in total (AligNet: 100k).
+        batch_triplets: triplets per step over all ranks (AligNet: 512).
+        micro_batch: items embedded per forward; bounds activation memory.
+        step_mode: "two_pass" (gradient caching) or "single" (one autograd pass;
+            only sensible for cheap students such as ``FeatureStudent``).
+        amp: "none" or "bf16" autocast.
+        activation_checkpointing: recompute activations in backward.
+        seed: seeds the initialisation, the data order and dropout.
+        device: "auto", "cpu" or "cuda".
+        distributed: "auto" (DDP when launched by torchrun), "ddp", "fsdp" or "none".
+        out_dir: checkpoints, metrics, curves and the report go here.
+        log_every, eval_every, ckpt_every: periods in steps (0 disables eval).
+        keep_last: checkpoints kept.
+        progress: show a tqdm bar (when installed).
+        resume: continue from the newest checkpoint in ``out_dir``.
+    """
+
+    steps: int = 1000
+    batch_triplets: int = 512
+    micro_batch: int = 128
+    step_mode: str = "two_pass"
+    amp: str = "none"
+    activation_checkpointing: bool = False
+    seed: int = 0
+    device: str = "auto"
+    distributed: str = "auto"
+    out_dir: str = "distill-out"
+    log_every: int = 10
+    eval_every: int = 0
+    ckpt_every: int = 500
+    keep_last: int = 3
+    progress: bool = True
+    resume: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation.
+
+    Attributes:
+        human_triplets: human triplets to score accuracy on (path or
+            ``"things:test_10"``); "" = none.
+        val_batches: batches of ``data.val_store`` (or of held-out dense
+            triplets) to evaluate.
+        batch: triplets per evaluation batch.
+    """
+
+    human_triplets: str = ""
+    val_batches: int = 8
+    batch: int = 4096
+
+
+@dataclass
+class DistillConfig:
+    """All settings of one distillation run (see the section classes)."""
+
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "DistillConfig":
+        """Check option values; raise ``ValueError`` naming the key."""
+        _choice("student.kind", self.student.kind, ("features", "timm", "open_clip", "module"))
+        _choice("student.head", self.student.head, ("linear", "mlp", "none"))
+        _choice("student.head_init", self.student.head_init, ("random", "identity"))
+        _choice("student.pooling", self.student.pooling, ("cls", "avg", "map"))
+        _choice("data.source", self.data.source, ("store", "dense"))
+        _choice("data.items", self.data.items, ("features", "images"))
+        _choice("data.teacher_similarity", self.data.teacher_similarity, ("dot", "cosine"))
+        _choice("loss.divergence", self.loss.divergence, ("kl", "jsd"))
+        _choice("loss.similarity", self.loss.similarity, ("dot", "cosine"))
+        _choice("train.step_mode", self.train.step_mode, ("two_pass", "single"))
+        _choice("train.amp", self.train.amp, ("none", "bf16"))
+        _choice("train.device", self.train.device, ("auto", "cpu", "cuda"))
+        _choice("train.distributed", self.train.distributed, ("auto", "ddp", "fsdp", "none"))
+        for key, value in (("loss.temperature", self.loss.temperature), ("optim.eps", self.optim.eps),
+                           ("loss.human_temperature", self.loss.human_temperature)):
+            _positive(key, value)
+        if self.loss.teacher_temperature is not None:
+            _positive("loss.teacher_temperature", self.loss.teacher_temperature)
+        for key, value in (("train.steps", self.train.steps), ("train.batch_triplets", self.train.batch_triplets),
+                           ("train.micro_batch", self.train.micro_batch), ("train.log_every", self.train.log_every),
+                           ("train.ckpt_every", self.train.ckpt_every), ("train.keep_last", self.train.keep_last),
+                           ("data.dense_items", self.data.dense_items), ("eval.batch", self.eval.batch)):
+            _positive(key, value)
+        for key, value in (("optim.lr", self.optim.lr), ("optim.weight_decay", self.optim.weight_decay),
+                           ("optim.warmup_steps", self.optim.warmup_steps),
+                           ("optim.clip_grad_norm", self.optim.clip_grad_norm),
+                           ("loss.human_weight", self.loss.human_weight), ("loss.human_batch", self.loss.human_batch),
+                           ("train.eval_every", self.train.eval_every), ("eval.val_batches", self.eval.val_batches),
+                           ("student.dropout", self.student.dropout), ("student.head_dim", self.student.head_dim),
+                           ("data.num_workers", self.data.num_workers)):
+            if value < 0:
+                raise ValueError(f"{key} must be >= 0, got {value!r}")
+        if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.optim.min_lr_ratio!r}")
+        if len(self.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.optim.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.optim.betas!r}")
+        if self.student.dropout >= 1.0:
+            raise ValueError(f"student.dropout must be < 1, got {self.student.dropout!r}")
+        if self.data.source == "dense" and self.data.dense_items < 3:
+            raise ValueError("data.dense_items must be >= 3 (a triplet needs three distinct items)")
+        if self.loss.human_weight > 0 and (not self.loss.human_triplets or self.loss.human_batch == 0):
+            raise ValueError("loss.human_weight > 0 needs loss.human_triplets and loss.human_batch > 0")
+        if len(self.data.mean) not in (0, 3) or len(self.data.std) not in (0, 3):
+            raise ValueError("data.mean and data.std must be empty or have 3 entries")
+        return self
+
+
+def _choice(key: str, value: str, options: Sequence[str]) -> None:
+    if value not in options:
+        raise ValueError(f"{key} must be one of {', '.join(map(repr, options))}, got {value!r}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{key} must be > 0, got {value!r}")
+
+
+def _convert(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field annotation; ints are accepted for floats."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(key, value, inner[0])
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {type(value).__name__} {value!r}")
+        return [_convert(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key} must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {annotation!r} for {key}")  # pragma: no cover
+
+
+def _build(cls, data: Mapping[str, Any], prefix: str):
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown config key {prefix}{unknown[0]!s} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _convert(f"{prefix}{name}", value, hint)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> DistillConfig:
+    """Build and validate a ``DistillConfig`` from nested dicts (TOML layout)."""
+    return _build(DistillConfig, data, "").validate()
+
+
+def parse_override(text: str) -> tuple:
+    """Parse ``"section.key=value"``; the value is TOML (bare words are strings)."""
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as jsd or /path/to/store
+    return key, value
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``--set`` overrides to a nested dict (in place) and return it."""
+    for text in overrides:
+        key, value = parse_override(text)
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"config key {key}: {part} is not a table")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> DistillConfig:
+    """Read a TOML file (optional), apply ``--set`` overrides, validate."""
+    data: Dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_dict(apply_overrides(data, overrides))

@@ -1,0 +1,79 @@
+"""Export a trained student's embeddings (``fastalign embed``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, load_model_state
+from .config import config_from_dict
+from .data import ImageItems
+from .student import build_student, image_preprocess, load_feature_matrix
+
+
+def embed_checkpoint(checkpoint: Union[str, Path], *, features: Optional[str] = None,
+                     image_root: Optional[str] = None, file_names: Optional[List[str]] = None,
+                     micro_batch: int = 256, device: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
+    """Embed items with the student of a checkpoint.
+
+    Args:
+        checkpoint: a checkpoint directory, or a run directory (its newest checkpoint).
+        features: for a "features" student, the (N, D) ``.npy`` (or ``things:<name>``)
+            to map through the trained head; default: the training features.
+        image_root, file_names: for an image student, the images to embed.
+        micro_batch: items per forward.
+        device: "cpu" or "cuda".
+
+    Returns:
+        ``(emb, ok)``: float32 (N, D') embeddings (zero rows for images that
+        failed to load) and the (N,) bool mask of rows that loaded.
+    """
+    from .loop import embed_items
+
+    ckpt = load_checkpoint(Path(checkpoint), weights_only=True)
+    cfg = config_from_dict(ckpt.state["config"])
+    feats = None
+    if cfg.student.kind == "features":
+        if file_names is not None:
+            raise ValueError("this checkpoint's student reads features, not images: pass --features")
+        feats = load_feature_matrix(features or cfg.student.features)
+    elif features is not None:
+        raise ValueError(f"this checkpoint's student is a {cfg.student.kind!r} image model: pass --images")
+    student = build_student(cfg.student, feats)
+    load_model_state(student, ckpt.model, f"checkpoint {ckpt.path}")
+    student.to(torch.device(device))
+    if feats is not None:
+        items = torch.arange(feats.shape[0])
+        images = None
+    else:
+        if not file_names:
+            raise ValueError("give the images to embed (--images ROOT --file-names LIST)")
+        size, mean, std = image_preprocess(cfg.student, student)
+        images = ImageItems(image_root or "", file_names, cfg.data.image_size or size,
+                            cfg.data.mean or mean, cfg.data.std or std)
+        items = torch.arange(len(file_names))
+    emb, ok = embed_items(student, items, micro_batch, images)
+    return emb.cpu().numpy().astype(np.float32), ok.numpy()
+
+
+def save_npy_atomic(path: Union[str, Path], array: np.ndarray) -> None:
+    """``np.save`` to a temporary file, fsync, rename."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,171 @@
+"""Observability: NVTX ranges, metrics files (JSONL + CSV, TensorBoard when
+installed), the progress bar and the PNG of training curves."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+
+
+@contextlib.contextmanager
+def nvtx_range(name: str) -> Iterator[None]:
+    """An NVTX range on CUDA (so a GPU profile shows the phases); no-op on CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.nvtx.range_push(name)
+        try:
+            yield
+        finally:
+            torch.cuda.nvtx.range_pop()
+    else:
+        yield
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Appends one row per ``log`` call to ``metrics.jsonl`` and ``metrics.csv``.
+
+    Args:
+        out_dir: directory of the files.
+        resume_step: on resume, rows with ``step > resume_step`` (written after
+            the checkpoint we resume from) are dropped first, so the files read
+            as one uninterrupted run.
+        tensorboard: also write TensorBoard scalars when the package is installed.
+    """
+
+    def __init__(self, out_dir: Path, resume_step: int = 0, tensorboard: bool = True):
+        self.out_dir = Path(out_dir)
+        self.jsonl = self.out_dir / "metrics.jsonl"
+        self.csv = self.out_dir / "metrics.csv"
+        self.rows: List[Dict[str, Any]] = []
+        if self.jsonl.exists():
+            for line in self.jsonl.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line from a kill: drop it
+                if int(row.get("step", 0)) <= resume_step:
+                    self.rows.append(row)
+        self._rewrite()
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed
+                self.tb = None
+
+    def _rewrite(self) -> None:
+        tmp = self.jsonl.with_suffix(".jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in self.rows:
+                fh.write(json.dumps(row) + "\n")
+        os.replace(tmp, self.jsonl)
+        self._write_csv()
+
+    def _write_csv(self) -> None:
+        keys: List[str] = []
+        for row in self.rows:
+            keys += [k for k in row if k not in keys]
+        tmp = self.csv.with_suffix(".csv.tmp")
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow(row)
+        os.replace(tmp, self.csv)
+
+    def log(self, row: Dict[str, Any]) -> None:
+        row = {k: _clean(v) for k, v in row.items()}
+        self.rows.append(row)
+        with open(self.jsonl, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    self.tb.add_scalar(k, v, int(row["step"]))
+
+    def close(self) -> None:
+        # The CSV is rewritten once at the end: its columns are the union of all rows'.
+        self._write_csv()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_curves(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
+    """Training curves (loss, learning rate, evaluation metrics) as a PNG.
+
+    Returns the path, or None when matplotlib is missing or there is nothing to plot.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    series = {}
+    for key in ("loss", "distill", "human", "lr", "val_kl", "val_acc", "human_acc"):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            series[key] = pts
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 3.0), squeeze=False)
+    for ax, (key, pts) in zip(axes[0], series.items()):
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+class Progress:
+    """tqdm bar when installed and enabled, else a plain line every ``every`` steps."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, every: int = 50):
+        self.bar = None
+        self.every = max(1, every)
+        self.enabled = enabled
+        self.total = total
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, desc="distill", unit="step", dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+
+    def update(self, step: int, info: Dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        text = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in info.items()}
+        if self.bar is not None:
+            self.bar.set_postfix(text, refresh=False)
+            self.bar.update(1)
+        elif step % self.every == 0 or step == self.total:
+            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()), file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
