@@ -581,7 +581,14 @@ class TripletStore:
     def item_names(self) -> Optional[List[str]]:
         """Names of the items (e.g. image file names) when the store records them."""
         names = self.meta.get("file_names")
-        return list(names) if isinstance(names, list) else None
+        if isinstance(names, list):
+            return list(names)
+        if isinstance(names, str):  # a reference to a text file inside the store (one name per line)
+            f = self.path / names
+            if not f.is_file():
+                raise ValueError(f"{self.path}: manifest names file_names={names!r} but {f} is missing")
+            return [line for line in f.read_text(encoding="utf-8").splitlines() if line]
+        return None
 
     def __getitem__(self, key) -> Tuple[np.ndarray, np.ndarray]:
         """``(indices, sims)`` for an int, slice or integer array of triplet positions."""
