@@ -1,0 +1,158 @@
+// pybind11 bindings of the CPU triplet kernels: the module fastalign._cpu.
+//
+// Every entry point takes raw data pointers (Python ints from
+// tensor.data_ptr()), sizes, the row stride of emb and dtype codes, and runs
+// with the GIL released. The Python wrapper (fastalign/kernels/cpu.py)
+// allocates the outputs; fastalign.ops validated the inputs.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "cpu/triplet_kernels.h"
+
+namespace py = pybind11;
+using namespace fastalign::cpu;
+
+namespace {
+
+template <class T>
+struct Tag {
+  using type = T;
+};
+
+// Calls f(Tag<T>, Tag<I>, integral_constant<bool, COS>) for the runtime codes.
+template <class F>
+void dispatch(int dtype, int itype, bool cosine, F&& f) {
+  auto with_index = [&](auto tt) {
+    auto with_cos = [&](auto tt2, auto ti) {
+      if (cosine) {
+        f(tt2, ti, std::true_type{});
+      } else {
+        f(tt2, ti, std::false_type{});
+      }
+    };
+    if (itype == kI32) {
+      with_cos(tt, Tag<int32_t>{});
+    } else if (itype == kI64) {
+      with_cos(tt, Tag<int64_t>{});
+    } else {
+      throw std::invalid_argument("fastalign._cpu: index dtype code must be 0 (int32) or 1 (int64), got " +
+                                  std::to_string(itype));
+    }
+  };
+  switch (dtype) {
+    case kF64:
+      with_index(Tag<double>{});
+      break;
+    case kF32:
+      with_index(Tag<float>{});
+      break;
+    case kF16:
+      with_index(Tag<f16_t>{});
+      break;
+    case kBF16:
+      with_index(Tag<bf16_t>{});
+      break;
+    default:
+      throw std::invalid_argument("fastalign._cpu: emb dtype code must be 0..3 (f64, f32, f16, bf16), got " +
+                                  std::to_string(dtype));
+  }
+}
+
+template <class T, class I>
+Rows<T, I> make_rows(std::uintptr_t emb, int64_t n, int64_t d, int64_t ld, std::uintptr_t trip, int64_t b) {
+  return Rows<T, I>{reinterpret_cast<const T*>(emb), n, d, ld, reinterpret_cast<const I*>(trip), b};
+}
+
+void check_sizes(int64_t n, int64_t d, int64_t b, int threads) {
+  // Cheap guards against a wrapper bug; fastalign.ops validates the data.
+  if (n < 0 || d < 1 || b < 0) throw std::invalid_argument("fastalign._cpu: need N >= 0, D >= 1, B >= 0");
+  if (threads < 1) throw std::invalid_argument("fastalign._cpu: num_threads must be >= 1");
+}
+
+void similarities_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld, std::uintptr_t trip,
+                        int itype, int64_t b, bool cosine, std::uintptr_t out, int threads) {
+  check_sizes(n, d, b, threads);
+  dispatch(dtype, itype, cosine, [&](auto tt, auto ti, auto cos) {
+    using T = typename decltype(tt)::type;
+    using I = typename decltype(ti)::type;
+    using A = typename Traits<T>::acc;
+    similarities<T, I, decltype(cos)::value>(make_rows<T, I>(emb, n, d, ld, trip, b), reinterpret_cast<A*>(out),
+                                             threads);
+  });
+}
+
+void fused_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld, std::uintptr_t trip, int itype,
+                 int64_t b, std::uintptr_t target, std::uintptr_t choice, std::uintptr_t rowscale, int mode,
+                 bool cosine, double temperature, double grad_scale, std::uintptr_t loss, std::uintptr_t dsim,
+                 std::uintptr_t grad, int threads) {
+  check_sizes(n, d, b, threads);
+  if (mode < kHard || mode > kJSD) throw std::invalid_argument("fastalign._cpu: mode must be 0, 1 or 2");
+  if (mode != kHard && !target && b > 0) throw std::invalid_argument("fastalign._cpu: KL/JSD need a target");
+  dispatch(dtype, itype, cosine, [&](auto tt, auto ti, auto cos) {
+    using T = typename decltype(tt)::type;
+    using I = typename decltype(ti)::type;
+    using A = typename Traits<T>::acc;
+    Objective<A> obj{reinterpret_cast<const A*>(target),
+                     reinterpret_cast<const int64_t*>(choice),
+                     reinterpret_cast<const A*>(rowscale),
+                     mode,
+                     A(temperature),
+                     A(grad_scale),
+                     reinterpret_cast<A*>(loss),
+                     reinterpret_cast<A*>(dsim)};
+    run_parts<T, I, decltype(cos)::value>(make_rows<T, I>(emb, n, d, ld, trip, b), &obj, nullptr,
+                                          reinterpret_cast<A*>(grad), threads);
+  });
+}
+
+void scatter_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld, std::uintptr_t trip, int itype,
+                   int64_t b, std::uintptr_t coef, bool cosine, std::uintptr_t grad, int threads) {
+  check_sizes(n, d, b, threads);
+  if (n == 0) return;  // then B == 0 too, and the (0, D) gradient has no data
+  if (!grad) throw std::invalid_argument("fastalign._cpu: scatter needs a gradient output");
+  dispatch(dtype, itype, cosine, [&](auto tt, auto ti, auto cos) {
+    using T = typename decltype(tt)::type;
+    using I = typename decltype(ti)::type;
+    using A = typename Traits<T>::acc;
+    run_parts<T, I, decltype(cos)::value>(make_rows<T, I>(emb, n, d, ld, trip, b), nullptr,
+                                          reinterpret_cast<const A*>(coef), reinterpret_cast<A*>(grad), threads);
+  });
+}
+
+// Test hook: the portable fp16 conversion used when the compiler has no _Float16.
+void f16_manual_entry(std::uintptr_t src, std::uintptr_t dst, int64_t n) {
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+  float* o = reinterpret_cast<float*>(dst);
+  for (int64_t i = 0; i < n; ++i) o[i] = half_bits_to_float(s[i]);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+  m.doc() = "fastalign fused triplet kernels (C++/OpenMP). Raw pointers; use fastalign.kernels.cpu.";
+  m.attr("DTYPE_CODES") = py::make_tuple("float64", "float32", "float16", "bfloat16");
+  m.attr("INDEX_CODES") = py::make_tuple("int32", "int64");
+#if defined(__FLT16_MAX__)
+  m.attr("NATIVE_F16") = true;
+#else
+  m.attr("NATIVE_F16") = false;
+#endif
+  auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("similarities", &similarities_entry, nogil, py::arg("emb"), py::arg("dtype"), py::arg("n"), py::arg("d"),
+        py::arg("ld"), py::arg("triplets"), py::arg("itype"), py::arg("b"), py::arg("cosine"), py::arg("out"),
+        py::arg("num_threads"), "Write the (B, 3) pair similarities to out.");
+  m.def("fused", &fused_entry, nogil, py::arg("emb"), py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("ld"),
+        py::arg("triplets"), py::arg("itype"), py::arg("b"), py::arg("target"), py::arg("choice"),
+        py::arg("rowscale"), py::arg("mode"), py::arg("cosine"), py::arg("temperature"), py::arg("grad_scale"),
+        py::arg("loss"), py::arg("dsim"), py::arg("grad"), py::arg("num_threads"),
+        "Fused loss, dL/ds and (grad != 0) the (N, D) gradient. Null pointers (0) mean 'absent'.");
+  m.def("scatter", &scatter_entry, nogil, py::arg("emb"), py::arg("dtype"), py::arg("n"), py::arg("d"),
+        py::arg("ld"), py::arg("triplets"), py::arg("itype"), py::arg("b"), py::arg("coef"), py::arg("cosine"),
+        py::arg("grad"), py::arg("num_threads"), "Write the (N, D) gradient sum_b sum_p coef[b,p] ds_bp/demb.");
+  m.def("_f16_manual", &f16_manual_entry, nogil, py::arg("src"), py::arg("dst"), py::arg("n"),
+        "Test hook: convert n fp16 bit patterns with the portable (non-_Float16) path.");
+}

@@ -1,0 +1,512 @@
+// Fused triplet kernels for the CPU backend (see fastalign/kernels/contract.py).
+//
+// Raw pointers, sizes and strides only: no torch headers, so the extension
+// builds in seconds and one build serves every torch version.
+//
+// Layout
+// ------
+// emb      (N, D) of T (double, float, fp16, bf16), unit stride along D, row
+//          stride `ld` (>= D, or anything for N <= 1). Row offsets are int64.
+// triplets (B, 3) of I (int32 or int64), contiguous, entries in [0, N).
+// Outputs and per-row inputs (target, rowscale, coef, loss, dsim, grad) are in
+// the accumulation type A: double for double input, float otherwise.
+//
+// Gradient accumulation
+// ---------------------
+// Triplets are split into P equal contiguous parts (P = requested threads).
+// Part 0 accumulates straight into `grad`; part p > 0 into its own (N, D)
+// buffer of A. A row of a buffer is zeroed the first time its part touches it
+// (a byte flag per row and part), so untouched rows cost neither bandwidth nor
+// committed pages. The buffers are then reduced row by row in the fixed order
+// part 0, 1, ..., P-1. Every sum therefore has an order fixed by (inputs, P):
+// the result is bitwise reproducible for a given thread count. Memory:
+// O(N * D * (P - 1) + N * P) on top of the outputs.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+namespace fastalign {
+namespace cpu {
+
+enum DType : int { kF64 = 0, kF32 = 1, kF16 = 2, kBF16 = 3 };
+enum IType : int { kI32 = 0, kI64 = 1 };
+enum Mode : int { kHard = 0, kKL = 1, kJSD = 2 };
+
+constexpr double kCosineEps = 1e-8;  // contract.COSINE_EPS
+
+// Storage tags for the 16-bit types (never dereferenced as structs; the rows
+// are read as raw uint16 bit patterns).
+struct f16_t {
+  uint16_t bits;
+};
+struct bf16_t {
+  uint16_t bits;
+};
+
+// ------------------------------------------------------------ conversions
+
+// Portable fp16 -> fp32 for compilers without _Float16 (exact for every
+// pattern: zeros, subnormals, normals, inf, NaN).
+inline float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: mant * 2^-24, exactly representable in fp32
+      float f = std::ldexp(float(mant), -24);
+      std::memcpy(&bits, &f, 4);
+      bits |= sign;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  }
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+template <class T>
+struct Traits;
+
+template <>
+struct Traits<double> {
+  using acc = double;
+  static constexpr bool kNative = true;  // rows are used in place, no conversion
+};
+
+template <>
+struct Traits<float> {
+  using acc = float;
+  static constexpr bool kNative = true;
+};
+
+template <>
+struct Traits<f16_t> {
+  using acc = float;
+  static constexpr bool kNative = false;
+  static inline void to_acc(const f16_t* src, float* __restrict dst, int64_t n) {
+#if defined(__FLT16_MAX__)
+    // With F16C (-march=native on x86) this loop becomes vcvtph2ps.
+    const _Float16* s = reinterpret_cast<const _Float16*>(src);
+#pragma omp simd
+    for (int64_t d = 0; d < n; ++d) dst[d] = float(s[d]);
+#else
+    const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+    for (int64_t d = 0; d < n; ++d) dst[d] = half_bits_to_float(s[d]);
+#endif
+  }
+};
+
+template <>
+struct Traits<bf16_t> {
+  using acc = float;
+  static constexpr bool kNative = false;
+  static inline void to_acc(const bf16_t* src, float* __restrict dst, int64_t n) {
+    // bf16 is the top half of an fp32: shift the bits up.
+    const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+    uint32_t* o = reinterpret_cast<uint32_t*>(dst);
+#pragma omp simd
+    for (int64_t d = 0; d < n; ++d) o[d] = uint32_t(s[d]) << 16;
+  }
+};
+
+// ---------------------------------------------------------- row kernels
+
+// Width of the partial-sum arrays of the dot loops. Several independent
+// vector accumulators per sum hide the FMA latency; the fixed final reduction
+// order keeps the result deterministic.
+constexpr int kLanes = 16;
+
+// Three pair dots and (COS) three squared norms of rows x0, x1, x2.
+// out = {s01, s02, s12, |x0|^2, |x1|^2, |x2|^2}.
+template <class A, bool COS>
+inline void row_stats(const A* __restrict x0, const A* __restrict x1, const A* __restrict x2, int64_t D,
+                      A out[6]) {
+  A p01[kLanes] = {}, p02[kLanes] = {}, p12[kLanes] = {};
+  A q0[kLanes] = {}, q1[kLanes] = {}, q2[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const A a = x0[d + l], b = x1[d + l], c = x2[d + l];
+      p01[l] += a * b;
+      p02[l] += a * c;
+      p12[l] += b * c;
+      if (COS) {
+        q0[l] += a * a;
+        q1[l] += b * b;
+        q2[l] += c * c;
+      }
+    }
+  }
+  for (int l = 0; d < D; ++d, ++l) {  // tail: D not a multiple of kLanes
+    const A a = x0[d], b = x1[d], c = x2[d];
+    p01[l] += a * b;
+    p02[l] += a * c;
+    p12[l] += b * c;
+    if (COS) {
+      q0[l] += a * a;
+      q1[l] += b * b;
+      q2[l] += c * c;
+    }
+  }
+  A s[6] = {0, 0, 0, 0, 0, 0};
+  // Pairwise tree over the lanes: fixed order, and better rounding than a chain.
+  for (int w = kLanes / 2; w >= 1; w /= 2) {
+    for (int l = 0; l < w; ++l) {
+      p01[l] += p01[l + w];
+      p02[l] += p02[l + w];
+      p12[l] += p12[l + w];
+      if (COS) {
+        q0[l] += q0[l + w];
+        q1[l] += q1[l + w];
+        q2[l] += q2[l + w];
+      }
+    }
+  }
+  s[0] = p01[0];
+  s[1] = p02[0];
+  s[2] = p12[0];
+  if (COS) {
+    s[3] = q0[0];
+    s[4] = q1[0];
+    s[5] = q2[0];
+  }
+  for (int i = 0; i < 6; ++i) out[i] = s[i];
+}
+
+// Pair similarities from row stats; for COS also the clamped norms and
+// whether each norm was clamped (then it is a constant for the gradient).
+template <class A, bool COS>
+inline void pair_sims(const A st[6], A s[3], A n[3], bool unclamped[3]) {
+  if (!COS) {
+    s[0] = st[0];
+    s[1] = st[1];
+    s[2] = st[2];
+    return;
+  }
+  const A eps = A(kCosineEps);
+  for (int k = 0; k < 3; ++k) {
+    const A r = std::sqrt(st[3 + k]);
+    // torch's clamp_min passes the gradient where x >= min (NaN compares false).
+    unclamped[k] = r >= eps;
+    n[k] = r > eps ? r : (r != r ? r : eps);  // keep NaN, clamp small norms
+  }
+  s[0] = st[0] / (n[0] * n[1]);
+  s[1] = st[1] / (n[0] * n[2]);
+  s[2] = st[2] / (n[1] * n[2]);
+}
+
+template <class A>
+inline A logaddexp(A a, A b) {
+  const A m = a > b ? a : b;
+  if (m == -INFINITY) return m;
+  return m + std::log1p(std::exp(-std::fabs(a - b)));
+}
+
+// Per-triplet loss and dL/ds (already divided by T). p: target row (KL/JSD);
+// c: chosen pair (hard).
+template <class A>
+inline A objective(const A s[3], const A* p, int64_t c, int mode, A temperature, A dsim[3]) {
+  A z[3], logq[3], q[3];
+  for (int k = 0; k < 3; ++k) z[k] = s[k] / temperature;
+  // A NaN anywhere makes every exp NaN below, so it reaches the loss.
+  A m = z[0];
+  if (z[1] > m) m = z[1];
+  if (z[2] > m) m = z[2];
+  const A sum = std::exp(z[0] - m) + std::exp(z[1] - m) + std::exp(z[2] - m);
+  const A log_sum = std::log(sum);
+  for (int k = 0; k < 3; ++k) {
+    // (z - m) - log(sum), not z - (m + log(sum)): the shifted form keeps the
+    // digits of z - m when |m| is large (as log_softmax does).
+    logq[k] = (z[k] - m) - log_sum;
+    q[k] = std::exp(logq[k]);
+  }
+  A loss = 0, dz[3];
+  if (mode == kHard) {
+    loss = -logq[c];
+    for (int k = 0; k < 3; ++k) dz[k] = q[k] - (k == c ? A(1) : A(0));
+  } else if (mode == kKL) {
+    for (int k = 0; k < 3; ++k) {
+      // Terms with p_k = 0 contribute 0 (the limit of p log p).
+      if (p[k] > 0) loss += p[k] * (std::log(p[k]) - logq[k]);
+      dz[k] = q[k] - p[k];
+    }
+  } else {  // kJSD
+    const A log2 = A(0.6931471805599453094);
+    A g[3], lp = 0, lq = 0, qg = 0;
+    for (int k = 0; k < 3; ++k) {
+      const A logp = p[k] > 0 ? std::log(p[k]) : A(-INFINITY);
+      const A logm = logaddexp(logp, logq[k]) - log2;
+      if (p[k] > 0) lp += p[k] * (logp - logm);
+      lq += q[k] * (logq[k] - logm);
+      g[k] = A(0.5) * (logq[k] - logm);
+      qg += q[k] * g[k];
+    }
+    loss = A(0.5) * lp + A(0.5) * lq;
+    for (int k = 0; k < 3; ++k) dz[k] = q[k] * (g[k] - qg);
+  }
+  for (int k = 0; k < 3; ++k) dsim[k] = dz[k] / temperature;
+  return loss;
+}
+
+// Row-gradient coefficients: g_a = sum_b W[a][b] x_b for the three slots,
+// from c = dL/ds (pair order 01, 02, 12).
+template <class A, bool COS>
+inline void row_weights(const A c[3], const A s[3], const A n[3], const bool unclamped[3], A W[3][3]) {
+  if (!COS) {
+    W[0][0] = 0, W[0][1] = c[0], W[0][2] = c[1];
+    W[1][0] = c[0], W[1][1] = 0, W[1][2] = c[2];
+    W[2][0] = c[1], W[2][1] = c[2], W[2][2] = 0;
+    return;
+  }
+  // ds_ab/de_a = e_b / (n_a n_b) - s_ab e_a / n_a^2 (second term only when n_a
+  // is not clamped).
+  const A w01 = c[0] / (n[0] * n[1]), w02 = c[1] / (n[0] * n[2]), w12 = c[2] / (n[1] * n[2]);
+  W[0][1] = w01, W[0][2] = w02;
+  W[1][0] = w01, W[1][2] = w12;
+  W[2][0] = w02, W[2][1] = w12;
+  W[0][0] = unclamped[0] ? -(c[0] * s[0] + c[1] * s[1]) / (n[0] * n[0]) : A(0);
+  W[1][1] = unclamped[1] ? -(c[0] * s[0] + c[2] * s[2]) / (n[1] * n[1]) : A(0);
+  W[2][2] = unclamped[2] ? -(c[1] * s[1] + c[2] * s[2]) / (n[2] * n[2]) : A(0);
+}
+
+// One part's gradient buffer: rows of A with stride D, plus first-touch flags.
+template <class A>
+struct GradPart {
+  A* rows;
+  uint8_t* touched;
+  int64_t D;
+
+  inline A* row(int64_t r) {
+    A* g = rows + r * D;
+    if (!touched[r]) {
+      std::memset(g, 0, sizeof(A) * size_t(D));
+      touched[r] = 1;
+    }
+    return g;
+  }
+};
+
+// g_rows[j] += sum_b W[j][b] x_b, for the three destination rows r[j].
+template <class A, bool COS>
+inline void accumulate(GradPart<A>& part, const int64_t r[3], const A* __restrict x0, const A* __restrict x1,
+                       const A* __restrict x2, const A W[3][3]) {
+  const int64_t D = part.D;
+  if (r[0] != r[1] && r[0] != r[2] && r[1] != r[2]) {
+    A* __restrict g0 = part.row(r[0]);
+    A* __restrict g1 = part.row(r[1]);
+    A* __restrict g2 = part.row(r[2]);
+    const A w00 = W[0][0], w01 = W[0][1], w02 = W[0][2];
+    const A w10 = W[1][0], w11 = W[1][1], w12 = W[1][2];
+    const A w20 = W[2][0], w21 = W[2][1], w22 = W[2][2];
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) {
+      const A a = x0[d], b = x1[d], c = x2[d];
+      if (COS) {
+        g0[d] += w00 * a + w01 * b + w02 * c;
+        g1[d] += w10 * a + w11 * b + w12 * c;
+        g2[d] += w20 * a + w21 * b + w22 * c;
+      } else {  // the diagonal is 0 for dot similarities
+        g0[d] += w01 * b + w02 * c;
+        g1[d] += w10 * a + w12 * c;
+        g2[d] += w20 * a + w21 * b;
+      }
+    }
+    return;
+  }
+  // A repeated index: merge the coefficients of equal rows so every
+  // destination row is written by exactly one loop (no aliasing stores).
+  int64_t dest[3];
+  A M[3][3];
+  int nd = 0;
+  for (int j = 0; j < 3; ++j) {
+    int k = 0;
+    while (k < nd && dest[k] != r[j]) ++k;
+    if (k == nd) {
+      dest[nd] = r[j];
+      M[nd][0] = W[j][0], M[nd][1] = W[j][1], M[nd][2] = W[j][2];
+      ++nd;
+    } else {
+      M[k][0] += W[j][0], M[k][1] += W[j][1], M[k][2] += W[j][2];
+    }
+  }
+  for (int k = 0; k < nd; ++k) {
+    A* __restrict g = part.row(dest[k]);
+    const A m0 = M[k][0], m1 = M[k][1], m2 = M[k][2];
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) g[d] += m0 * x0[d] + m1 * x1[d] + m2 * x2[d];
+  }
+}
+
+// ------------------------------------------------------------ problems
+
+template <class T, class I>
+struct Rows {
+  const T* emb;
+  int64_t N, D, ld;
+  const I* trip;
+  int64_t B;
+};
+
+// Points x[0..2] at the triplet's three rows in the accumulation type,
+// converting 16-bit rows into `scratch` (3 * D values of A).
+template <class T, class I>
+inline void load_rows(const Rows<T, I>& p, int64_t b, typename Traits<T>::acc* scratch, int64_t r[3],
+                      const typename Traits<T>::acc* x[3]) {
+  using A = typename Traits<T>::acc;
+  for (int j = 0; j < 3; ++j) {
+    r[j] = int64_t(p.trip[3 * b + j]);
+    const T* src = p.emb + r[j] * p.ld;  // 64-bit offset
+    if constexpr (Traits<T>::kNative) {
+      x[j] = reinterpret_cast<const A*>(src);
+    } else {
+      Traits<T>::to_acc(src, scratch + j * p.D, p.D);
+      x[j] = scratch + j * p.D;
+    }
+  }
+}
+
+// Contiguous [begin, end) of part `k` of `P` over `n` items.
+inline void part_range(int64_t n, int k, int P, int64_t& begin, int64_t& end) {
+  begin = n * k / P;
+  end = n * (k + 1) / P;
+}
+
+template <class T, class I, bool COS>
+void similarities(const Rows<T, I>& p, typename Traits<T>::acc* out, int threads) {
+  using A = typename Traits<T>::acc;
+  const int P = std::max(1, threads);
+#pragma omp parallel num_threads(P)
+  {
+    std::vector<A> scratch(Traits<T>::kNative ? 0 : size_t(3 * p.D));
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < p.B; ++b) {
+      int64_t r[3];
+      const A* x[3];
+      load_rows(p, b, scratch.data(), r, x);
+      A st[6], s[3], n[3];
+      bool unc[3];
+      row_stats<A, COS>(x[0], x[1], x[2], p.D, st);
+      pair_sims<A, COS>(st, s, n, unc);
+      out[3 * b] = s[0], out[3 * b + 1] = s[1], out[3 * b + 2] = s[2];
+    }
+  }
+}
+
+// What a part does per triplet: FUSED computes loss/dsim and gradient
+// coefficients; otherwise (scatter) the coefficients come from `coef`.
+template <class A>
+struct Objective {
+  const A* target;        // (B, 3) or null
+  const int64_t* choice;  // (B,) or null
+  const A* rowscale;      // (B,) or null
+  int mode;
+  A temperature;
+  A grad_scale;
+  A* loss;  // (B,)
+  A* dsim;  // (B, 3)
+};
+
+// Reduce the parts' buffers into part 0's (= `grad`) in the fixed order
+// 0, 1, ..., P-1 and zero the rows nobody touched.
+template <class A>
+void reduce_parts(A* grad, int64_t N, int64_t D, const std::vector<A*>& bufs, const std::vector<uint8_t*>& touched,
+                  int threads) {
+  const int P = int(bufs.size());
+#pragma omp parallel for schedule(static) num_threads(std::max(1, threads))
+  for (int64_t r = 0; r < N; ++r) {
+    A* __restrict o = grad + r * D;
+    if (!touched[0][r]) std::memset(o, 0, sizeof(A) * size_t(D));
+    for (int k = 1; k < P; ++k) {
+      if (!touched[k][r]) continue;
+      const A* __restrict src = bufs[k] + r * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) o[d] += src[d];
+    }
+  }
+}
+
+// Fused forward (+ backward when grad != null), or scatter when obj == null.
+template <class T, class I, bool COS>
+void run_parts(const Rows<T, I>& p, const Objective<typename Traits<T>::acc>* obj,
+               const typename Traits<T>::acc* coef, typename Traits<T>::acc* grad, int threads) {
+  using A = typename Traits<T>::acc;
+  // Enough parts to use the threads, never more parts than triplets.
+  const int P = grad ? int(std::max<int64_t>(1, std::min<int64_t>(std::max(1, threads), p.B))) : std::max(1, threads);
+  std::vector<std::unique_ptr<A[]>> owned;
+  std::vector<std::unique_ptr<uint8_t[]>> flags;
+  std::vector<A*> bufs;
+  std::vector<uint8_t*> touched;
+  if (grad) {
+    // Allocated here, outside the parallel region; new A[] leaves the memory
+    // untouched, so pages are committed only for rows a part writes.
+    for (int k = 0; k < P; ++k) {
+      if (k == 0) {
+        bufs.push_back(grad);
+      } else {
+        owned.emplace_back(new A[size_t(p.N) * size_t(p.D)]);
+        bufs.push_back(owned.back().get());
+      }
+      flags.emplace_back(new uint8_t[size_t(std::max<int64_t>(p.N, 1))]());
+      touched.push_back(flags.back().get());
+    }
+  }
+#pragma omp parallel num_threads(P)
+  {
+    std::vector<A> scratch(Traits<T>::kNative ? 0 : size_t(3 * p.D));
+    // One part per iteration; with fewer threads than parts a thread runs
+    // several parts, each with its own buffer, so the result does not change.
+#pragma omp for schedule(static, 1)
+    for (int k = 0; k < P; ++k) {
+      int64_t begin, end;
+      part_range(p.B, k, P, begin, end);
+      GradPart<A> part{grad ? bufs[k] : nullptr, grad ? touched[k] : nullptr, p.D};
+      for (int64_t b = begin; b < end; ++b) {
+        int64_t r[3];
+        const A* x[3];
+        load_rows(p, b, scratch.data(), r, x);
+        A st[6], s[3] = {0, 0, 0}, n[3] = {1, 1, 1};
+        bool unc[3] = {true, true, true};
+        A c[3];
+        if (obj) {
+          row_stats<A, COS>(x[0], x[1], x[2], p.D, st);
+          pair_sims<A, COS>(st, s, n, unc);
+          A ds[3];
+          const A l = objective<A>(s, obj->target ? obj->target + 3 * b : nullptr, obj->choice ? obj->choice[b] : 0,
+                                   obj->mode, obj->temperature, ds);
+          obj->loss[b] = l;
+          obj->dsim[3 * b] = ds[0], obj->dsim[3 * b + 1] = ds[1], obj->dsim[3 * b + 2] = ds[2];
+          if (!grad) continue;
+          const A scale = obj->grad_scale * (obj->rowscale ? obj->rowscale[b] : A(1));
+          for (int j = 0; j < 3; ++j) c[j] = ds[j] * scale;
+        } else {
+          if (COS) {  // dot similarities need no forward for the scatter
+            row_stats<A, COS>(x[0], x[1], x[2], p.D, st);
+            pair_sims<A, COS>(st, s, n, unc);
+          }
+          for (int j = 0; j < 3; ++j) c[j] = coef[3 * b + j];
+        }
+        A W[3][3];
+        row_weights<A, COS>(c, s, n, unc, W);
+        accumulate<A, COS>(part, r, x[0], x[1], x[2], W);
+      }
+    }
+  }
+  if (grad) reduce_parts<A>(grad, p.N, p.D, bufs, touched, threads);
+}
+
+}  // namespace cpu
+}  // namespace fastalign

@@ -1,0 +1,139 @@
+"""The compiled C++/OpenMP backend (``backend="cpu"``).
+
+The kernels live in ``csrc/cpu`` and are built into ``fastalign._cpu`` by
+``setup.py`` (pybind11, no torch headers). This wrapper allocates the outputs
+with torch and hands the kernels raw pointers, sizes, the row stride of
+``emb`` and dtype codes; the kernels run with the GIL released.
+
+Threads: ``CpuKernels(num_threads=k)`` fixes the count; by default each call
+uses ``torch.get_num_threads()`` (so ``OMP_NUM_THREADS`` and
+``torch.set_num_threads`` apply). The gradient is bitwise reproducible for the
+same inputs and thread count: triplets are split into one contiguous part per
+thread, each part accumulates into its own fp32 (fp64 for fp64 input) buffer,
+and the buffers are summed in a fixed order. Extra memory of a gradient call:
+``(threads - 1) * N * D`` accumulation values plus ``threads * N`` bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .contract import acc_dtype
+
+_DTYPE_CODES = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
+_INDEX_CODES = {torch.int32: 0, torch.int64: 1}
+
+
+def load_extension():
+    """Import ``fastalign._cpu`` or raise ImportError saying how to build it."""
+    try:
+        from .. import _cpu  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise ImportError(
+            "the compiled extension fastalign._cpu is not built or failed to load "
+            f"({exc}); reinstall with a C++ compiler and OpenMP: "
+            "pip install -e . --no-build-isolation"
+        ) from exc
+    return _cpu
+
+
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+class CpuKernels:
+    """``TripletKernels`` on the compiled C++/OpenMP extension.
+
+    Args:
+        num_threads: OpenMP threads per call; ``None`` uses
+            ``torch.get_num_threads()`` at call time.
+    """
+
+    name = "cpu"
+
+    def __init__(self, num_threads: Optional[int] = None):
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        self._ext = load_extension()
+        self.num_threads = num_threads
+
+    def threads(self) -> int:
+        """Threads the next call will use."""
+        return self.num_threads if self.num_threads is not None else max(1, torch.get_num_threads())
+
+    # The ops layer guarantees the contract's preconditions; these checks are
+    # the cheap metadata ones that keep a direct caller from passing a pointer
+    # the kernels would misread.
+    def _rows(self, emb: torch.Tensor, triplets: torch.Tensor):
+        if emb.device.type != "cpu" or triplets.device.type != "cpu":
+            raise ValueError("the cpu backend needs CPU tensors")
+        if emb.dtype not in _DTYPE_CODES:
+            raise TypeError(f"emb must be float64/float32/float16/bfloat16, got {emb.dtype}")
+        if triplets.dtype not in _INDEX_CODES:
+            raise TypeError(f"triplets must be int32 or int64, got {triplets.dtype}")
+        if emb.dim() != 2 or emb.shape[1] < 1:
+            raise ValueError(f"emb must be (N, D) with D >= 1, got {tuple(emb.shape)}")
+        if emb.shape[1] > 1 and emb.stride(1) != 1:
+            emb = emb.contiguous()
+        triplets = triplets.contiguous()
+        n, d = emb.shape
+        # With N <= 1 the row stride is never used; torch may report anything.
+        ld = emb.stride(0) if n > 1 else d
+        return dict(
+            emb=emb.data_ptr(), dtype=_DTYPE_CODES[emb.dtype], n=n, d=d, ld=ld,
+            triplets=triplets.data_ptr(), itype=_INDEX_CODES[triplets.dtype], b=triplets.shape[0],
+        ), (emb, triplets)
+
+    def similarities(self, emb: torch.Tensor, triplets: torch.Tensor, cosine: bool) -> torch.Tensor:
+        rows, keep = self._rows(emb, triplets)
+        out = torch.empty(triplets.shape[0], 3, dtype=acc_dtype(emb.dtype))
+        self._ext.similarities(**rows, cosine=bool(cosine), out=out.data_ptr(), num_threads=self.threads())
+        del keep
+        return out
+
+    def fused(
+        self,
+        emb: torch.Tensor,
+        triplets: torch.Tensor,
+        target: Optional[torch.Tensor],
+        choice: Optional[torch.Tensor],
+        rowscale: Optional[torch.Tensor],
+        mode: int,
+        cosine: bool,
+        temperature: float,
+        grad_scale: float,
+        want_grad: bool,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, keep = self._rows(emb, triplets)
+        acc = acc_dtype(emb.dtype)
+        b = triplets.shape[0]
+        n, d = emb.shape
+        if mode != 0 and target is None:
+            raise ValueError("KL/JSD need a target (B, 3)")
+        target = None if target is None else target.to(acc).contiguous()
+        choice = None if choice is None else choice.to(torch.int64).contiguous()
+        rowscale = None if rowscale is None else rowscale.to(acc).contiguous()
+        loss = torch.empty(b, dtype=acc)
+        dsim = torch.empty(b, 3, dtype=acc)
+        # Rows no triplet touches are zeroed by the kernel, so empty() suffices.
+        grad = torch.empty(n, d, dtype=acc) if want_grad else torch.empty(0, dtype=acc)
+        self._ext.fused(
+            **rows, target=_ptr(target), choice=_ptr(choice), rowscale=_ptr(rowscale), mode=int(mode),
+            cosine=bool(cosine), temperature=float(temperature), grad_scale=float(grad_scale),
+            loss=loss.data_ptr(), dsim=dsim.data_ptr(), grad=grad.data_ptr() if want_grad else 0,
+            num_threads=self.threads(),
+        )
+        del keep
+        return loss, dsim, grad
+
+    def scatter(self, emb: torch.Tensor, triplets: torch.Tensor, coef: torch.Tensor, cosine: bool) -> torch.Tensor:
+        rows, keep = self._rows(emb, triplets)
+        acc = acc_dtype(emb.dtype)
+        coef = coef.to(acc).contiguous()
+        grad = torch.empty(emb.shape[0], emb.shape[1], dtype=acc)
+        self._ext.scatter(**rows, coef=coef.data_ptr(), cosine=bool(cosine), grad=grad.data_ptr(),
+                          num_threads=self.threads())
+        del keep
+        return grad
