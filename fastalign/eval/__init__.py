@@ -1,0 +1,74 @@
+"""Evaluation: odd-one-out accuracy, levels, human uncertainty, calibration, RSA, CKA, few-shot probes.
+
+Everything is torch and runs on the device of its inputs; triplet work goes
+through the fused ops (``fastalign.odd_one_out_accuracy``,
+``triplet_similarities``, ``odd_one_out_probs``). ``evaluate_representation``
+runs them all and returns a JSON-serialisable dict.
+"""
+
+from .calibration import (
+    DEFAULT_BINS,
+    Reliability,
+    calibration_metrics,
+    expected_calibration_error,
+    mean_entropy,
+    nll,
+    plot_reliability,
+    reliability,
+    triplet_calibration,
+)
+from .cka import linear_cka
+from .correlation import count_inversions, kendall_tau_a, pearson, rankdata, spearman
+from .few_shot import FewShotOptions, few_shot_accuracy, fit_logreg, single_category_labels
+from .levels import LEVELS, accuracy_by_level, encode_levels, load_level_labels, triplet_levels
+from .odd_one_out import CHANCE, DEFAULT_CEILING, noise_ceiling_normalized, triplet_accuracy
+from .plots import category_order, plot_accuracy_by_level, plot_rdm_panel
+from .report import EvalOptions, evaluate_representation, format_table
+from .rsa import METRICS, compare_rdms, rdm, rdm_upper, rsa, upper_triangle
+from .uncertainty import RepeatedTriplets, aggregate_triplets, human_uncertainty
+
+__all__ = [
+    "CHANCE",
+    "DEFAULT_BINS",
+    "DEFAULT_CEILING",
+    "EvalOptions",
+    "FewShotOptions",
+    "LEVELS",
+    "METRICS",
+    "Reliability",
+    "RepeatedTriplets",
+    "accuracy_by_level",
+    "aggregate_triplets",
+    "calibration_metrics",
+    "category_order",
+    "compare_rdms",
+    "count_inversions",
+    "encode_levels",
+    "evaluate_representation",
+    "expected_calibration_error",
+    "few_shot_accuracy",
+    "fit_logreg",
+    "format_table",
+    "human_uncertainty",
+    "kendall_tau_a",
+    "linear_cka",
+    "load_level_labels",
+    "mean_entropy",
+    "nll",
+    "noise_ceiling_normalized",
+    "pearson",
+    "plot_accuracy_by_level",
+    "plot_rdm_panel",
+    "plot_reliability",
+    "rankdata",
+    "rdm",
+    "rdm_upper",
+    "reliability",
+    "rsa",
+    "single_category_labels",
+    "spearman",
+    "triplet_accuracy",
+    "triplet_calibration",
+    "triplet_levels",
+    "upper_triangle",
+]

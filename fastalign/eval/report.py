@@ -1,0 +1,226 @@
+"""One entry point that evaluates a representation, and a plain-text table of the result.
+
+``evaluate_representation`` returns a JSON-serialisable dict (floats, ints,
+strings, lists, dicts; ``None`` where a number is undefined) used by the CLI
+and by the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ._util import as_emb, as_index, as_triplets, nan_to_none
+from .calibration import DEFAULT_BINS, triplet_calibration
+from .cka import linear_cka
+from .few_shot import FewShotOptions, few_shot_accuracy
+from .levels import LEVELS, accuracy_by_level, encode_levels, triplet_levels
+from .odd_one_out import DEFAULT_CEILING, noise_ceiling_normalized, triplet_accuracy
+from .rsa import COMPARISONS, rsa
+from .uncertainty import human_uncertainty
+
+__all__ = ["EvalOptions", "evaluate_representation", "format_table"]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Options of ``evaluate_representation``.
+
+    Attributes:
+        ceiling: human noise ceiling for the normalised score (> 1/3).
+        n_bins: ECE bins.
+        min_repeats: responses an object set needs to count for human uncertainty (>= 2).
+        uncategorized: how objects without a category enter the levels ("distinct" or "exclude").
+        rdm_metric: RDM metric of the evaluated representation; ``None`` = "dot" for
+            dot similarity, "cosine" for cosine similarity.
+        human_rdm_metric: RDM metric of the human reference embedding (SPoSE is a dot model).
+        rsa_methods: RDM comparisons to run.
+        few_shot_probes: probes to run when few-shot labels are given.
+        few_shot: episode options (its ``probe`` is overridden by each of ``few_shot_probes``).
+        chunk_size: rows per block when building RDMs.
+    """
+
+    ceiling: float = DEFAULT_CEILING
+    n_bins: int = DEFAULT_BINS
+    min_repeats: int = 2
+    uncategorized: str = "distinct"
+    rdm_metric: Optional[str] = None
+    human_rdm_metric: str = "dot"
+    rsa_methods: Tuple[str, ...] = tuple(COMPARISONS)
+    few_shot_probes: Tuple[str, ...] = ("centroid", "logreg")
+    few_shot: FewShotOptions = field(default_factory=FewShotOptions)
+    chunk_size: int = 2048
+
+
+def _level_dict(acc: Mapping[str, Tuple[float, int]]) -> Dict[str, Dict[str, Any]]:
+    return {k: {"accuracy": nan_to_none(a), "n": n} for k, (a, n) in acc.items()}
+
+
+def evaluate_representation(
+    emb: Any,
+    triplets: Any,
+    *,
+    odd: Optional[Any] = None,
+    categories: Optional[Any] = None,
+    levels: Optional[Any] = None,
+    level_names: Optional[Sequence[str]] = None,
+    human_rdm_emb: Optional[Any] = None,
+    few_shot_labels: Optional[Any] = None,
+    similarity: str = "dot",
+    temperature: float = 1.0,
+    options: Optional[EvalOptions] = None,
+    backend: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Evaluate an (N, D) representation against human odd-one-out choices and more.
+
+    Args:
+        emb: (N, D) embeddings (numpy or torch; work runs on its device).
+        triplets: (B, 3) human triplets, column 2 the odd one out unless ``odd`` is given.
+        odd: optional (B,) odd-one-out positions.
+        categories: optional (N, K) 0/1 object categories: accuracy per derived
+            level (fine / class_boundary / coarse / mixed, see ``fastalign.eval.levels``).
+        levels: optional (B,) per-triplet level labels (a Levels-style file).
+        level_names: names of integer ``levels`` codes.
+        human_rdm_emb: optional (N, D_h) human similarity embedding for RSA and CKA.
+        few_shot_labels: optional (N,) class per object (negative = unlabelled) for the few-shot probes.
+        similarity: ``"dot"`` or ``"cosine"`` for the triplet similarities.
+        temperature: softmax temperature of the model's probabilities (> 0).
+        options: ``EvalOptions``.
+        backend: kernel backend for the triplet ops.
+
+    Returns a JSON-serialisable dict with keys ``n_objects``, ``dim``, ``n_triplets``,
+    ``similarity``, ``temperature``, ``accuracy``, ``ceiling``,
+    ``noise_ceiling_normalized``, ``calibration``, ``uncertainty`` and, when their
+    inputs are given, ``levels`` (from categories), ``levels_file`` (from ``levels``),
+    ``rsa`` (with ``cka``) and ``few_shot``.
+    """
+    opts = options or EvalOptions()
+    e = as_emb(emb)
+    if not bool(torch.isfinite(e).all()):
+        row = int((~torch.isfinite(e)).any(1).nonzero()[0, 0])
+        raise ValueError(f"emb has a NaN or Inf in row {row}")
+    n = e.shape[0]
+    t = as_triplets(triplets, n, e.device)
+    o = None if odd is None else as_index(odd, "odd", e.device)
+    acc = triplet_accuracy(e, t, o, similarity, backend)
+    report: Dict[str, Any] = {
+        "n_objects": n,
+        "dim": int(e.shape[1]),
+        "n_triplets": int(t.shape[0]),
+        "similarity": similarity,
+        "temperature": float(temperature),
+        "accuracy": nan_to_none(acc),
+        "ceiling": float(opts.ceiling),
+        "noise_ceiling_normalized": nan_to_none(noise_ceiling_normalized(acc, opts.ceiling)),
+    }
+    report["calibration"] = {
+        k: (nan_to_none(v) if isinstance(v, float) else v)
+        for k, v in triplet_calibration(e, t, o, temperature, similarity, opts.n_bins, backend).items()
+    }
+    if categories is not None:
+        cats = categories if isinstance(categories, torch.Tensor) else torch.from_numpy(np.array(categories))
+        if cats.dim() != 2 or cats.shape[0] != n:
+            raise ValueError(f"categories must have shape ({n}, K) to match emb, got {tuple(cats.shape)}")
+        codes = triplet_levels(t.cpu(), cats, opts.uncategorized)
+        report["levels"] = {
+            "source": "categories",
+            "uncategorized": opts.uncategorized,
+            "accuracy": _level_dict(accuracy_by_level(e, t, codes, o, similarity, LEVELS, backend)),
+        }
+    if levels is not None:
+        codes, names = encode_levels(levels, level_names)
+        report["levels_file"] = {
+            "source": "levels",
+            "accuracy": _level_dict(accuracy_by_level(e, t, codes, o, similarity, names, backend)),
+        }
+    report["uncertainty"] = human_uncertainty(e, t, o, similarity, temperature, opts.min_repeats, backend)
+    if human_rdm_emb is not None:
+        h = as_emb(human_rdm_emb, "human_rdm_emb", device=e.device)
+        if h.shape[0] != n:
+            raise ValueError(f"human_rdm_emb has {h.shape[0]} rows but emb has {n}; both must list the same objects")
+        metric = opts.rdm_metric or ("dot" if similarity == "dot" else "cosine")
+        scores = rsa(e, h, metric, opts.human_rdm_metric, opts.rsa_methods, opts.chunk_size)
+        report["rsa"] = {
+            "metric": metric,
+            "human_metric": opts.human_rdm_metric,
+            **{k: nan_to_none(v) for k, v in scores.items()},
+            "cka": nan_to_none(linear_cka(e, h)),
+        }
+    if few_shot_labels is not None:
+        fs: Dict[str, Any] = {}
+        for probe in opts.few_shot_probes:
+            o_fs = FewShotOptions(**{**asdict(opts.few_shot), "probe": probe, "shots": tuple(opts.few_shot.shots)})
+            res = few_shot_accuracy(e, few_shot_labels, options=o_fs)
+            fs[probe] = {str(k): v for k, v in res.items()}
+        report["few_shot"] = fs
+    return report
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return f"{100 * v:.1f}%" if pct else f"{v:.4f}"
+    return str(v)
+
+
+def _rows(report: Mapping[str, Any]) -> List[Tuple[str, str]]:
+    rows = [
+        ("triplets", _fmt(report.get("n_triplets"))),
+        ("accuracy", _fmt(report.get("accuracy"), True)),
+        (f"noise-ceiling-normalised (ceiling {report.get('ceiling')})", _fmt(report.get("noise_ceiling_normalized"))),
+    ]
+    cal = report.get("calibration") or {}
+    rows += [("temperature", f"{report.get('temperature'):.4g}"),
+             ("NLL (nats)", _fmt(cal.get("nll"))),
+             (f"ECE ({cal.get('n_bins')} bins)", _fmt(cal.get("ece"))),
+             ("mean entropy (nats)", _fmt(cal.get("entropy")))]
+    for key in ("levels", "levels_file"):
+        if key in report:
+            for lv, d in report[key]["accuracy"].items():
+                rows.append((f"accuracy [{lv}] (n={d['n']})", _fmt(d["accuracy"], True)))
+    unc = report.get("uncertainty") or {}
+    if unc.get("n_sets"):
+        rows += [
+            (f"repeated sets (>= {unc['min_repeats']} responses)", _fmt(unc["n_sets"])),
+            ("human noise ceiling", _fmt(unc["noise_ceiling"], True)),
+            (f"accuracy vs majority (n={unc['n_majority']})", _fmt(unc["model_accuracy_vs_majority"], True)),
+            ("KL(human || model)", _fmt(unc["kl_human_model"])),
+            ("entropy Spearman (model vs human)", _fmt(unc["entropy_spearman"])),
+        ]
+    if "rsa" in report:
+        r = report["rsa"]
+        rows.append(("RDM metrics (model / human)", f"{r['metric']} / {r['human_metric']}"))
+        for m in COMPARISONS:
+            if m in r:
+                rows.append((f"RSA {m}", _fmt(r[m])))
+        rows.append(("linear CKA", _fmt(r.get("cka"))))
+    for probe, res in (report.get("few_shot") or {}).items():
+        for k, d in res.items():
+            ci = d.get("ci95")
+            val = "-" if d.get("mean") is None else f"{100 * d['mean']:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+            rows.append((f"few-shot {probe} {k}-shot ({d['n_classes']} classes)", val))
+    return rows
+
+
+def format_table(reports: Mapping[str, Any]) -> str:
+    """A plain-text table of one report, or of ``{name: report}`` side by side (rows = metrics)."""
+    if "accuracy" in reports and "n_triplets" in reports:
+        reports = {"value": reports}
+    names = list(reports)
+    columns = [dict(_rows(reports[nm])) for nm in names]
+    metrics: List[str] = []
+    for nm in names:
+        for m, _ in _rows(reports[nm]):
+            if m not in metrics:
+                metrics.append(m)
+    header = ["metric"] + names
+    body = [[m] + [col.get(m, "-") for col in columns] for m in metrics]
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in body])
