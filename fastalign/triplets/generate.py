@@ -440,8 +440,9 @@ def generate(o: GenerateOptions, say: Callable[[str], None] = lambda s: print(s,
         device = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     times = {k: 0.0 for k in ("load", "kmeans", "sample", "label", "write", "histogram")}
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
-    opts_doc = {k: v for k, v in asdict(o).items() if k not in ("resume", "progress", "rank", "world_size", "device",
-                                                                 "wait_timeout", "histogram", "backend")}
+    # What determines the content (the output path and run-time knobs do not).
+    opts_doc = {k: v for k, v in asdict(o).items() if k not in ("out", "resume", "progress", "rank", "world_size",
+                                                                 "device", "wait_timeout", "histogram", "backend")}
     if rank == 0:
         _check_fresh(root, o.resume)  # before any work, and before anything is created
     t0 = time.perf_counter()
