@@ -1,12 +1,84 @@
-"""`fastalign bench` (placeholder until its issue lands)."""
+"""``fastalign bench``: measure the triplet kernels and the teacher transform on this machine.
+
+Writes ``results.json``, ``table.md`` and ``plot.png`` to ``--out`` and prints
+the table. The same harness runs ``benchmarks/bench_gpu.py`` and the device
+check.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def _csv(value: str):
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    return items
+
+
+def add_arguments(p) -> None:
+    """The bench options (shared with ``benchmarks/bench_gpu.py``)."""
+    from ..bench.presets import PRESETS  # light: dataclasses only
+
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="case list: " + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
+                   + " (default: gpu-quick with a GPU, else cpu-tiny)")
+    p.add_argument("--out", default="bench-out", help="output directory (default: bench-out)")
+    p.add_argument("--backends", type=_csv, default=None,
+                   help="comma-separated library backends to time (default: every available one)")
+    p.add_argument("--baselines", type=_csv, default=None,
+                   help="comma-separated baselines: eager,compile, or 'none' (default: the preset's)")
+    p.add_argument("--groups", type=_csv, default=("triplet", "affine"),
+                   help="comma-separated groups: triplet,affine (default: both)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds after which remaining measurements are skipped (0 = no limit; default: the preset's)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the compile baseline (default: inductor)")
+    p.add_argument("--warmup-ms", type=float, default=None, help="do_bench warm-up budget (default: the preset's)")
+    p.add_argument("--rep-ms", type=float, default=None, help="do_bench repetition budget (default: the preset's)")
+    p.add_argument("--no-check", action="store_true", help="skip the correctness check against the eager baseline")
+    p.add_argument("--quiet", action="store_true", help="no progress output and no table on stdout")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
+
+
+def options_from_args(args):
+    """``BenchOptions`` from parsed arguments (ValueError on a bad value)."""
+    import torch
+
+    from ..bench.config import BenchOptions
+
+    preset = args.preset or ("gpu-quick" if torch.cuda.is_available() and args.device != "cpu" else "cpu-tiny")
+    baselines = args.baselines
+    if baselines is not None and tuple(baselines) == ("none",):
+        baselines = ()
+    budget = args.time_budget
+    if budget is not None:
+        if budget < 0:
+            raise ValueError(f"--time-budget must be >= 0 seconds, got {budget}")
+        budget = math.inf if budget == 0 else budget
+    return BenchOptions(
+        preset=preset, device=args.device, backends=args.backends, baselines=baselines,
+        groups=tuple(args.groups), compile_backend=args.compile_backend, warmup_ms=args.warmup_ms,
+        rep_ms=args.rep_ms, time_budget_s=budget, check=not args.no_check, seed=args.seed,
+        progress=not args.quiet,
+    )
 
 
 def register(sub):
-    p = sub.add_parser("bench", help="(not yet available)")
+    p = sub.add_parser("bench", help="benchmark the triplet kernels and the teacher transform on this machine",
+                       description=__doc__.splitlines()[0])
+    add_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args):
-    from .main import CLIError
+    from pathlib import Path
 
-    raise CLIError("'bench' is not available in this version yet")
+    from ..bench import run_bench
+    from ..bench.report import TABLE
+
+    options = options_from_args(args)
+    run_bench(options, out_dir=args.out)
+    if not args.quiet:
+        print((Path(args.out) / TABLE).read_text(encoding="utf-8"))
+    return 0

@@ -1,0 +1,166 @@
+"""Run a preset: measure the ceilings, then every case, writing results as it goes.
+
+``run_bench(options, out_dir)`` is what ``fastalign bench`` and
+``benchmarks/bench_gpu.py`` call. After every case it rewrites
+``results.json`` and ``table.md`` (atomically), so a run stopped by a timeout
+still leaves every finished case on disk; the plot is drawn at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Union
+
+import torch
+
+from .. import __version__, ops
+from . import affine_bench, report, triplet_bench
+from .config import AffineCase, BenchOptions, TripletCase
+from .measure import Context, release
+from .presets import Preset, get_preset
+from .timing import copy_bandwidth, free_memory, matmul_tflops
+
+# Ceiling measurements: a 1 GiB copy on a GPU (far beyond L2), 32 MiB on CPU;
+# an 8192^3 GEMM on a GPU.
+_COPY_BYTES = {"cuda": 1 << 30, "cpu": 32 << 20}
+_GEMM_SIZE = 8192
+
+
+def resolve_options(options: BenchOptions, preset: Preset) -> BenchOptions:
+    """Fill the options left as ``None`` from the preset."""
+    return dataclasses.replace(
+        options,
+        baselines=preset.baselines if options.baselines is None else options.baselines,
+        time_budget_s=preset.time_budget_s if options.time_budget_s is None else options.time_budget_s,
+        warmup_ms=preset.warmup_ms if options.warmup_ms is None else options.warmup_ms,
+        rep_ms=preset.rep_ms if options.rep_ms is None else options.rep_ms,
+    )
+
+
+def _device_meta(device: str) -> dict:
+    meta = {"device": device, "device_name": platform.processor() or platform.machine() or "cpu"}
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        meta.update(device_name=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count,
+                    total_memory_bytes=p.total_memory, cuda=torch.version.cuda)
+    return meta
+
+
+def _versions() -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:  # noqa: BLE001 - triton is optional
+        triton_version = None
+    return {"fastalign": __version__, "torch": torch.__version__, "triton": triton_version,
+            "python": platform.python_version()}
+
+
+def _progress(cases: List, enabled: bool):
+    """An iterator over cases with a progress bar (tqdm) or plain lines, and a log function."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(cases, desc="bench", unit="case")
+            return bar, bar.write
+        except ImportError:
+            pass
+    return cases, (print if enabled else (lambda msg: None))
+
+
+def run_bench(options: BenchOptions, out_dir=None, log: Optional[Callable[[str], None]] = None,
+              cases: Optional[Sequence[Union[TripletCase, AffineCase]]] = None) -> dict:
+    """Run ``options.preset`` and return the results dict (also written to ``out_dir``).
+
+    Args:
+        options: what to run (see ``BenchOptions``).
+        out_dir: directory for results.json, table.md, plot.png; ``None`` writes nothing.
+        log: where progress lines go (default: the progress bar or stdout).
+        cases: measure these instead of the preset's cases (the preset still
+            supplies the default baselines, budgets and its name).
+
+    Raises ``ValueError`` for a GPU preset without a GPU, an unknown backend
+    or an unknown preset.
+    """
+    preset = get_preset(options.preset)
+    opts = resolve_options(options, preset)
+    device = opts.resolved_device()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
+    if preset.device == "cuda" and device != "cuda":
+        raise ValueError(f"preset {preset.name!r} is sized for a GPU (no CUDA device here); use --preset cpu-tiny")
+    backends = triplet_bench.available_backends(device, opts.backends)
+
+    chosen = preset.cases if cases is None else tuple(cases)
+    for c in chosen:
+        if not isinstance(c, (TripletCase, AffineCase)):
+            raise TypeError(f"cases must be TripletCase or AffineCase objects, got {type(c).__name__}")
+    cases = sorted((c for c in chosen if c.group in opts.groups), key=lambda c: c.priority)
+    iterator, default_log = _progress(cases, opts.progress)
+    log = log or default_log
+    ctx = Context(options=opts, device=device, log=log, free_at_start=free_memory(device))
+
+    notes = []
+    if device == "cpu":
+        notes.append("peak memory is not recorded on CPU (no allocator statistics)")
+    if "compile" not in (opts.baselines or ()):
+        notes.append("torch.compile baseline not run (enable with --baselines eager,compile)")
+    elif opts.compile_backend != "inductor":
+        notes.append(f"torch.compile used backend={opts.compile_backend!r}: a path check, not a speed baseline")
+    for name, why in backends.items():
+        if why is not None:
+            notes.append(f"backend {name}: {why}")
+    notes.append("library backends are timed through the public ops, input checks (index range, "
+                 "probabilities) included; 'bwd' of a reduced fused loss only scales the gradient computed "
+                 "in the forward")
+    meta = {
+        "preset": preset.name, "preset_description": preset.description,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **_device_meta(device), **_versions(),
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(opts).items()},
+        "backends": ops.backends(), "notes": notes,
+    }
+    results = {"meta": meta, "results": []}
+    t0 = time.perf_counter()
+
+    log(f"fastalign bench: preset {preset.name} on {meta['device_name']} ({device}); "
+        f"backends {[n for n, w in backends.items() if w is None]}; baselines {list(opts.baselines or ())}")
+    meta["copy_bandwidth"] = copy_bandwidth(device, _COPY_BYTES[device], opts.warmup_ms, opts.rep_ms)
+    ctx.copy_gbps = meta["copy_bandwidth"]["GBps"]
+    log(f"copy bandwidth: {ctx.copy_gbps:.0f} GB/s")
+    matmul = {}
+    if device == "cuda" and "affine" in opts.groups:
+        meta["matmul_peak"] = [matmul_tflops(device, dt, _GEMM_SIZE, opts.warmup_ms, opts.rep_ms)
+                               for dt in (torch.bfloat16, torch.float32)]
+        matmul = {m["dtype"]: m["TFLOPs"] for m in meta["matmul_peak"]}
+    release(device)
+
+    for case in iterator:
+        log(f"{case.group}: {case.label}")
+        if isinstance(case, TripletCase):
+            rows = triplet_bench.run_case(ctx, case, backends)
+        else:
+            peak = matmul.get({"bf16": "bfloat16", "fp32": "float32"}.get(case.dtype, ""), None)
+            rows = affine_bench.run_case(ctx, case, peak)
+        results["results"].extend(rows)
+        meta["elapsed_s"] = time.perf_counter() - t0
+        release(device)
+        if out_dir is not None:
+            report.write_all(out_dir, results, plot=False)
+    meta["elapsed_s"] = time.perf_counter() - t0
+    left = ctx.budget_left()
+    if left is not None and math.isfinite(left) and left <= 0:
+        notes.append(f"time budget of {opts.time_budget_s:.0f} s ran out; later measurements were skipped")
+    if out_dir is not None:
+        paths = report.write_all(out_dir, results, plot=True)
+        log("wrote " + ", ".join(str(Path(p)) for p in paths.values()))
+    else:
+        report.add_speedups(results["results"])
+    return results
