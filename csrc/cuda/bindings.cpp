@@ -99,5 +99,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("synchronize", &synchronize, "Wait for a stream and raise on any pending CUDA error.", py::arg("device"),
         py::arg("stream"));
   m.def("device_count", &fc::device_count, "Visible CUDA devices, or -(cudaError_t) if the runtime cannot start.");
+  m.def("error_string", [](int code) { return std::string(fc::error_string(code)); },
+        "Text of a cudaError_t code.", py::arg("code"));
   m.def("runtime_version", &fc::runtime_version, "CUDA runtime version the extension was built with (e.g. 13000).");
 }
