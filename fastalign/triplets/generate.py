@@ -310,6 +310,11 @@ def _split_items(o: GenerateOptions, n: int) -> Tuple[np.ndarray, Optional[np.nd
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def _rotation(shard: int, chunk: int) -> int:
+    """Which strategy gets the first rounding remainder in a chunk (spreads rounding evenly)."""
+    return shard * 7919 + chunk
+
+
 def _write_split(
     o: GenerateOptions, split: int, name: str, path: Path, num: int, sampler: TripletSampler,
     mix, emb: torch.Tensor, temperature: float, meta: Dict[str, object], rank: int, world: int,
@@ -323,8 +328,8 @@ def _write_split(
     counts = {s: 0 for s in strategies}
     for h in range(n_shards):
         size = min(o.shard_size, num - h * o.shard_size)
-        for a in range(0, size, o.chunk_size):
-            for s, c in zip(strategies, split_counts(min(o.chunk_size, size - a), mix)):
+        for c_id, a in enumerate(range(0, size, o.chunk_size)):
+            for s, c in zip(strategies, split_counts(min(o.chunk_size, size - a), mix, _rotation(h, c_id))):
                 counts[s] += c
     meta = dict(meta, split=name, num=num, strategy_counts=counts, items=int(sampler.items.size))
     if rank == 0:
@@ -349,7 +354,7 @@ def _write_split(
                 b = min(size, a + o.chunk_size)
                 t0 = time.perf_counter()
                 rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([o.seed, split, h, c])))
-                trip, _ = sample_chunk(sampler, mix, b - a, rng)
+                trip, _ = sample_chunk(sampler, mix, b - a, rng, _rotation(h, c))
                 t1 = time.perf_counter()
                 lt, ls, lp = label_triplets(emb, trip, lopts)
                 t2 = time.perf_counter()

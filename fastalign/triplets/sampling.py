@@ -63,13 +63,18 @@ def parse_strategy(spec: str) -> List[Tuple[str, float]]:
     return [(k, v / total) for k, v in out.items()]
 
 
-def split_counts(n: int, mix: Sequence[Tuple[str, float]]) -> List[int]:
-    """Deterministic largest-remainder split of ``n`` rows by the mix weights (sums to n)."""
+def split_counts(n: int, mix: Sequence[Tuple[str, float]], rotate: int = 0) -> List[int]:
+    """Deterministic largest-remainder split of ``n`` rows by the mix weights (sums to n).
+
+    Equal remainders are broken in list order starting at strategy ``rotate % len(mix)``;
+    callers pass the chunk id so that rounding does not always favour the first strategy.
+    """
     raw = np.array([w for _, w in mix], dtype=np.float64) * n
     base = np.floor(raw).astype(np.int64)
     rest = n - int(base.sum())
-    # ties broken by list order (stable argsort), so the split is a pure function of (n, mix)
-    order = np.argsort(-(raw - base), kind="stable")
+    k = len(mix)
+    rank_of = (np.arange(k) - rotate) % k
+    order = np.lexsort((rank_of, -np.round(raw - base, 12)))
     base[order[:rest]] += 1
     return base.tolist()
 
@@ -334,14 +339,14 @@ def chunk_rng(seed: int, stream_id: int, chunk_id: int) -> np.random.Generator:
 
 
 def sample_chunk(
-    sampler: TripletSampler, mix: Sequence[Tuple[str, float]], n: int, rng: np.random.Generator
+    sampler: TripletSampler, mix: Sequence[Tuple[str, float]], n: int, rng: np.random.Generator, rotate: int = 0
 ) -> Tuple[np.ndarray, Dict[str, int]]:
     """``n`` triplets of a strategy mix, interleaved in random order.
 
     Returns ``(triplets (n, 3) int64, {strategy: count})``; the per-strategy
-    counts are the deterministic largest-remainder split of ``n``.
+    counts are ``split_counts(n, mix, rotate)``.
     """
-    counts = split_counts(n, mix)
+    counts = split_counts(n, mix, rotate)
     parts = [sampler.sample(name, c, rng) for (name, _), c in zip(mix, counts)]
     trip = np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int64)
     if len(mix) > 1:

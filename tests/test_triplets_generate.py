@@ -1,0 +1,223 @@
+"""make-triplets end to end: labels vs float64, splits, resume after SIGKILL, ranks == one process, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastalign.triplets import TripletStore
+from fastalign.triplets.generate import GenerateOptions, generate
+from fastalign.triplets.label import softmax_np
+
+from test_triplets_io import cli, ref_sims
+
+REPO = Path(__file__).resolve().parents[1]
+N, D = 240, 8
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gen")
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(N, D)).astype(np.float32)
+    np.save(d / "emb.npy", feats)
+    np.save(d / "labels.npy", rng.integers(0, 6, N))
+    from fastalign.io import save_transform
+    from fastalign.teacher.transform import AffineTransform
+
+    tr = AffineTransform.from_features(feats)
+    with torch.no_grad():
+        tr.weight.copy_(torch.from_numpy(rng.normal(size=(D, D)).astype(np.float32) * 0.3))
+    tr.set_temperature(0.8, calibrated=True)
+    save_transform(d / "t.npz", tr)
+    return d
+
+
+def opts(inputs, out, **kw):
+    base = dict(embeddings=str(inputs / "emb.npy"), out=str(out), num=2500, strategy="cluster_border:0.7,random:0.3",
+                clusters=8, transform=str(inputs / "t.npz"), val_num=400, shard_size=600, chunk_size=250,
+                kmeans_iters=5, progress=False, histogram=False)
+    base.update(kw)
+    return GenerateOptions(**base)
+
+
+def tree_bytes(root: Path):
+    out = {}
+    for sub in ("", "val"):
+        p = root / sub
+        out[f"{sub}/manifest.json"] = (p / "manifest.json").read_bytes()
+        for f in sorted((p / "shards").iterdir()):
+            out[f"{sub}/shards/{f.name}"] = f.read_bytes()
+    return out
+
+
+def teacher(inputs):
+    from fastalign.io import load_transform
+
+    tr = load_transform(inputs / "t.npz")
+    return tr.transform(np.load(inputs / "emb.npy")).astype(np.float64), float(tr.temperature)
+
+
+def test_generate_end_to_end(inputs, tmp_path):
+    s = generate(opts(inputs, tmp_path / "s", histogram=True))
+    emb, t = teacher(inputs)
+    clusters = np.load(tmp_path / "s" / "clusters.npy")
+    train, val = TripletStore.open(tmp_path / "s"), TripletStore.open(tmp_path / "s" / "val")
+    assert len(train) == 2500 and len(val) == 400 and s.temperature == pytest.approx(0.8)
+    assert train.manifest["meta"]["strategy_counts"] == {"cluster_border": 1750, "random": 750}
+    for st in (train, val):
+        idx = st.indices[:].astype(np.int64)
+        assert ((idx[:, 0] != idx[:, 1]) & (idx[:, 0] != idx[:, 2]) & (idx[:, 1] != idx[:, 2])).all()
+        ref = ref_sims(emb, idx)
+        # fp16 storage of the float64-recomputed sims; item 2 is the teacher's odd one out
+        np.testing.assert_allclose(st.sims[:].astype(np.float64), ref, rtol=2e-3, atol=2e-3)
+        assert (ref[:, 0] >= ref[:, 1:].max(1) - 1e-5).all()
+        np.testing.assert_allclose(st.probs[:], softmax_np(ref, t), atol=1e-4)
+        # at least 70 % of rows are cluster_border: two share a cluster, one does not (in some order)
+        c = clusters[idx]
+        border = ((c[:, 0] == c[:, 1]) & (c[:, 2] != c[:, 0])) | ((c[:, 0] == c[:, 2]) & (c[:, 1] != c[:, 0])) | \
+                 ((c[:, 1] == c[:, 2]) & (c[:, 0] != c[:, 1]))
+        assert border.mean() >= 0.7
+    # item-disjoint splits
+    tr_items, va_items = np.load(tmp_path / "s" / "items.npy"), np.load(tmp_path / "s" / "val" / "items.npy")
+    assert not np.intersect1d(tr_items, va_items).size
+    assert np.isin(train.indices[:], tr_items).all() and np.isin(val.indices[:], va_items).all()
+    png = tmp_path / "s" / "teacher_entropy.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert sum(summary["entropy_hist"]["train"]["counts"]) == 2500
+    assert set(summary["seconds"]) >= {"kmeans", "sample", "label", "write"}
+
+
+def test_class_strategies_use_labels(inputs, tmp_path):
+    generate(opts(inputs, tmp_path / "s", strategy="within_class:1,between_class:1,class_border:1",
+                  labels=str(inputs / "labels.npy"), val_num=0, transform=None, num=900))
+    lab = np.load(inputs / "labels.npy")
+    st = TripletStore.open(tmp_path / "s")
+    counts = st.manifest["meta"]["strategy_counts"]
+    assert sum(counts.values()) == 900 and all(abs(c - 300) <= 4 for c in counts.values())  # rounding per chunk
+    l = lab[st.indices[:]]
+    n_same = (l[:, 0] == l[:, 1]).astype(int) + (l[:, 0] == l[:, 2]) + (l[:, 1] == l[:, 2])
+    got = np.bincount(n_same, minlength=4)  # 0 equal pairs: between, 1: border, 3: within
+    assert got[2] == 0 and got[0] == counts["between_class"] and got[1] == counts["class_border"]
+    assert got[3] == counts["within_class"]
+
+
+def test_ranks_equal_one_process(inputs, tmp_path):
+    generate(opts(inputs, tmp_path / "one"))
+    world, errors = 3, []
+
+    def rank(r):
+        try:
+            generate(opts(inputs, tmp_path / "multi", rank=r, world_size=world, wait_timeout=120))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "multi")
+
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import fastalign.triplets.store as store
+    from fastalign.triplets._fs import tmp_name
+    from fastalign.triplets.generate import GenerateOptions, generate
+    real, calls = store.write_bytes_atomic, [0]
+    def slow(final, chunks):
+        calls[0] += 1
+        if calls[0] == 3:  # the third shard: write half of it, then hang until killed
+            data = b"".join(bytes(memoryview(c).cast("B")) for c in chunks)
+            with open(tmp_name(final), "wb") as fh:
+                fh.write(data[: len(data) // 2]); fh.flush()
+            print("PAUSED", flush=True)
+            time.sleep(600)
+        return real(final, chunks)
+    store.write_bytes_atomic = slow
+    kw = eval(sys.argv[1])
+    generate(GenerateOptions(**kw))
+    """
+)
+
+
+def test_resume_after_sigkill_equals_uninterrupted(inputs, tmp_path):
+    generate(opts(inputs, tmp_path / "ref"))
+    crashed = opts(inputs, tmp_path / "crash")
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}", OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, str(script), repr(crashed.__dict__)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "PAUSED"
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+    doc = json.loads((tmp_path / "crash" / "manifest.json").read_text())
+    assert not doc["complete"] and len(doc["shards"]) == 2
+    with pytest.raises(ValueError, match="incomplete"):
+        TripletStore.open(tmp_path / "crash")
+    with pytest.raises(FileExistsError, match="--resume"):
+        generate(crashed)
+    with pytest.raises(ValueError, match="options differ.*seed"):
+        generate(replace(crashed, resume=True, seed=1))
+    s = generate(replace(crashed, resume=True))
+    assert s.splits[0].shards_resumed == 2 and s.splits[0].shards_written == 3
+    assert tree_bytes(tmp_path / "ref") == tree_bytes(tmp_path / "crash")
+    # resuming a finished run changes nothing
+    generate(replace(crashed, resume=True))
+    assert tree_bytes(tmp_path / "ref") == tree_bytes(tmp_path / "crash")
+
+
+def no_complete_store(root: Path) -> bool:
+    for m in root.rglob("manifest.json") if root.exists() else []:
+        if json.loads(m.read_text()).get("complete"):
+            return False
+    return True
+
+
+def test_cli_make_triplets_and_bad_input(inputs, tmp_path, capsys):
+    emb, lab = str(inputs / "emb.npy"), str(inputs / "labels.npy")
+    out = tmp_path / "ok"
+    base = ["make-triplets", "--embeddings", emb, "--clusters", "5", "--num", "300", "--shard-size", "100", "--quiet",
+            "--no-histogram", "--kmeans-iters", "3"]
+    assert cli(base + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "cluster_border" in printed and "| label |" in printed
+    assert len(TripletStore.open(out)) == 300
+    bad_nan = np.load(inputs / "emb.npy")
+    bad_nan[7, 2] = np.nan
+    np.save(tmp_path / "nan.npy", bad_nan)
+    np.save(tmp_path / "short.npy", np.zeros(N - 1, np.int64))
+    cases = [
+        (["--labels", str(tmp_path / "short.npy"), "--strategy", "class_border"], "labels but the embeddings have"),
+        (["--clusters", str(N + 1)], "exceeds the number of items"),
+        (["--num", "-5"], "num must be"),
+        (["--strategy", "odd_strategy"], "unknown strategy"),
+        (["--embeddings", str(tmp_path / "nan.npy")], "non-finite"),
+        (["--strategy", "class_border"], "needs per-item class labels"),
+    ]
+    for i, (extra, msg) in enumerate(cases):
+        target = tmp_path / f"bad{i}"
+        assert cli(base + ["--out", str(target)] + extra) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("fastalign make-triplets: error:") and msg in err and "\n" not in err, err
+        assert no_complete_store(target)
+    # an existing output path without --resume
+    assert cli(base + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err
+    assert cli(base + ["--out", str(out), "--resume"]) == 0
