@@ -83,6 +83,28 @@ def headline(results: dict) -> List[str]:
     return lines + [""]
 
 
+def affine_verdict(results: dict) -> List[str]:
+    """Lines answering "is the folded addmm at the matmul roofline?" and "does fusing pay?"."""
+    rows = [r for r in results.get("results", []) if r.get("group") == "affine" and r.get("status") == "ok"]
+    lines: List[str] = []
+    for label in dict.fromkeys(r["label"] for r in rows):
+        by = {r["impl"]: r for r in rows if r["label"] == label}
+        if "affine_transform" in by and "gemm" in by:
+            r = by["affine_transform"]
+            peak = r.get("frac_matmul_peak")
+            others = ", ".join(f"{k} {by[k]['frac_gemm'] * 100:.0f}%" for k in by
+                               if k not in ("gemm", "affine_transform") and by[k].get("frac_gemm"))
+            lines.append(f"- {label}: `affine_transform` runs at {r['frac_gemm'] * 100:.0f}% of the same-shape "
+                         f"GEMM ({r['TFLOPs']:.3g} TFLOP/s" + (f", {peak * 100:.0f}% of the measured matmul peak"
+                                                                if peak else "") + f"); {others}")
+        if "composed" in by and "transform-only" in by:
+            share = by["transform-only"].get("share_of_composed")
+            if share is not None:
+                lines.append(f"- {label}: the transform is {share * 100:.0f}% of the composed fwd+bwd step "
+                             f"({by['composed']['ms']:.3g} ms), the most a fused affine + loss kernel could save")
+    return (["## Affine verdict", ""] + lines + [""]) if lines else []
+
+
 def _fmt(v, spec: str = ".3g", none: str = "-") -> str:
     if v is None:
         return none
@@ -141,6 +163,7 @@ def markdown(results: dict) -> str:
         out.append(f"- note: {note}")
     out.append("")
     out += headline(results)
+    out += affine_verdict(results)
     trip = [r for r in rows if r.get("group") == "triplet"]
     if trip:
         out += ["## Triplet ops", "",

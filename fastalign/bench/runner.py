@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from . import affine_bench, report, triplet_bench
 from .config import AffineCase, BenchOptions, TripletCase
 from .measure import Context, release
 from .presets import Preset, get_preset
-from .timing import copy_bandwidth, free_memory, matmul_tflops
+from .timing import copy_bandwidth, free_memory, matmul_tflops, nvtx_range
 
 # Ceiling measurements: a 1 GiB copy on a GPU (far beyond L2), 32 MiB on CPU;
 # an 8192^3 GEMM on a GPU.
@@ -63,8 +64,8 @@ def _versions() -> dict:
 
 
 def _progress(cases: List, enabled: bool):
-    """An iterator over cases with a progress bar (tqdm) or plain lines, and a log function."""
-    if enabled:
+    """An iterator over cases with a progress bar (tqdm, on a terminal) or plain lines, and a log function."""
+    if enabled and sys.stderr.isatty():
         try:
             from tqdm.auto import tqdm
 
@@ -72,7 +73,8 @@ def _progress(cases: List, enabled: bool):
             return bar, bar.write
         except ImportError:
             pass
-    return cases, (print if enabled else (lambda msg: None))
+    # Logs (the device check tees them to a file) get whole lines, flushed at once.
+    return cases, ((lambda msg: print(msg, flush=True)) if enabled else (lambda msg: None))
 
 
 def run_bench(options: BenchOptions, out_dir=None, log: Optional[Callable[[str], None]] = None,
@@ -144,11 +146,12 @@ def run_bench(options: BenchOptions, out_dir=None, log: Optional[Callable[[str],
 
     for case in iterator:
         log(f"{case.group}: {case.label}")
-        if isinstance(case, TripletCase):
-            rows = triplet_bench.run_case(ctx, case, backends)
-        else:
-            peak = matmul.get({"bf16": "bfloat16", "fp32": "float32"}.get(case.dtype, ""), None)
-            rows = affine_bench.run_case(ctx, case, peak)
+        with nvtx_range(f"case {case.label}", device):
+            if isinstance(case, TripletCase):
+                rows = triplet_bench.run_case(ctx, case, backends)
+            else:
+                peak = matmul.get({"bf16": "bfloat16", "fp32": "float32"}.get(case.dtype, ""), None)
+                rows = affine_bench.run_case(ctx, case, peak)
         results["results"].extend(rows)
         meta["elapsed_s"] = time.perf_counter() - t0
         release(device)

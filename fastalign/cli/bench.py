@@ -8,6 +8,7 @@ check.
 from __future__ import annotations
 
 import math
+from typing import List, Optional
 
 
 def _csv(value: str):
@@ -82,3 +83,29 @@ def _run(args):
     if not args.quiet:
         print((Path(args.out) / TABLE).read_text(encoding="utf-8"))
     return 0
+
+
+def standalone_main(argv: Optional[List[str]] = None, prog: str = "bench", description: str = "",
+                    **defaults) -> int:
+    """Entry point for scripts (``benchmarks/*.py``): the bench options with other defaults.
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+        prog: program name for ``--help``.
+        description: ``--help`` text.
+        defaults: argument defaults to override (e.g. ``groups=("affine",)``).
+
+    Returns the exit status: 0, or 2 with a one-line message for a bad value.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog, description=description or __doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
