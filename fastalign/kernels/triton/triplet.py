@@ -34,16 +34,18 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .. import contract
+
 # What the fused/scatter kernels do with the row gradients.
 GRAD_NONE = 0  # forward only
 GRAD_ATOMIC = 1  # atomic add into the (N, D) accumulation-dtype buffer
 GRAD_TABLE = 2  # write the (B, 6) coefficient table for the segmented reduction
 
-MODE_HARD: tl.constexpr = tl.constexpr(0)
-MODE_KL: tl.constexpr = tl.constexpr(1)
-MODE_JSD: tl.constexpr = tl.constexpr(2)
-# contract.COSINE_EPS; only ever compared with a norm, so float32 typing is harmless.
-COSINE_EPS: tl.constexpr = tl.constexpr(1e-8)
+MODE_HARD: tl.constexpr = tl.constexpr(contract.MODE_HARD)
+MODE_KL: tl.constexpr = tl.constexpr(contract.MODE_KL)
+MODE_JSD: tl.constexpr = tl.constexpr(contract.MODE_JSD)
+# contract.COSINE_EPS; materialised with tl.full in the accumulation dtype.
+COSINE_EPS: tl.constexpr = tl.constexpr(contract.COSINE_EPS)
 
 
 @triton.jit
@@ -92,9 +94,10 @@ def _row_stats(emb_ptr, stride, r0, r1, r2, mask_t, D: tl.constexpr, COSINE: tl.
 def _similarities(d01, d02, d12, q0, q1, q2, COSINE: tl.constexpr):
     """Similarities and the clamped norms (ones for dot)."""
     if COSINE:
-        n0 = tl.maximum(tl.sqrt(q0), COSINE_EPS)
-        n1 = tl.maximum(tl.sqrt(q1), COSINE_EPS)
-        n2 = tl.maximum(tl.sqrt(q2), COSINE_EPS)
+        eps = tl.full(q0.shape, COSINE_EPS, q0.dtype)  # exact in float64, unlike a literal
+        n0 = tl.maximum(tl.sqrt(q0), eps)
+        n1 = tl.maximum(tl.sqrt(q1), eps)
+        n2 = tl.maximum(tl.sqrt(q2), eps)
         return d01 / (n0 * n1), d02 / (n0 * n2), d12 / (n1 * n2), n0, n1, n2
     one = tl.full(d01.shape, 1.0, d01.dtype)
     return d01, d02, d12, one, one, one
@@ -181,12 +184,13 @@ def _pair_coefs(c01, c02, c12, s01, s02, s12, n0, n1, n2, q0, q1, q2, COSINE: tl
     vanishes where the norm is clamped (n treated as a constant there).
     """
     if COSINE:
+        eps = tl.full(q0.shape, COSINE_EPS, q0.dtype)
         a01 = c01 / (n0 * n1)
         a02 = c02 / (n0 * n2)
         a12 = c12 / (n1 * n2)
-        b0 = tl.where(q0 >= COSINE_EPS * COSINE_EPS, (c01 * s01 + c02 * s02) / (n0 * n0), 0.0)
-        b1 = tl.where(q1 >= COSINE_EPS * COSINE_EPS, (c01 * s01 + c12 * s12) / (n1 * n1), 0.0)
-        b2 = tl.where(q2 >= COSINE_EPS * COSINE_EPS, (c02 * s02 + c12 * s12) / (n2 * n2), 0.0)
+        b0 = tl.where(q0 >= eps * eps, (c01 * s01 + c02 * s02) / (n0 * n0), 0.0)
+        b1 = tl.where(q1 >= eps * eps, (c01 * s01 + c12 * s12) / (n1 * n1), 0.0)
+        b2 = tl.where(q2 >= eps * eps, (c02 * s02 + c12 * s12) / (n2 * n2), 0.0)
         return a01, a02, a12, b0, b1, b2
     zero = tl.zeros(c01.shape, c01.dtype)
     return c01, c02, c12, zero, zero, zero
@@ -356,6 +360,15 @@ def _segment_block(emb_ptr, stride, trip_ptr, tab_ptr, order_ptr, e, end, offs_d
 
 
 @triton.jit
+def _round_to_bf16(x):
+    """fp32 x rounded to the nearest bf16 value (ties to even), still as fp32."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    # NaN payloads could carry into the sign bit: keep NaN as it is.
+    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+
+
+@triton.jit
 def segment_kernel(emb_ptr, stride, trip_ptr, tab_ptr, order_ptr, seg_ptr, rows_ptr, out_ptr,
                    D: tl.constexpr, COSINE: tl.constexpr, ACC: tl.constexpr, INTERPRET: tl.constexpr,
                    BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -391,4 +404,8 @@ def segment_kernel(emb_ptr, stride, trip_ptr, tab_ptr, order_ptr, seg_ptr, rows_
     if COSINE:
         xr = tl.load(emb_ptr + r * stride + offs_d, mask=md, other=0.0).to(ACC)
         g -= tl.sum(selfc, axis=0) * xr
+    if INTERPRET and out_ptr.dtype.element_ty == tl.bfloat16:
+        # The interpreter's fp32 -> bf16 cast truncates; round to nearest even
+        # here so the cast below is exact (DEVELOPERS.md).
+        g = _round_to_bf16(g.to(tl.float32))
     tl.store(out_ptr + r * D + offs_d, g.to(out_ptr.dtype.element_ty), mask=md)
