@@ -106,7 +106,7 @@ if [[ ! -s "$OUT/bench/results.json" && $(left) -gt 60 ]]; then
 fi
 if [[ -s "$OUT/bench/results.json" && ( $rc != 0 || ! -s "$OUT/bench/plot.png" ) ]]; then
   s=$(date +%s)
-  timeout -k 5 60 "$PY" -m fastalign.bench.report "$OUT/bench"
+  timeout -k 5 60 "$PY" -c 'import sys; from fastalign.bench.report import main; sys.exit(main(sys.argv[1:]))' "$OUT/bench"
   record report $? "$s" "table and plot rebuilt from the partial results.json"
 fi
 

@@ -417,3 +417,27 @@ def test_harness_on_cuda_tiny(tmp_path):
         assert r["timer"] in ("do_bench", "events") and r["peak_mem_bytes"] is not None
     assert results["meta"]["copy_bandwidth"]["GBps"] > 100
     assert (tmp_path / "plot.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_headline_judges_the_issue_targets():
+    base = {"group": "triplet", "case": "alignet", "label": "alignet kl", "op": "kl", "dtype": "bf16",
+            "phase": "fwd+bwd", "status": "ok"}
+    rows = [
+        {**base, "impl": "eager", "kind": "baseline", "ms": 100.0},
+        {**base, "impl": "compile", "kind": "baseline", "ms": 12.0},
+        {**base, "impl": "triton", "kind": "backend", "ms": 5.0, "frac_copy_bw": 0.7},
+        {**base, "impl": "cuda", "kind": "backend", "ms": 10.0, "frac_copy_bw": 0.35},
+        {**base, "impl": "torch", "kind": "backend", "ms": 50.0, "frac_copy_bw": 0.07},
+    ]
+    results = {"meta": {}, "results": rows}
+    report.add_speedups(rows)
+    assert rows[2]["vs_eager"] == pytest.approx(20.0) and rows[2]["vs_compile"] == pytest.approx(2.4)
+    text = "\n".join(report.headline(results))
+    triton_line = next(line for line in text.splitlines() if "`triton`" in line)
+    cuda_line = next(line for line in text.splitlines() if "`cuda`" in line)
+    assert "NOT met" not in triton_line and triton_line.count("met") == 3
+    assert "35% of copy bandwidth (target >= 60%: NOT met)" in cuda_line
+    assert "1.2x torch.compile (target >= 1.5x: NOT met)" in cuda_line
+    assert "triton vs cuda: 100% apart (target <= 20%: NOT met)" in text
+    assert "`torch`" not in text  # the reference backend is not held to the fused targets
+    assert report.headline({"results": []}) == []

@@ -1,9 +1,10 @@
 """Benchmark outputs: ``results.json``, ``table.md`` and ``plot.png``.
 
 All three are written atomically (temp file, fsync, rename), so a run killed
-mid-way leaves the last complete version. ``python -m fastalign.bench.report
-DIR`` rebuilds the table and the plot from ``DIR/results.json`` (the device
-check does this when the benchmark ran out of time).
+mid-way leaves the last complete version. ``report.main([DIR])`` (or
+``python -c 'from fastalign.bench.report import main; main(["DIR"])'``)
+rebuilds the table and the plot from ``DIR/results.json``; the device check
+does this when the benchmark ran out of time.
 
 Speed-ups: every ok row gets ``vs_eager`` / ``vs_compile`` = baseline time /
 this time for the same case and phase (> 1 is faster than the baseline).
@@ -208,8 +209,10 @@ def _series(rows: Sequence[dict], value: str) -> Dict[str, List[Tuple[float, flo
 def plot_png(results: dict) -> bytes:
     """PNG bytes: time and peak memory against size (minimal GB) per implementation.
 
-    Plots the forward + backward rows of the triplet losses (the training step);
-    memory is left empty (with a note) on CPU, where it is not recorded.
+    Plots the forward + backward rows of the KL distillation loss (the training
+    step; every preset measures it at several sizes, so each implementation's
+    points form one curve); memory is left empty (with a note) on CPU, where it
+    is not recorded.
     """
     import io
 
@@ -219,7 +222,7 @@ def plot_png(results: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     rows = [r for r in results.get("results", []) if r.get("group") == "triplet" and r.get("phase") == "fwd+bwd"
-            and r.get("op") in ("kl", "jsd", "hard")]
+            and r.get("op") == "kl" and r.get("similarity", "dot") == "dot"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, value, ylabel in ((axes[0], "ms", "time (ms, median)"), (axes[1], "peak_mem_bytes", "peak memory (bytes)")):
         series = _series(rows, value)
@@ -237,7 +240,7 @@ def plot_png(results: dict) -> bytes:
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     meta = results.get("meta", {})
-    fig.suptitle(f"fastalign triplet loss fwd+bwd - {meta.get('device_name', '?')} ({meta.get('preset', '?')})")
+    fig.suptitle(f"fastalign KL distillation loss, fwd+bwd - {meta.get('device_name', '?')} ({meta.get('preset', '?')})")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -260,10 +263,10 @@ def write_all(out_dir, results: dict, plot: bool = True) -> Dict[str, Path]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m fastalign.bench.report DIR``: rebuild table.md and plot.png from DIR/results.json."""
+    """Rebuild table.md and plot.png from DIR/results.json (``argv = [DIR]``); exit status 0 or 2."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m fastalign.bench.report DIR (a directory holding results.json)", file=sys.stderr)
+        print("usage: report DIR (a directory holding results.json)", file=sys.stderr)
         return 2
     path = Path(argv[0]) / RESULTS
     if not path.is_file():
