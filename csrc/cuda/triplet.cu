@@ -21,6 +21,14 @@
 #include "common.cuh"
 #include "launchers.h"
 
+// 16-byte float4 atomicAdd exists on sm_90+ (CUDA >= 12.4 assumed here to be safe).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && \
+    (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 4))
+#define FASTALIGN_VECTOR_ATOMICS 1
+#else
+#define FASTALIGN_VECTOR_ATOMICS 0
+#endif
+
 namespace fastalign_cuda {
 namespace {
 
@@ -77,7 +85,7 @@ __device__ __forceinline__ void loss_and_dsim(A s0, A s1, A s2, int mode, A temp
 }
 
 template <typename T, typename I, int G>
-__global__ void __launch_bounds__(kThreads) triplet_kernel(const TripletArgs p, const bool vec) {
+__global__ void __launch_bounds__(kThreads) triplet_kernel(const TripletArgs p, const bool vec, const bool grad4) {
   using A = typename Acc<T>::type;
   constexpr int V = Vec<T>::N;
   constexpr int kPerWarp = 32 / G;  // triplets a warp handles per step
@@ -228,25 +236,42 @@ __global__ void __launch_bounds__(kThreads) triplet_kernel(const TripletArgs p, 
       continue;
     }
 
-    // Atomic mode: float32 scatter-add into the (n, d) contiguous buffer. The
-    // rows were just read by this group, so the second read mostly hits L1/L2.
+    // Atomic mode: float32 scatter-add into the (n, d) contiguous buffer.
+    // Consecutive lanes own consecutive columns, so a warp-wide atomic
+    // instruction covers whole 32-byte sectors (the vector-load mapping above
+    // would spread one instruction over V times more sectors). The rows were
+    // just read by this group, so these reads mostly hit L1/L2.
     float* o0 = reinterpret_cast<float*>(p.grad) + r0 * D;
     float* o1 = reinterpret_cast<float*>(p.grad) + r1 * D;
     float* o2 = reinterpret_cast<float*>(p.grad) + r2 * D;
-    for (std::int64_t v = gl; v < nvec; v += G) {
-      A x[V], y[V], w[V];
-      load_vec(e0 + v * V, x);
-      load_vec(e1 + v * V, y);
-      load_vec(e2 + v * V, w);
+#if FASTALIGN_VECTOR_ATOMICS
+    if (grad4) {  // sm_90: 16-byte vector atomics; d % 4 == 0 keeps every gradient row 16-byte aligned
+      for (std::int64_t c = 4 * static_cast<std::int64_t>(gl); c < D; c += 4 * G) {
+        A x[4], y[4], w[4];
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const std::int64_t c = v * V + k;
-        atomicAdd(o0 + c, static_cast<float>(g0 * x[k] + k01 * y[k] + k02 * w[k]));
-        atomicAdd(o1 + c, static_cast<float>(k01 * x[k] + g1 * y[k] + k12 * w[k]));
-        atomicAdd(o2 + c, static_cast<float>(k02 * x[k] + k12 * y[k] + g2 * w[k]));
+        for (int k = 0; k < 4; ++k) {
+          x[k] = load1(e0 + c + k);
+          y[k] = load1(e1 + c + k);
+          w[k] = load1(e2 + c + k);
+        }
+        float u0[4], u1[4], u2[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          u0[k] = static_cast<float>(g0 * x[k] + k01 * y[k] + k02 * w[k]);
+          u1[k] = static_cast<float>(k01 * x[k] + g1 * y[k] + k12 * w[k]);
+          u2[k] = static_cast<float>(k02 * x[k] + k12 * y[k] + g2 * w[k]);
+        }
+        const float4 a0 = make_float4(u0[0], u0[1], u0[2], u0[3]);
+        const float4 a1 = make_float4(u1[0], u1[1], u1[2], u1[3]);
+        const float4 a2 = make_float4(u2[0], u2[1], u2[2], u2[3]);
+        atomicAdd(reinterpret_cast<float4*>(o0 + c), a0);
+        atomicAdd(reinterpret_cast<float4*>(o1 + c), a1);
+        atomicAdd(reinterpret_cast<float4*>(o2 + c), a2);
       }
+      continue;
     }
-    for (std::int64_t c = tail + gl; c < D; c += G) {
+#endif
+    for (std::int64_t c = gl; c < D; c += G) {
       const A x = load1(e0 + c), y = load1(e1 + c), w = load1(e2 + c);
       atomicAdd(o0 + c, static_cast<float>(g0 * x + k01 * y + k02 * w));
       atomicAdd(o1 + c, static_cast<float>(k01 * x + g1 * y + k12 * w));
@@ -258,7 +283,9 @@ __global__ void __launch_bounds__(kThreads) triplet_kernel(const TripletArgs p, 
 template <typename T, typename I, int G>
 void launch_group(const TripletArgs& a, bool vec, std::int64_t work_blocks, cudaStream_t stream) {
   const int grid = grid_blocks(triplet_kernel<T, I, G>, work_blocks, a.device);
-  triplet_kernel<T, I, G><<<grid, kThreads, 0, stream>>>(a, vec);
+  // float4 atomics (sm_90 builds) need every gradient row 16-byte aligned.
+  const bool grad4 = a.grad % 16 == 0 && a.d % 4 == 0;
+  triplet_kernel<T, I, G><<<grid, kThreads, 0, stream>>>(a, vec, grad4);
 }
 
 template <typename T, typename I>
