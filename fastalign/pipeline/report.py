@@ -1,0 +1,140 @@
+"""The run's report: four representations scored on held-out human triplets,
+``report.md`` (tables and a short reading), ``report.json`` (every number) and
+the figures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from ..io import atomic_write_json, atomic_write_text
+
+LEVELS = ("fine", "class_boundary", "coarse")
+
+
+def _representations(cfg, inputs, out: Path) -> Dict[str, Dict[str, Any]]:
+    """name -> embedding, similarity and temperature used to score it."""
+    teacher_report = json.loads((out / "teacher" / "report.json").read_text())
+    t_teacher = float((teacher_report.get("calibration") or {}).get("temperature", 1.0))
+    return {
+        "raw teacher features": {"emb": inputs.teacher, "similarity": "cosine", "temperature": 1.0},
+        "teacher": {"emb": np.load(out / "embeddings" / "teacher.npy"), "similarity": "dot",
+                    "temperature": t_teacher},
+        "raw student features": {"emb": inputs.student, "similarity": "cosine", "temperature": 1.0},
+        "student": {"emb": np.load(out / "embeddings" / "student.npy"), "similarity": "dot",
+                    "temperature": cfg.student.temperature},
+    }
+
+
+def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
+    from ..eval.few_shot import FewShotOptions, single_category_labels
+    from ..eval.plots import plot_accuracy_by_level, plot_rdm_panel
+    from ..eval.report import EvalOptions, evaluate_representation
+
+    out = Path(out)
+    with np.load(out / "data" / "human_triplets.npz") as z:
+        held = z["heldout"]
+    labels = single_category_labels(inputs.categories) if inputs.categories is not None else None
+    opts = EvalOptions(ceiling=cfg.eval.ceiling,
+                       few_shot=FewShotOptions(shots=tuple(cfg.eval.few_shot_shots),
+                                               episodes=cfg.eval.few_shot_episodes, seed=cfg.data.seed))
+    reps = _representations(cfg, inputs, out)
+    results: Dict[str, Dict[str, Any]] = {}
+    for name, rep in reps.items():
+        say(f"  evaluating {name}")
+        results[name] = evaluate_representation(
+            rep["emb"], held, categories=inputs.categories, human_rdm_emb=inputs.human,
+            few_shot_labels=labels, similarity=rep["similarity"], temperature=rep["temperature"],
+            options=replace(opts, rdm_metric=rep["similarity"]),
+        )
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    figures: List[Path] = []
+    if inputs.categories is not None:
+        level_results = {name: r["levels"]["accuracy"] for name, r in results.items()}
+        figures.append(plot_accuracy_by_level(level_results, fig_dir / "accuracy_by_level.png"))
+        if inputs.human is not None:
+            figures.append(plot_rdm_panel(inputs.human, reps["student"]["emb"], inputs.categories,
+                                          fig_dir / "rdm_panel.png", human_metric="dot", model_metric="dot",
+                                          titles=("human (SPoSE)", "student"),
+                                          category_names=inputs.category_names))
+    for src, dst in [(out / "teacher" / "reliability.png", "teacher_reliability.png"),
+                     (out / "teacher" / "lambda_search.png", "teacher_lambda_search.png")]:
+        if src.exists():
+            shutil.copyfile(src, fig_dir / dst)
+            figures.append(fig_dir / dst)
+    curves = sorted((out / "student").rglob("*.png"))
+    if curves:
+        shutil.copyfile(curves[0], fig_dir / "distillation_curves.png")
+        figures.append(fig_dir / "distillation_curves.png")
+    stages = {name: {"seconds": r.seconds, "cached": r.cached, "metrics": r.metrics}
+              for name, r in runner.results.items()}
+    report = {"config": cfg.to_dict(), "heldout_triplets": int(len(held)), "results": results, "stages": stages}
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", render_markdown(report))
+    summary = {name: {"accuracy": r["accuracy"], "noise_ceiling_normalized": r["noise_ceiling_normalized"]}
+               for name, r in results.items()}
+    return [out / "report.json", out / "report.md", *[f for f in figures if f]], summary
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v, fmt=".3f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+    res = report["results"]
+    names = list(res)
+    lines = ["# fastalign run report", "",
+             f"Scored on {report['heldout_triplets']} held-out human triplets that no stage trained, "
+             "calibrated or selected on.", ""]
+    lines += ["## Odd-one-out accuracy", "",
+              "| representation | accuracy (%) | noise-ceiling normalised | fine | class boundary | coarse |",
+              "|---|---|---|---|---|---|"]
+    for n in names:
+        r = res[n]
+        lv = (r.get("levels") or {}).get("accuracy", {})
+        cells = [_pct((lv.get(k) or {}).get("accuracy")) for k in LEVELS]
+        lines.append(f"| {n} | {_pct(r['accuracy'])} | {_num(r['noise_ceiling_normalized'])} | " + " | ".join(cells)
+                     + " |")
+    lines += ["", "Chance is 33.3 %; the THINGS noise ceiling is about 67 %. Levels come from the 27 THINGS "
+              "categories: *fine* = all three objects share a category, *class boundary* = exactly one pair does, "
+              "*coarse* = no pair does.", ""]
+    lines += ["## Calibration, RSA and few-shot", "",
+              "| representation | T | NLL | ECE | RSA Spearman (vs SPoSE) | CKA | 5-shot centroid (%) |",
+              "|---|---|---|---|---|---|---|"]
+    for n in names:
+        r = res[n]
+        cal = r.get("calibration", {})
+        rsa = r.get("rsa", {})
+        spear = (rsa.get("scores") or rsa).get("spearman") if isinstance(rsa, dict) else None
+        few = ((r.get("few_shot") or {}).get("centroid") or {})
+        five = few.get("5") or few.get(5) or {}
+        lines.append(f"| {n} | {_num(r.get('temperature'), '.3g')} | {_num(cal.get('nll'))} | {_num(cal.get('ece'))} | "
+                     f"{_num(spear)} | {_num(rsa.get('cka'))} | {_pct(five.get('mean'))} |")
+    t, s = res.get("teacher"), res.get("student")
+    rt, rs = res.get("raw teacher features"), res.get("raw student features")
+    lines += ["", "## Reading", ""]
+    if t and rt and t["accuracy"] is not None and rt["accuracy"] is not None:
+        lines.append(f"- The teacher transform moves the teacher features from {_pct(rt['accuracy'])} % to "
+                     f"{_pct(t['accuracy'])} % held-out accuracy ({100 * (t['accuracy'] - rt['accuracy']):+.1f} points).")
+    if s and rs and s["accuracy"] is not None and rs["accuracy"] is not None:
+        lines.append(f"- Distilling the teacher's triplets moves the student from {_pct(rs['accuracy'])} % to "
+                     f"{_pct(s['accuracy'])} % ({100 * (s['accuracy'] - rs['accuracy']):+.1f} points), "
+                     "without the student ever seeing a human triplet.")
+    lines += ["", "## Stages", "", "| stage | seconds | cached |", "|---|---|---|"]
+    for name, st in report["stages"].items():
+        lines.append(f"| {name} | {st['seconds']:.1f} | {'yes' if st['cached'] else 'no'} |")
+    lines += ["", "## Figures", "", "![accuracy by level](figures/accuracy_by_level.png)",
+              "![teacher reliability](figures/teacher_reliability.png)",
+              "![teacher lambda search](figures/teacher_lambda_search.png)",
+              "![distillation curves](figures/distillation_curves.png)", "![RDM panel](figures/rdm_panel.png)", ""]
+    return "\n".join(lines)
