@@ -28,7 +28,7 @@ import torch
 from .. import ops
 from . import baselines
 from .config import AffineCase, dtype_of
-from .measure import Context, Skip, measure, rel_err
+from .measure import Context, Skip, measure, rel_err, skip_note
 from .metrics import Work, affine_work, elt_bytes, rates, triplet_work
 
 # Rows of the float64 check of the transform (a sample keeps it cheap at N=1.28M).
@@ -55,10 +55,11 @@ def transform_rows(ctx: Context, case: AffineCase, matmul_tflops: Optional[float
     device, opts = ctx.device, ctx.options
     elt = elt_bytes(case.dtype)
     try:
+        ctx.check_budget()
         ctx.check_memory(2 * case.n * (case.d + case.cols) * elt, "the inputs")
         _, x, W, b, mean, std = _params(case, device, opts.seed)
     except (Skip, torch.cuda.OutOfMemoryError) as exc:
-        return [_row(case, "-", "fwd", {"status": "skipped", "note": f"inputs: {exc}".splitlines()[0]}, None, ctx)]
+        return [_row(case, "-", "fwd", {"status": "skipped", "note": skip_note(exc)}, None, ctx)]
     dt = x.dtype
     Wc, bc, mc, sc = W.to(dt), b.to(dt), mean.to(dt), std.to(dt)
     Wf, bf = ops.fold_affine(W, b, mean, std)
@@ -108,11 +109,12 @@ def teacher_fit_rows(ctx: Context, case: AffineCase) -> List[dict]:
     """Time composed / halves / eager of a "teacher-fit" case (forward + backward in W, b)."""
     device, opts = ctx.device, ctx.options
     try:
+        ctx.check_budget()
         ctx.check_memory(case.b * 48 + 4 * case.n * case.cols * 4, "the inputs")
         gen, x, W, b, mean, std = _params(case, device, opts.seed)
         trip = torch.randint(0, case.n, (case.b, 3), device=device, generator=gen)
     except (Skip, torch.cuda.OutOfMemoryError) as exc:
-        return [_row(case, "-", "fwd+bwd", {"status": "skipped", "note": f"inputs: {exc}".splitlines()[0]}, None, ctx)]
+        return [_row(case, "-", "fwd+bwd", {"status": "skipped", "note": skip_note(exc)}, None, ctx)]
     Wp, bp = W.detach().requires_grad_(True), b.detach().requires_grad_(True)
     gz = torch.randn(case.n, case.cols, device=device, generator=gen).to(x.dtype)
     k = case.cols

@@ -69,6 +69,11 @@ class Context:
             raise Skip(f"{what} needs ~{need_bytes / 1e9:.1f} GB, {free / 1e9:.1f} GB free")
 
 
+def skip_note(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    return (str(exc) or type(exc).__name__).splitlines()[0]
+
+
 def release(device: str) -> None:
     """Drop cached blocks so the next measurement's peak and free memory are its own."""
     if device == "cuda":

@@ -105,7 +105,8 @@ def _cpu_tiny() -> Tuple[Case, ...]:
 PRESETS = {
     "gpu-full": Preset(
         "gpu-full", "cuda",
-        "every case: AligNet, THINGS and distillation-step sizes, all ops, fp32+bf16, D sweep, affine (tens of minutes)",
+        "every case: AligNet, THINGS and distillation-step sizes, all ops, fp32+bf16, D sweep, affine "
+        "(tens of minutes)",
         _gpu_full(), time_budget_s=None),
     "gpu-quick": Preset(
         "gpu-quick", "cuda",

@@ -68,7 +68,8 @@ def headline(results: dict) -> List[str]:
         if frac is not None:
             checks.append(f"{frac * 100:.0f}% of copy bandwidth (target >= {TARGET_FRAC_COPY_BW * 100:.0f}%: "
                           f"{'met' if frac >= TARGET_FRAC_COPY_BW else 'NOT met'})")
-        for key, target, name in (("vs_eager", TARGET_VS_EAGER, "eager"), ("vs_compile", TARGET_VS_COMPILE, "torch.compile")):
+        for key, target, name in (("vs_eager", TARGET_VS_EAGER, "eager"),
+                                  ("vs_compile", TARGET_VS_COMPILE, "torch.compile")):
             v = r.get(key)
             if v is not None:
                 checks.append(f"{v:.1f}x {name} (target >= {target}x: {'met' if v >= target else 'NOT met'})")
@@ -192,7 +193,8 @@ def markdown(results: dict) -> str:
         for r in aff:
             out.append(
                 f"| {r['label']} | {r['impl']} | {r['phase']} | {_ms(r)} | {_fmt(r.get('TFLOPs'), '.3g')} "
-                f"| {_pct(r.get('frac_gemm'))} | {_pct(r.get('frac_matmul_peak'))} | {_pct(r.get('share_of_composed'))} "
+                f"| {_pct(r.get('frac_gemm'))} | {_pct(r.get('frac_matmul_peak'))} "
+                f"| {_pct(r.get('share_of_composed'))} "
                 f"| {_fmt(r.get('GBps'), '.1f')} | {_gb(r.get('peak_mem_bytes'))} | {_err(r)} | {_note(r)} |")
         out.append("")
     return "\n".join(out)
@@ -240,7 +242,8 @@ def plot_png(results: dict) -> bytes:
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     meta = results.get("meta", {})
-    fig.suptitle(f"fastalign KL distillation loss, fwd+bwd - {meta.get('device_name', '?')} ({meta.get('preset', '?')})")
+    fig.suptitle(f"fastalign KL distillation loss, fwd+bwd - {meta.get('device_name', '?')} "
+                 f"({meta.get('preset', '?')})")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

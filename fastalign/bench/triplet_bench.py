@@ -26,7 +26,7 @@ import torch
 from .. import ops
 from . import baselines
 from .config import TripletCase, dtype_of
-from .measure import Context, Skip, measure, rel_err
+from .measure import Context, Skip, measure, rel_err, skip_note
 from .metrics import elt_bytes, rates, triplet_work
 
 # Rows of torch_ref's chunk and the fp32 copies it holds (workspace estimate).
@@ -176,10 +176,11 @@ def run_case(ctx: Context, case: TripletCase, backends: Dict[str, Optional[str]]
                                                  else f"{row['status']}: {row['note']}"))
 
     try:
+        ctx.check_budget()  # before spending seconds on random inputs
         ctx.check_memory(case.n * case.d * elt_bytes(case.dtype) + case.b * 48, "the inputs")
         inp = make_inputs(case, device, opts.seed)
     except (Skip, torch.cuda.OutOfMemoryError) as exc:
-        note = f"inputs: {exc}".splitlines()[0]
+        note = skip_note(exc)
         for phase in case.phases:
             add("-", "inputs", phase, {"status": "skipped", "note": note})
         return rows
@@ -208,11 +209,11 @@ def run_case(ctx: Context, case: TripletCase, backends: Dict[str, Optional[str]]
                 return _baseline_build(case, inp, fn, chunk, phase)()
             result = measure(ctx, tag, build)
             if impl == "eager" and result["status"] == "ok":
-                if phase == "fwd" and refs["fwd"] is None:
+                # The eager outputs are the reference: the first loss / similarities and gradient seen.
+                if refs["fwd"] is None and result["value"] is not None:
                     refs["fwd"] = result["value"]
-                if phase != "fwd":
-                    refs["grad"] = result["grad"] if refs["grad"] is None else refs["grad"]
-                    refs["fwd"] = result["value"] if refs["fwd"] is None and result["value"] is not None else refs["fwd"]
+                if refs["grad"] is None and result["grad"] is not None:
+                    refs["grad"] = result["grad"]
             check(result, phase)
             add(impl, "baseline", phase, result, note, n_chunks)
 
