@@ -38,6 +38,7 @@ return the accumulation dtype; the ops layer casts to ``emb.dtype``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -74,15 +75,21 @@ class TritonOptions:
             ``min(tiles, programs_per_sm * num_SMs)``; each program loops over tiles.
         interpret_programs: the same cap under ``TRITON_INTERPRET=1``; small so
             the tests exercise the persistent loop.
+        autotune: tune block shapes per D on first use (GPU); False uses the
+            fixed shapes of ``configs.fixed_rows`` (fewer compiles, e.g. tests).
+            Deterministic mode always uses the fixed shapes.
     """
 
     deterministic: Optional[bool] = None
     programs_per_sm: int = 4
     interpret_programs: int = 3
+    autotune: bool = True
 
     def __post_init__(self):
         if self.deterministic not in (None, True, False):
             raise TypeError(f"deterministic must be True, False or None, got {self.deterministic!r}")
+        if not isinstance(self.autotune, bool):
+            raise TypeError(f"autotune must be a bool, got {self.autotune!r}")
         for name in ("programs_per_sm", "interpret_programs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -115,7 +122,7 @@ class TritonKernels:
     def __init__(self, deterministic: Optional[bool] = None, options: Optional[TritonOptions] = None):
         options = options or TritonOptions()
         if deterministic is not None:
-            options = TritonOptions(deterministic, options.programs_per_sm, options.interpret_programs)
+            options = dataclasses.replace(options, deterministic=deterministic)
         self.options = options
 
     # ------------------------------------------------------------ helpers
@@ -124,6 +131,10 @@ class TritonKernels:
         if self.options.deterministic is None:
             return torch.are_deterministic_algorithms_enabled()
         return self.options.deterministic
+
+    def _fixed_shapes(self) -> bool:
+        """Whether to launch the untuned kernels with ``configs.fixed_rows``."""
+        return self._deterministic() or not self.options.autotune
 
     def _max_programs(self, device: torch.device) -> int:
         if device.type != "cuda":
@@ -150,7 +161,7 @@ class TritonKernels:
         args = (emb, emb.stride(0), triplets, sims, b)
         meta = dict(D=d, COSINE=bool(cosine), ACC=_tl_acc(emb.dtype))
         with _device_ctx(emb):
-            if self._deterministic():
+            if self._fixed_shapes():
                 fixed = configs.fixed_rows(d)
                 similarities_kernel[self._grid(b, emb.device, fixed["BLOCK_T"])](*args, **meta, **fixed)
             else:
@@ -201,7 +212,7 @@ class TritonKernels:
         meta = dict(D=d, MODE=int(mode), COSINE=bool(cosine), HAS_CHOICE=choice is not None,
                     HAS_ROWSCALE=rowscale is not None, GRAD=mode_grad, ACC=_tl_acc(emb.dtype))
         with _device_ctx(emb):
-            if self._deterministic():
+            if self._fixed_shapes():
                 fixed = configs.fixed_rows(d)
                 fused_kernel[self._grid(b, dev, fixed["BLOCK_T"])](*args, **meta, **fixed)
             else:
@@ -231,11 +242,14 @@ class TritonKernels:
                 table = torch.cat([coef, torch.zeros_like(coef)], dim=1)
             return self.segment_gradient(emb, triplets, table, cosine, acc)
         grad = torch.zeros(emb.shape, dtype=acc, device=dev)
+        args = (emb, emb.stride(0), triplets, coef, grad, grad, b)
+        meta = dict(D=d, COSINE=bool(cosine), GRAD=GRAD_ATOMIC, ACC=_tl_acc(emb.dtype))
         with _device_ctx(emb):
-            _scatter_tuned[self._grid(b, dev)](
-                emb, emb.stride(0), triplets, coef, grad, grad, b,
-                D=d, COSINE=bool(cosine), GRAD=GRAD_ATOMIC, ACC=_tl_acc(emb.dtype),
-            )
+            if self.options.autotune:
+                _scatter_tuned[self._grid(b, dev)](*args, **meta)
+            else:
+                fixed = configs.fixed_rows(d)
+                scatter_kernel[self._grid(b, dev, fixed["BLOCK_T"])](*args, **meta, **fixed)
         return grad
 
     # ------------------------------------------------------ deterministic
