@@ -224,7 +224,12 @@ class _Data:
 
 
 def _new_transform(x: torch.Tensor, cfg: FitConfig, stats: AffineTransform) -> AffineTransform:
-    t = AffineTransform(x.shape[1], cfg.dim_out, bias=cfg.bias, mean=stats.mean, std=stats.std)
+    """A fresh transform at gLocal's init, or a copy of ``stats`` when it was given as a warm start."""
+    if getattr(stats, "_warm_start", False):
+        t = AffineTransform.from_arrays(stats.to_arrays())
+        t.set_temperature(1.0, calibrated=False)
+    else:
+        t = AffineTransform(x.shape[1], cfg.dim_out, bias=cfg.bias, mean=stats.mean, std=stats.std)
     return t.to(x.dtype)
 
 
@@ -331,7 +336,7 @@ def train_one(
 
 
 def _as_tensor(a, dtype) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(np.asarray(a)), dtype=dtype)
+    return torch.tensor(np.asarray(a), dtype=dtype)  # a copy: inputs may be read-only arrays
 
 
 def _check_targets(name: str, targets: Optional[np.ndarray], k: int) -> Optional[np.ndarray]:
@@ -356,6 +361,7 @@ def fit_transform(
     soft_targets=None,
     val_soft_targets=None,
     local_features=None,
+    init: Optional[AffineTransform] = None,
     **overrides: Any,
 ) -> Tuple[AffineTransform, FitReport]:
     """Fit ``z = ((x - mean) / std) @ W + b`` to human odd-one-out triplets.
@@ -373,6 +379,8 @@ def fit_transform(
             loss is the hard NLL of the validation choices when missing).
         local_features: optional (M, D) unlabelled features; enables the gLocal
             local term and the search over ``alphas`` and ``taus``.
+        init: optional transform to start every fit from (warm start); its
+            mean/std are kept and its D must match the features.
 
     Returns ``(transform, report)``: the model with the lowest held-out loss
     (refit on the final split when ``folds >= 2``) and a ``FitReport``.
@@ -401,7 +409,14 @@ def fit_transform(
         raise ValueError("val_soft_targets needs val_triplets")
 
     x = _as_tensor(x_np, dtype)
-    stats = AffineTransform.from_features(x_np, per_dim=cfg.per_dim)
+    if init is not None:
+        if not isinstance(init, AffineTransform):
+            raise TypeError(f"init must be an AffineTransform, got {type(init).__name__}")
+        init.check_input_dim(d)
+        stats = AffineTransform.from_arrays(init.to_arrays())
+        stats._warm_start = True
+    else:
+        stats = AffineTransform.from_features(x_np, per_dim=cfg.per_dim)
     local_x = None
     if local_features is not None:
         lx = check_features(local_features, "local_features")

@@ -97,7 +97,7 @@ class AffineTransform(nn.Module):
             dim_out: output dimension (default D).
             bias: learn a bias.
         """
-        xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach().to(torch.float64)
+        xt = x.detach().to(torch.float64) if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x), dtype=torch.float64)
         if xt.dim() != 2 or xt.shape[0] < 1:
             raise ValueError(f"x must be a non-empty (N, D) matrix, got shape {tuple(xt.shape)}")
         if per_dim:
@@ -187,7 +187,7 @@ class AffineTransform(nn.Module):
     @torch.no_grad()
     def transform(self, x: ArrayLike) -> np.ndarray:
         """Transform numpy (or tensor) features without autograd; returns numpy in the input's float dtype."""
-        xt = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+        xt = x if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x))  # copy: x may be read-only
         if not xt.is_floating_point():
             xt = xt.to(torch.float32)
         return self(xt.to(self.weight.device)).cpu().numpy()
