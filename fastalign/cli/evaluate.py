@@ -135,7 +135,8 @@ def _run(args):
         rdm_metric=args.rdm_metric,
         human_rdm_metric=args.human_rdm_metric,
         few_shot_probes=probes,
-        few_shot=FewShotOptions(shots=tuple(args.shots), episodes=args.episodes, seed=args.seed, show_progress=True),
+        few_shot=FewShotOptions(shots=tuple(args.shots), episodes=args.episodes, seed=args.seed),
+        show_progress=True,
     )
     _log(f"evaluating {n} objects x {emb.shape[1]} dims on {triplets.shape[0]} triplets")
     report = evaluate_representation(

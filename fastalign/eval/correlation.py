@@ -69,15 +69,19 @@ def rankdata(x: Any) -> torch.Tensor:
 
 def dense_rank(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     """0-based dense ranks (equal values share a rank) and the number of distinct values."""
-    order, group, counts = _groups(x)
-    ranks = torch.empty(x.shape, dtype=torch.int64, device=x.device)
-    ranks[order] = group
+    ranks, counts = _dense_rank_counts(x)
     return ranks, int(counts.numel())
 
 
-def _tied_pairs(values: torch.Tensor) -> int:
-    """Number of pairs with equal values: sum over groups of c (c - 1) / 2."""
-    _, counts = torch.unique(values, return_counts=True)
+def _dense_rank_counts(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    order, group, counts = _groups(x)
+    ranks = torch.empty(x.shape, dtype=torch.int64, device=x.device)
+    ranks[order] = group
+    return ranks, counts
+
+
+def _tied_pairs(counts: torch.Tensor) -> int:
+    """Number of pairs with equal values from the group sizes: sum of c (c - 1) / 2."""
     counts = counts.to(torch.int64)
     return int((counts * (counts - 1) // 2).sum())
 
@@ -129,13 +133,15 @@ def kendall_tau_a(x: Any, y: Any) -> float:
     """
     xv, yv = _check_pair(x, y)
     n = xv.numel()
-    rx, _ = dense_rank(xv)
-    ry, ny = dense_rank(yv)
-    key = rx * ny + ry  # lexicographic (x, y) as one integer; < n^2 fits int64 for n < 3e9
+    rx, cx = _dense_rank_counts(xv)
+    ry, cy = _dense_rank_counts(yv)
+    key = rx * cy.numel() + ry  # lexicographic (x, y) as one integer; < n^2 fits int64 for n < 3e9
     order = torch.argsort(key)
     n_dis = count_inversions(ry[order])
     n0 = n * (n - 1) // 2
-    n_x, n_y, n_xy = _tied_pairs(rx), _tied_pairs(ry), _tied_pairs(key)
+    # Joint ties are runs of equal keys in sorted order: no further sort needed.
+    _, cxy = torch.unique_consecutive(key[order], return_counts=True)
+    n_x, n_y, n_xy = _tied_pairs(cx), _tied_pairs(cy), _tied_pairs(cxy)
     return (n0 - n_x - n_y + n_xy - 2 * n_dis) / n0
 
 

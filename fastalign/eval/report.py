@@ -7,6 +7,7 @@ and by the pipeline.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -41,6 +42,7 @@ class EvalOptions:
         few_shot_probes: probes to run when few-shot labels are given.
         few_shot: episode options (its ``probe`` is overridden by each of ``few_shot_probes``).
         chunk_size: rows per block when building RDMs.
+        show_progress: print one line per stage to stderr (and few-shot progress bars).
     """
 
     ceiling: float = DEFAULT_CEILING
@@ -53,6 +55,7 @@ class EvalOptions:
     few_shot_probes: Tuple[str, ...] = ("centroid", "logreg")
     few_shot: FewShotOptions = field(default_factory=FewShotOptions)
     chunk_size: int = 2048
+    show_progress: bool = False
 
 
 def _level_dict(acc: Mapping[str, Tuple[float, int]]) -> Dict[str, Dict[str, Any]]:
@@ -98,6 +101,12 @@ def evaluate_representation(
     ``rsa`` (with ``cka``) and ``few_shot``.
     """
     opts = options or EvalOptions()
+
+    def stage(name: str) -> None:
+        if opts.show_progress:
+            print(f"[evaluate] {name}", file=sys.stderr, flush=True)
+
+    stage("accuracy and calibration")
     e = as_emb(emb)
     if not bool(torch.isfinite(e).all()):
         row = int((~torch.isfinite(e)).any(1).nonzero()[0, 0])
@@ -121,6 +130,7 @@ def evaluate_representation(
         for k, v in triplet_calibration(e, t, o, temperature, similarity, opts.n_bins, backend).items()
     }
     if categories is not None:
+        stage("accuracy by level")
         cats = categories if isinstance(categories, torch.Tensor) else torch.from_numpy(np.array(categories))
         if cats.dim() != 2 or cats.shape[0] != n:
             raise ValueError(f"categories must have shape ({n}, K) to match emb, got {tuple(cats.shape)}")
@@ -136,8 +146,10 @@ def evaluate_representation(
             "source": "levels",
             "accuracy": _level_dict(accuracy_by_level(e, t, codes, o, similarity, names, backend)),
         }
+    stage("human uncertainty")
     report["uncertainty"] = human_uncertainty(e, t, o, similarity, temperature, opts.min_repeats, backend)
     if human_rdm_emb is not None:
+        stage("RSA and CKA")
         h = as_emb(human_rdm_emb, "human_rdm_emb", device=e.device)
         if h.shape[0] != n:
             raise ValueError(f"human_rdm_emb has {h.shape[0]} rows but emb has {n}; both must list the same objects")
@@ -152,7 +164,9 @@ def evaluate_representation(
     if few_shot_labels is not None:
         fs: Dict[str, Any] = {}
         for probe in opts.few_shot_probes:
-            o_fs = FewShotOptions(**{**asdict(opts.few_shot), "probe": probe, "shots": tuple(opts.few_shot.shots)})
+            stage(f"few-shot ({probe})")
+            o_fs = FewShotOptions(**{**asdict(opts.few_shot), "probe": probe, "shots": tuple(opts.few_shot.shots),
+                                     "show_progress": opts.few_shot.show_progress or opts.show_progress})
             res = few_shot_accuracy(e, few_shot_labels, options=o_fs)
             fs[probe] = {str(k): v for k, v in res.items()}
         report["few_shot"] = fs
