@@ -48,7 +48,10 @@ def _device_meta(device: str) -> dict:
     if device == "cuda":
         p = torch.cuda.get_device_properties(0)
         meta.update(device_name=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count,
-                    total_memory_bytes=p.total_memory, cuda=torch.version.cuda)
+                    total_memory_bytes=p.total_memory, cuda=torch.version.cuda,
+                    # fp32 GEMMs run in full fp32 unless TF32 is allowed: say which.
+                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+    meta["float32_matmul_precision"] = torch.get_float32_matmul_precision()
     return meta
 
 
