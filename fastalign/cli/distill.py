@@ -1,12 +1,58 @@
-"""`fastalign distill` (placeholder until its issue lands)."""
+"""``fastalign distill``: distil a student on teacher-labelled triplets.
+
+    fastalign distill --config distill.toml [--set optim.lr=3e-5 ...] [--optim.lr 3e-5 ...]
+
+Every config field can be overridden with ``--set section.key=value`` (the
+value is TOML; bare words are strings) or its own flag ``--section.key VALUE``.
+Rerunning the same command resumes from the newest checkpoint in
+``train.out_dir``. Multi-GPU: see ``fastalign.distill.loop``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def _fields():
+    from ..distill.config import DistillConfig
+
+    for section in dataclasses.fields(DistillConfig):
+        for f in dataclasses.fields(section.default_factory()):
+            yield f"{section.name}.{f.name}"
 
 
 def register(sub):
-    p = sub.add_parser("distill", help="(not yet available)")
+    import argparse
+
+    p = sub.add_parser("distill", help="distil a student on teacher-labelled triplets (two-pass, resumable)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="TOML config file (sections: student, data, loss, optim, train, eval)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set optim.lr=3e-5 (repeatable)")
+    p.add_argument("--out", help="shortcut for --set train.out_dir=PATH")
+    for key in _fields():  # --section.key VALUE for every field (hidden from --help: there are many)
+        p.add_argument(f"--{key}", dest=f"field:{key}", metavar="VALUE", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
 
 
 def _run(args):
-    from .main import CLIError
+    from ..distill.config import load_config
+    from ..distill.loop import distill
 
-    raise CLIError("'distill' is not available in this version yet")
+    overrides = list(args.set)
+    if args.out:
+        overrides.append(f"train.out_dir={_toml_str(args.out)}")
+    for key, value in vars(args).items():
+        if key.startswith("field:") and value is not None:
+            overrides.append(f"{key[len('field:'):]}={value}")
+    cfg = load_config(args.config, overrides)
+    result = distill(cfg)
+    print(f"distilled {result.steps} steps; checkpoint {result.checkpoint}; report {result.report}")
+    for key in ("human_acc", "val_acc", "val_kl", "loss"):
+        if key in result.metrics:
+            print(f"  {key}: {result.metrics[key]:.4f}")
+    return 0
+
+
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,12 +1,45 @@
-"""`fastalign embed` (placeholder until its issue lands)."""
+"""``fastalign embed``: export a distilled student's embeddings.
+
+    fastalign embed --checkpoint RUN_OR_CKPT --features F.npy --out E.npy
+    fastalign embed --checkpoint RUN_OR_CKPT --images ROOT --file-names LIST.txt --out E.npy
+"""
+
+from __future__ import annotations
 
 
 def register(sub):
-    p = sub.add_parser("embed", help="(not yet available)")
+    p = sub.add_parser("embed", help="export a distilled student's embeddings to .npy",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (newest checkpoint)")
+    p.add_argument("--features", help="(N, D) .npy features for a feature student (default: its training features)")
+    p.add_argument("--images", metavar="ROOT", help="image root for an image student")
+    p.add_argument("--file-names", help="text file with one image path (relative to ROOT) per line")
+    p.add_argument("--out", required=True, help="output .npy (written atomically)")
+    p.add_argument("--micro-batch", type=int, default=256, help="items per forward (default 256)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
     p.set_defaults(func=_run)
 
 
 def _run(args):
+    import numpy as np
+
+    from ..distill.data import read_file_names
+    from ..distill.export import embed_checkpoint, save_npy_atomic
     from .main import CLIError
 
-    raise CLIError("'embed' is not available in this version yet")
+    if args.micro_batch <= 0:
+        raise CLIError(f"--micro-batch must be > 0, got {args.micro_batch}")
+    if args.features and args.images:
+        raise CLIError("give --features or --images, not both")
+    names = None
+    if args.images is not None or args.file_names is not None:
+        if not (args.images and args.file_names):
+            raise CLIError("--images needs --file-names (and the reverse)")
+        names = read_file_names(args.file_names)
+    emb, ok = embed_checkpoint(args.checkpoint, features=args.features, image_root=args.images, file_names=names,
+                               micro_batch=args.micro_batch, device=args.device)
+    save_npy_atomic(args.out, emb)
+    bad = int((~ok).sum())
+    print(f"wrote {args.out}: {emb.shape[0]} x {emb.shape[1]} float32" +
+          (f" ({bad} images failed to load: zero rows)" if bad else ""))
+    return 0 if bad == 0 else 1

@@ -164,7 +164,7 @@ def human_triplet_rows(spec: str) -> np.ndarray:
         trips = load_things().triplets
         if key not in trips:
             raise ValueError(f"unknown bundled triplets {key!r}; known: {', '.join(sorted(trips))}")
-        return np.asarray(trips[key], dtype=np.int64)
+        return np.array(trips[key], dtype=np.int64)  # a writable copy (the bundled arrays are read-only)
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"human triplet file not found: {path}")
