@@ -89,17 +89,18 @@ def run_bench(options: BenchOptions, out_dir=None, log: Optional[Callable[[str],
         out_dir: directory for results.json, table.md, plot.png; ``None`` writes nothing.
         log: where progress lines go (default: the progress bar or stdout).
         cases: measure these instead of the preset's cases (the preset still
-            supplies the default baselines, budgets and its name).
+            supplies the default baselines, budgets and its name; a GPU
+            preset may then run on CPU, since the cases set the sizes).
 
-    Raises ``ValueError`` for a GPU preset without a GPU, an unknown backend
-    or an unknown preset.
+    Raises ``ValueError`` for a GPU preset's own cases without a GPU, an
+    unknown backend or an unknown preset; ``TypeError`` for a bad case.
     """
     preset = get_preset(options.preset)
     opts = resolve_options(options, preset)
     device = opts.resolved_device()
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
-    if preset.device == "cuda" and device != "cuda":
+    if preset.device == "cuda" and device != "cuda" and cases is None:
         raise ValueError(f"preset {preset.name!r} is sized for a GPU (no CUDA device here); use --preset cpu-tiny")
     backends = triplet_bench.available_backends(device, opts.backends)
 

@@ -201,7 +201,7 @@ def run_case(ctx: Context, case: TripletCase, backends: Dict[str, Optional[str]]
             note = ""
             if n_chunks > 1:
                 full = baselines.workspace_bytes(case.b, case.d, elt_bytes(case.dtype), phase != "fwd")
-                note = (f"chunked: {n_chunks} chunks of {chunk} triplets (unchunked needs ~{full / 1e9:.0f} GB)")
+                note = f"chunked: {n_chunks} chunks of {chunk} triplets (unchunked needs ~{full / 1e9:.3g} GB)"
             tag = f"{case.label}/{impl}/{phase}"
 
             def build(phase=phase, chunk=chunk):
