@@ -71,7 +71,7 @@ class ArrayTripletSource:
         top = int(self.triplets.max()) + 1 if len(self.triplets) else 0
         self.num_items = int(num_items) if num_items is not None else top
         if len(self.triplets) and (int(self.triplets.min()) < 0 or top > self.num_items):
-            raise ValueError(f"triplet indices must be in [0, {self.num_items})")
+            raise ValueError(f"triplet indices out of range: must be in [0, {self.num_items})")
         self.manifest = dict(manifest or {})
 
     def __len__(self) -> int:
