@@ -1,0 +1,101 @@
+"""`fastalign fit-teacher`: outputs, report, soft targets and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fastalign.cli.main import main
+from fastalign.io import load_transform, save_transform
+from fastalign.teacher import AffineTransform
+
+
+def _data(tmp_path, n=40, d=6, k=600, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    h = x @ rng.standard_normal((d, d))
+    trip = np.stack([rng.choice(n, 3, replace=False) for _ in range(k)])
+    s = np.stack([(h[trip[:, 0]] * h[trip[:, 1]]).sum(1), (h[trip[:, 0]] * h[trip[:, 2]]).sum(1),
+                  (h[trip[:, 1]] * h[trip[:, 2]]).sum(1)], 1)
+    order = np.array([[0, 1, 2], [0, 2, 1], [1, 2, 0]])[s.argmax(1)]
+    trip = np.take_along_axis(trip, order, axis=1)
+    np.save(tmp_path / "features.npy", x)
+    np.savetxt(tmp_path / "train.txt", trip[:450], fmt="%d")
+    np.savetxt(tmp_path / "test.txt", trip[450:], fmt="%d")
+    return x, trip
+
+
+def _run(capsys, *argv):
+    code = main(["fit-teacher", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_writes_transform_report_and_plot(tmp_path, capsys):
+    _data(tmp_path)
+    out = tmp_path / "out"
+    code, stdout, err = _run(
+        capsys, "--features", tmp_path / "features.npy", "--triplets", tmp_path / "train.txt",
+        "--test-triplets", tmp_path / "test.txt", "--val-fraction", 0.2, "--lambdas", 0.01, 1.0,
+        "--max-iter", 30, "--calibrate", "--soft-targets", "repeats", "--safetensors", "--quiet", "--out", out,
+    )
+    assert code == 0, err
+    with np.load(out / "transform.npz") as z:
+        assert {"weights", "bias", "mean", "std", "temperature"} <= set(z.files)
+        assert z["weights"].shape == (6, 6)
+    assert load_transform(out / "transform.safetensors").dim_in == 6
+    assert (out / "transform_hard.npz").is_file()
+    png = (out / "lambda_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["metrics_on"] == "test"
+    assert [c["lam"] for c in rep["fit"]["candidates"]] == [0.01, 1.0]
+    assert rep["calibration"]["nll_after"] <= rep["calibration"]["nll_before"]
+    assert rep["split"]["n_train"] + rep["split"]["n_val"] == 450
+    assert "teacher (soft targets)" in rep["metrics"]
+    assert rep["metrics"]["teacher"]["accuracy"] > rep["metrics"]["raw (cosine)"]["accuracy"]
+    assert "| teacher |" in stdout
+
+
+def test_cli_bundled_data_and_spose_targets(tmp_path, capsys):
+    code, stdout, err = _run(
+        capsys, "--features", "things:clip", "--triplets", "things:test_10_ID_smallsample", "--lambdas", 1.0,
+        "--max-iter", 3, "--soft-targets", "spose49", "--quiet", "--out", tmp_path / "o",
+    )
+    assert code == 0, err
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["soft_targets"]["source"] == "spose49"
+
+
+def test_cli_bad_inputs(tmp_path, capsys):
+    x, trip = _data(tmp_path)
+    out = tmp_path / "out"
+    base = ["--triplets", tmp_path / "train.txt", "--quiet", "--out", out]
+
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    code, _, err = _run(capsys, "--features", tmp_path / "nan.npy", *base)
+    assert code == 2 and "row 3" in err and "non-finite" in err
+
+    np.savetxt(tmp_path / "past.txt", np.vstack([trip[:5], [[1, 2, 40]]]), fmt="%d")
+    code, _, err = _run(capsys, "--features", tmp_path / "features.npy", "--triplets", tmp_path / "past.txt",
+                        "--quiet", "--out", out)
+    assert code == 2 and "row 5" in err and "past the 40 feature rows" in err
+
+    (tmp_path / "features.xyz").write_text("1 2 3")
+    code, _, err = _run(capsys, "--features", tmp_path / "features.xyz", *base)
+    assert code == 2 and "unknown feature file format" in err and "features.xyz" in err
+
+    save_transform(tmp_path / "t5.npz", AffineTransform(5))
+    code, _, err = _run(capsys, "--features", tmp_path / "features.npy", "--init", tmp_path / "t5.npz", *base)
+    assert code == 2 and "transform expects D=5, features have D=6" in err
+
+    code, _, err = _run(capsys, "--features", tmp_path / "features.npy", "--soft-targets", "nope", *base)
+    assert code == 2 and "spose49" in err
+
+    code, _, err = _run(capsys, "--features", "things:nope", *base)
+    assert code == 2 and "things:clip" in err
+    assert not out.exists()
