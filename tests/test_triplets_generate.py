@@ -190,7 +190,7 @@ def no_complete_store(root: Path) -> bool:
 
 
 def test_cli_make_triplets_and_bad_input(inputs, tmp_path, capsys):
-    emb, lab = str(inputs / "emb.npy"), str(inputs / "labels.npy")
+    emb = str(inputs / "emb.npy")
     out = tmp_path / "ok"
     base = ["make-triplets", "--embeddings", emb, "--clusters", "5", "--num", "300", "--shard-size", "100", "--quiet",
             "--no-histogram", "--kmeans-iters", "3"]

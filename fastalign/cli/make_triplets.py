@@ -28,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--shard-size", type=int, default=1_000_000, help="triplets per shard (default 1,000,000)")
     p.add_argument("--chunk-size", type=int, default=65536, help="triplets sampled+labelled at a time (default 65536)")
+    p.add_argument("--label-batch", type=int, default=4096, help="triplets per similarity kernel call (default 4096)")
     p.add_argument("--sim-dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--no-probs", action="store_true", help="do not store softmax(s/T) probabilities")
     p.add_argument("--temperature", type=float, help="T of the probabilities (default: the transform's, else 1)")
@@ -50,7 +51,7 @@ def _run(args) -> int:
         embeddings=args.embeddings, out=args.out, num=args.num, strategy=args.strategy, clusters=args.clusters,
         labels=args.labels, transform=args.transform, file_names=args.file_names, val_num=args.val_num,
         val_fraction=args.val_fraction, seed=args.seed, resume=args.resume, shard_size=args.shard_size,
-        chunk_size=args.chunk_size, sim_dtype=args.sim_dtype, with_probs=not args.no_probs,
+        chunk_size=args.chunk_size, label_batch=args.label_batch, sim_dtype=args.sim_dtype, with_probs=not args.no_probs,
         temperature=args.temperature, similarity=args.similarity, weighting=args.weighting,
         kmeans_iters=args.kmeans_iters, kmeans_normalize=args.kmeans_normalize, device=args.device,
         backend=args.backend, histogram=not args.no_histogram, progress=not args.quiet,

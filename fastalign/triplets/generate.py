@@ -25,7 +25,6 @@ entropy histogram) and ``teacher_entropy.png``.
 from __future__ import annotations
 
 import io as _io
-import json
 import math
 import os
 import sys
@@ -41,7 +40,7 @@ from ._fs import read_json, write_bytes_atomic, write_json_atomic
 from .kmeans import KMeansOptions, check_finite, kmeans
 from .label import LabelOptions, entropy, label_triplets, softmax_np
 from .sampling import TripletSampler, chunk_rng, parse_strategy, sample_chunk, split_counts
-from .store import MANIFEST, SHARD_DIR, TripletStore, TripletStoreWriter, shard_file
+from .store import TripletStore, TripletStoreWriter
 
 ENTROPY_BINS = 60
 
@@ -66,6 +65,7 @@ class GenerateOptions:
         resume: continue an interrupted run in ``out`` (the options must match).
         shard_size: triplets per store shard.
         chunk_size: triplets sampled and labelled at a time (bounds working memory).
+        label_batch: triplets per similarity call (the kernel gathers 3 * label_batch * D values).
         sim_dtype: "float16" or "float32" storage of the similarities.
         with_probs: also store ``softmax(s / T)``.
         temperature: T for the probabilities (None: the transform's, else 1).
@@ -95,6 +95,7 @@ class GenerateOptions:
     resume: bool = False
     shard_size: int = 1_000_000
     chunk_size: int = 65536
+    label_batch: int = 4096
     sim_dtype: str = "float16"
     with_probs: bool = True
     temperature: Optional[float] = None
@@ -153,6 +154,7 @@ def check_options(o: GenerateOptions) -> List[Tuple[str, float]]:
     _int("val_num", o.val_num, 0)
     _int("shard_size", o.shard_size, 1)
     _int("chunk_size", o.chunk_size, 1)
+    _int("label_batch", o.label_batch, 1)
     _int("seed", o.seed, 0)
     _int("kmeans_iters", o.kmeans_iters, 0)
     mix = parse_strategy(o.strategy)
@@ -341,14 +343,15 @@ def _write_split(
     done = set(writer.completed_shard_ids)
     todo = [h for h in range(n_shards) if writer.owns(h) and h not in done]
     mine = sum(min(o.shard_size, num - h * o.shard_size) for h in range(n_shards) if writer.owns(h))
-    lopts = LabelOptions(temperature=temperature, similarity=o.similarity, with_probs=o.with_probs, backend=o.backend)
+    lopts = LabelOptions(temperature=temperature, similarity=o.similarity, with_probs=o.with_probs, backend=o.backend,
+                         batch_size=o.label_batch)
     bar = _Progress(mine, f"{name} triplets" + (f" [rank {rank}/{world}]" if world > 1 else ""), o.progress,
                     initial=mine - sum(min(o.shard_size, num - h * o.shard_size) for h in todo))
     try:
         for h in todo:
             size = min(o.shard_size, num - h * o.shard_size)
             idx = np.empty((size, 3), dtype=np.int32)
-            sims = np.empty((size, 3), dtype=np.float32)
+            sims = np.empty((size, 3), dtype=np.float16 if o.sim_dtype == "float16" else np.float32)
             probs = np.empty((size, 3), dtype=np.float32) if o.with_probs else None
             for c, a in enumerate(range(0, size, o.chunk_size)):
                 b = min(size, a + o.chunk_size)
@@ -377,15 +380,28 @@ def _write_split(
                         len(todo), len(done))
 
 
-def entropy_histogram(store: TripletStore, temperature: float, bins: int = ENTROPY_BINS) -> Dict[str, object]:
-    """Histogram of teacher entropies (nats) over the whole store, streamed shard by shard."""
+def entropy_histogram(store: TripletStore, temperature: float, bins: int = ENTROPY_BINS,
+                      chunk: int = 65536) -> Dict[str, object]:
+    """Histogram of teacher entropies (nats) over the whole store, streamed in chunks.
+
+    Reads shards with plain file reads rather than through the memory maps, so
+    resident memory stays at one chunk however large the store is.
+    """
     edges = np.linspace(0.0, math.log(3.0), bins + 1)
     counts = np.zeros(bins, dtype=np.int64)
     total = 0.0
+    sim_dt = store.sims.dtype
     for sh in store.shards:
-        for a in range(0, sh.count, 1 << 20):
-            p = np.asarray(sh.probs[a: a + (1 << 20)], dtype=np.float64) if sh.probs is not None \
-                else softmax_np(sh.sims[a: a + (1 << 20)], temperature)
+        # shard layout: indices (int32), sims (sim dtype), probs (float32), each (count, 3)
+        sims_off = sh.count * 3 * 4
+        probs_off = sims_off + sh.count * 3 * sim_dt.itemsize
+        for a in range(0, sh.count, chunk):
+            m = min(chunk, sh.count - a)
+            if sh.probs is not None:
+                p = np.fromfile(sh.file, dtype="<f4", count=3 * m, offset=probs_off + a * 12).reshape(m, 3)
+            else:
+                s = np.fromfile(sh.file, dtype=sim_dt, count=3 * m, offset=sims_off + a * 3 * sim_dt.itemsize)
+                p = softmax_np(s.reshape(m, 3), temperature)
             h = np.clip(entropy(p), 0.0, math.log(3.0))
             counts += np.histogram(h, bins=edges)[0]
             total += float(h.sum())
@@ -446,8 +462,9 @@ def generate(o: GenerateOptions, say: Callable[[str], None] = lambda s: print(s,
     times = {k: 0.0 for k in ("load", "kmeans", "sample", "label", "write", "histogram")}
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
     # What determines the content (the output path and run-time knobs do not).
-    opts_doc = {k: v for k, v in asdict(o).items() if k not in ("out", "resume", "progress", "rank", "world_size",
-                                                                 "device", "wait_timeout", "histogram", "backend")}
+    runtime = ("out", "resume", "progress", "rank", "world_size", "device", "wait_timeout", "histogram", "backend",
+               "label_batch")
+    opts_doc = {k: v for k, v in asdict(o).items() if k not in runtime}
     if rank == 0:
         _check_fresh(root, o.resume)  # before any work, and before anything is created
     t0 = time.perf_counter()

@@ -126,8 +126,13 @@ def _prep_chunk(x: torch.Tensor, a: int, b: int, device, normalize: bool) -> tor
     return xc
 
 
-def check_finite(x: torch.Tensor, chunk_size: int = 1 << 16) -> None:
-    """Raise ValueError naming the first row with NaN/Inf (chunked: no full-size temporaries)."""
+def check_finite(x: torch.Tensor, chunk_size: Optional[int] = None) -> None:
+    """Raise ValueError naming the first row with NaN/Inf.
+
+    Chunked (default: about 1M elements per chunk) because ``torch.isfinite``
+    makes several full-size temporaries of its input.
+    """
+    chunk_size = chunk_size or max(1, (1 << 20) // max(1, x.shape[1]))
     for a, b in _chunks(x.shape[0], chunk_size):
         bad = ~torch.isfinite(x[a:b]).all(dim=1)
         if bool(bad.any()):
@@ -138,7 +143,8 @@ def check_finite(x: torch.Tensor, chunk_size: int = 1 << 16) -> None:
 def _sqdist(xc: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
     # ||x||^2 - 2 x c^T + ||c||^2 via one addmm; clamp tiny negatives from cancellation.
     d = torch.addmm(c_sq[None, :], xc, c.t(), beta=1.0, alpha=-2.0)
-    d += (xc * xc).sum(1, keepdim=True)
+    # squared norms without a (chunk, D) temporary
+    d += torch.linalg.vector_norm(xc, dim=1, keepdim=True).square_()
     return d.clamp_min_(0)
 
 
@@ -149,7 +155,9 @@ def _init_centroids(x: torch.Tensor, opts: KMeansOptions, device, rng: np.random
         rows = np.sort(rng.choice(n, size=cap, replace=False))
         pts = _gather_rows(x, rows, device, opts.normalize, opts.chunk_size)
     else:
-        pts = torch.cat([_prep_chunk(x, a, b, device, opts.normalize) for a, b in _chunks(n, opts.chunk_size)])
+        pts = torch.empty(n, x.shape[1], dtype=torch.float32, device=device)
+        for a, b in _chunks(n, opts.chunk_size):
+            pts[a:b] = _prep_chunk(x, a, b, device, opts.normalize)
     m = pts.shape[0]
     if opts.init == "random":
         return pts[torch.from_numpy(rng.choice(m, size=opts.k, replace=False)).to(device)].clone()
@@ -173,12 +181,12 @@ def _init_centroids(x: torch.Tensor, opts: KMeansOptions, device, rng: np.random
 
 
 def _gather_rows(x: torch.Tensor, rows: np.ndarray, device, normalize: bool, chunk: int) -> torch.Tensor:
-    out = []
+    out = torch.empty(len(rows), x.shape[1], dtype=torch.float32, device=device)
     idx = torch.from_numpy(rows.astype(np.int64))
     for a, b in _chunks(len(rows), chunk):
         xc = x[idx[a:b].to(x.device)].to(device=device, dtype=torch.float32)
-        out.append(torch.nn.functional.normalize(xc, dim=1) if normalize else xc)
-    return torch.cat(out)
+        out[a:b] = torch.nn.functional.normalize(xc, dim=1) if normalize else xc
+    return out
 
 
 def _assign_pass(x, cent, opts, device, want_stats: bool, far: int):
@@ -198,7 +206,9 @@ def _assign_pass(x, cent, opts, device, want_stats: bool, far: int):
         labels[a:b] = lab
         inertia += float(md.double().sum())
         if want_stats:
-            sums.index_add_(0, lab, xc.double())
+            # per-chunk sums in float32 (at most chunk_size terms), accumulated across chunks in float64
+            part = torch.zeros(k, d, dtype=torch.float32, device=device).index_add_(0, lab, xc)
+            sums += part.double()
             counts += torch.bincount(lab, minlength=k).double()
         if far:
             cand_d = torch.cat([top_d, md])
@@ -225,7 +235,7 @@ def kmeans(x: ArrayLike, opts: KMeansOptions, progress: Optional[Callable[[str],
     """
     t0 = time.perf_counter()
     x = _check(x, opts)
-    check_finite(x, opts.chunk_size)
+    check_finite(x)
     device = torch.device(opts.device) if opts.device is not None else x.device
     say = progress or (print if opts.verbose else None)
     if opts.use_faiss:

@@ -33,11 +33,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ._fs import HASH_NAME, file_checksum, fsync_dir, read_json, write_bytes_atomic, write_json_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .stream import TripletBatch
 
 FORMAT = "fastalign-triplet-store"
 VERSION = 1
@@ -236,13 +239,24 @@ class TripletStoreWriter:
     def _validate(self, indices, sims, probs):
         if self._closed:
             raise ValueError("writer is closed")
-        idx = _as_rows("indices", indices, np.int64, None)
-        b = idx.shape[0]
-        if b and (idx.min() < 0 or idx.max() >= self.num_items):
-            raise ValueError(f"indices must be in [0, {self.num_items}), got range [{idx.min()}, {idx.max()}]")
-        sm = _as_rows("sims", sims, np.float32, b)
+        if hasattr(indices, "detach"):
+            indices = indices.detach().cpu().numpy()
+        raw = np.asarray(indices)
+        if raw.ndim != 2 or raw.shape[1] != 3:
+            raise ValueError(f"indices must have shape (B, 3), got {raw.shape}")
+        if raw.dtype.kind not in "iu":
+            raise TypeError(f"indices must be integers, got {raw.dtype}")
+        b = raw.shape[0]
+        # range check on the caller's array, so the only copy is the int32 one (none if already int32)
+        if b and (int(raw.min()) < 0 or int(raw.max()) >= self.num_items):
+            raise ValueError(f"indices must be in [0, {self.num_items}), got range [{raw.min()}, {raw.max()}]")
+        idx = np.ascontiguousarray(raw, dtype=INDEX_DTYPE)
+        sm_in = sims.detach().cpu().numpy() if hasattr(sims, "detach") else np.asarray(sims)
+        if sm_in.dtype.kind != "f":
+            raise TypeError(f"sims must be floating point, got {sm_in.dtype}")
+        sm = _as_rows("sims", sm_in, SIM_DTYPES[self.sim_dtype], b)
         if not np.isfinite(sm).all():
-            raise ValueError("sims contain NaN or Inf")
+            raise ValueError("sims contain NaN or Inf (or overflow the storage dtype)")
         if self.with_probs:
             if probs is None:
                 raise ValueError("this store has with_probs=True: pass probs")
@@ -251,7 +265,7 @@ class TripletStoreWriter:
             if probs is not None:
                 raise ValueError("this store has with_probs=False: do not pass probs")
             pr = None
-        return idx.astype(INDEX_DTYPE), sm.astype(SIM_DTYPES[self.sim_dtype]), pr
+        return idx, sm, pr
 
     def _next_append_id(self) -> int:
         # Append order within a rank: its n-th shard is global shard n * world_size + rank.
@@ -594,7 +608,7 @@ class TripletStore:
         """``(indices, sims)`` for an int, slice or integer array of triplet positions."""
         return self.indices[key], self.sims[key]
 
-    def stream(self, batch_size: int, **kwargs) -> Iterator["TripletBatch"]:  # noqa: F821
+    def stream(self, batch_size: int, **kwargs) -> Iterator["TripletBatch"]:
         """Shuffled, resumable, rank/worker-sharded batches; see ``fastalign.triplets.stream.stream``."""
         from .stream import stream
 
