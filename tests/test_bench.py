@@ -415,6 +415,9 @@ def test_harness_on_cuda_tiny(tmp_path):
     assert not bad, bad
     for r in ok:
         assert r["timer"] in ("do_bench", "events") and r["peak_mem_bytes"] is not None
+        for key in ("rel_err", "grad_rel_err"):  # bf16 inputs, fp32 accumulation
+            assert r.get(key) is None or r[key] < 3e-2, (r["impl"], r["phase"], key, r[key])
+    assert {r["impl"] for r in ok} >= {"eager", "torch", "affine_transform", "gemm"}
     assert results["meta"]["copy_bandwidth"]["GBps"] > 100
     assert (tmp_path / "plot.png").read_bytes().startswith(PNG_MAGIC)
 
@@ -441,3 +444,14 @@ def test_headline_judges_the_issue_targets():
     assert "triton vs cuda: 100% apart (target <= 20%: NOT met)" in text
     assert "`torch`" not in text  # the reference backend is not held to the fused targets
     assert report.headline({"results": []}) == []
+
+
+def test_report_without_matplotlib_skips_only_the_plot(tiny_run, tmp_path, monkeypatch, capsys):
+    import sys
+
+    _, results = tiny_run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes "import matplotlib" raise ImportError
+    paths = report.write_all(tmp_path, results)
+    assert set(paths) == {"json", "table"} and not (tmp_path / "plot.png").exists()
+    assert "no plot" in capsys.readouterr().err
+    assert json.loads((tmp_path / "results.json").read_text())["results"]

@@ -255,7 +255,8 @@ def plot_png(results: dict) -> bytes:
 
 
 def write_all(out_dir, results: dict, plot: bool = True) -> Dict[str, Path]:
-    """Write results.json, table.md and (when ``plot``) plot.png to ``out_dir``; return the paths."""
+    """Write results.json, table.md and (when ``plot`` and matplotlib is installed) plot.png
+    to ``out_dir``; return the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     add_speedups(results.get("results", []))
@@ -263,8 +264,13 @@ def write_all(out_dir, results: dict, plot: bool = True) -> Dict[str, Path]:
     atomic_write_json(paths["json"], results)
     atomic_write_text(paths["table"], markdown(results) + "\n")
     if plot:
-        paths["plot"] = out / PLOT
-        atomic_write_bytes(paths["plot"], plot_png(results))
+        try:
+            png = plot_png(results)
+        except ImportError as exc:  # matplotlib is optional (the "bench" extra)
+            print(f"fastalign bench: no plot ({exc}); pip install matplotlib", file=sys.stderr)
+        else:
+            paths["plot"] = out / PLOT
+            atomic_write_bytes(paths["plot"], png)
     return paths
 
 

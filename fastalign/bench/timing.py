@@ -93,8 +93,13 @@ def time_call(
     if device == "cuda":
         if estimate_ms > slow_ms:
             return stats_from_samples(_event_samples(fn, slow_reps), "events")
-        import triton.testing
-
+        try:
+            import triton.testing
+        except ImportError:  # torch without triton: the same statistics from plain events
+            for _ in range(max(1, int(warmup_ms / max(estimate_ms, 1e-3)))):
+                fn()
+            reps = int(min(1000, max(3, rep_ms / max(estimate_ms, 1e-3))))
+            return stats_from_samples(_event_samples(fn, reps), "events")
         med, p20, p80 = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))
         reps = max(1, int(rep_ms / max(estimate_ms, 1e-3)))
         return Stats(float(med), float(p20), float(p80), reps, "do_bench")
