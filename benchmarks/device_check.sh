@@ -29,6 +29,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device-check-out}
 mkdir -p "$OUT/bench"
 exec > >(tee -a "$OUT/device_check.log") 2>&1
+TEE_PID=$!
 
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -128,4 +129,7 @@ echo
 [[ -s "$OUT/bench/table.md" ]] && head -c 7000 "$OUT/bench/table.md"
 echo
 cat "$SUMMARY"
+# Close our end of the pipe and let tee finish the log before $OUT is collected.
+exec 1>&- 2>&-
+wait "$TEE_PID" 2>/dev/null
 exit 0
