@@ -34,8 +34,10 @@ def fold_affine(W: torch.Tensor, b: Optional[torch.Tensor], mean: Scalar, std: S
     Wa = W.to(acc)
     mu = _as_vector("mean", mean, d, W.device, acc)
     sd = _as_vector("std", std, d, W.device, acc)
-    if bool((sd <= 0).any()):
-        raise ValueError("std must be > 0")
+    # A tensor std is checked where it is set (AffineTransform), not here on
+    # every call: reading it back would sync the device each training step.
+    if not isinstance(std, torch.Tensor) and float(std) <= 0:
+        raise ValueError(f"std must be > 0, got {std}")
     w_folded = Wa / sd[:, None]
     b_folded = -(mu / sd) @ Wa
     if b is not None:
