@@ -63,14 +63,20 @@ def as_triplets(x: Any, n: int, device: Device = None, name: str = "triplets") -
     return t
 
 
-def as_vector(x: Any, name: str, device: Device = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """1-D floating tensor (numpy or torch input)."""
+def as_vector(x: Any, name: str, device: Device = None, dtype: Optional[torch.dtype] = torch.float64) -> torch.Tensor:
+    """1-D floating tensor (numpy or torch input).
+
+    ``dtype=None`` keeps float32/float64 as they are (sorting float32 is
+    cheaper) and casts anything else to float64.
+    """
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.array(x, dtype=np.float64))
+        x = torch.from_numpy(np.array(x, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64))
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a numpy array or torch.Tensor, got {type(x).__name__}")
     if x.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(x.shape)}")
+    if dtype is None:
+        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float64
     x = x.to(dtype)
     return x if device is None else x.to(device)
 

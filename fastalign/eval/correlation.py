@@ -24,7 +24,7 @@ Python integers.
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -34,8 +34,9 @@ __all__ = ["count_inversions", "dense_rank", "kendall_tau_a", "pearson", "rankda
 
 
 def _check_pair(x: Any, y: Any) -> Tuple[torch.Tensor, torch.Tensor]:
-    xv = as_vector(x, "x")
-    yv = as_vector(y, "y", device=xv.device)
+    # Values keep float32/float64: ranks only need the order, and sorting float32 is cheaper.
+    xv = as_vector(x, "x", dtype=None)
+    yv = as_vector(y, "y", device=xv.device, dtype=None)
     if xv.shape != yv.shape:
         raise ValueError(f"x and y must have the same length, got {xv.numel()} and {yv.numel()}")
     if xv.numel() < 2:
@@ -45,10 +46,9 @@ def _check_pair(x: Any, y: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     return xv, yv
 
 
-def _groups(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sort ``x``; return (order, group id of each sorted element, group sizes)."""
-    order = torch.argsort(x)
-    xs = x[order]
+def _groups(x: torch.Tensor, presorted: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+    """Sort ``x`` (or take ``presorted = (values, order)``); return (order, group id of each sorted element, group sizes)."""
+    xs, order = torch.sort(x) if presorted is None else presorted
     new = torch.ones_like(xs, dtype=torch.bool)
     new[1:] = xs[1:] != xs[:-1]
     group = torch.cumsum(new, 0) - 1
@@ -58,11 +58,16 @@ def _groups(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def rankdata(x: Any) -> torch.Tensor:
     """1-based ranks of a 1-D vector, ties given their average rank (float64)."""
-    xv = x if isinstance(x, torch.Tensor) and x.dim() == 1 else as_vector(x, "x")
-    order, group, counts = _groups(xv)
+    xv = as_vector(x, "x", dtype=None)
+    xs, order = torch.sort(xv)
+    ranks = torch.empty(xv.shape, dtype=torch.float64, device=xv.device)
+    if xv.numel() < 2 or not bool((xs[1:] == xs[:-1]).any()):
+        # No ties (the usual case for float64 RDMs): ranks are positions.
+        ranks[order] = torch.arange(1, xv.numel() + 1, dtype=torch.float64, device=xv.device)
+        return ranks
+    order, group, counts = _groups(xv, (xs, order))
     starts = torch.cumsum(counts, 0) - counts
     avg = starts.to(torch.float64) + (counts.to(torch.float64) - 1) / 2 + 1
-    ranks = torch.empty(xv.shape, dtype=torch.float64, device=xv.device)
     ranks[order] = avg[group]
     return ranks
 
@@ -148,6 +153,7 @@ def kendall_tau_a(x: Any, y: Any) -> float:
 def pearson(x: Any, y: Any) -> float:
     """Pearson correlation in float64; NaN when either vector is constant."""
     xv, yv = _check_pair(x, y)
+    xv, yv = xv.to(torch.float64), yv.to(torch.float64)
     xc = xv - xv.mean()
     yc = yv - yv.mean()
     denom = torch.sqrt((xc * xc).sum() * (yc * yc).sum())
