@@ -86,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kmeans-iters", type=int, default=20)
     ap.add_argument("--strategy", default="cluster_border")
     ap.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    ap.add_argument("--emb-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="teacher embeddings dtype on the device (AligNet scale on GPU: bfloat16)")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run (N=20k, D=64, k=20, 100k triplets)")
     ap.add_argument("--out-md", help="also write the markdown table to this file")
     ap.add_argument("--workdir", help="where to write the embeddings and the store (default: a temp dir, removed)")
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
     centers = rng.standard_normal((args.k, args.d), dtype=np.float32) * 2
     emb = centers[rng.integers(0, args.k, args.n)] + rng.standard_normal((args.n, args.d), dtype=np.float32)
     np.save(work / "emb.npy", emb)
-    emb_mib = emb.nbytes / 2**20
+    emb_mib = emb.nbytes / 2**20  # the float32 file is loaded whole before any dtype conversion
     del emb, centers
     # Warm up on a tiny problem: the first kernel call probes backends, and lazy imports, BLAS
     # workspaces and allocator pools are fixed costs that must not be billed to a stage or to memory.
@@ -122,10 +124,18 @@ def main(argv=None) -> int:
     opts = GenerateOptions(
         embeddings=str(work / "emb.npy"), out=str(work / "store"), num=args.num, strategy=args.strategy,
         clusters=args.k, shard_size=args.shard_size, chunk_size=args.chunk_size, kmeans_iters=args.kmeans_iters,
-        sim_dtype="float16", with_probs=True, device=args.device, progress=False, histogram=False,
+        sim_dtype="float16", with_probs=True, device=args.device, emb_dtype=args.emb_dtype, progress=False,
+        histogram=False,
     )
+    cuda = torch.cuda.is_available() and (args.device is None or str(args.device).startswith("cuda"))
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_base = torch.cuda.memory_allocated() / 2**20
     t0 = time.perf_counter()
     summary = generate(opts, say=lambda s: None)
+    if cuda:
+        torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     peak = peak_mib()
 
@@ -146,7 +156,7 @@ def main(argv=None) -> int:
     ]
     lines = [
         f"## make-triplets: N={args.n:,} x D={args.d}, k={args.k}, {args.num:,} {args.strategy} triplets "
-        f"(device {summary and (args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))}, "
+        f"(device {args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}, emb {args.emb_dtype}, "
         f"torch threads {torch.get_num_threads()})",
         "",
         "| stage | seconds | rate | unit |",
@@ -162,6 +172,10 @@ def main(argv=None) -> int:
         f"| peak above baseline | {used:,.1f} |",
         f"| budget: embeddings {emb_mib:,.1f} + 2 x shard {shard_mib:,.1f} + cluster state {cluster_mib:,.1f} | {budget:,.1f} |",
         f"| within budget | {'yes' if used <= budget else 'NO'} |",
+    ]
+    if cuda:
+        lines += [f"| GPU peak allocated above baseline | {torch.cuda.max_memory_allocated() / 2**20 - gpu_base:,.1f} |"]
+    lines += [
         "",
         f"(peak RSS via VmHWM{' after resetting it' if peak_reset else ''}; glibc mmap threshold "
         f"{'pinned at 1 MiB' if pinned else 'not pinned'}; fixed costs are warmed up before the baseline)",

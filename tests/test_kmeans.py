@@ -130,3 +130,15 @@ def test_kmeans_bad_init_and_dtype():
         kmeans(np.zeros((5, 2), np.float32), KMeansOptions(k=2, init="forgy"))
     with pytest.raises(TypeError, match="floating"):
         kmeans(np.zeros((5, 2), np.int64), KMeansOptions(k=2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kmeans_on_cuda_matches_cpu():
+    x, _ = blobs(7, n=2000, spread=20.0)
+    cpu = kmeans(x, KMeansOptions(k=4, seed=0, iters=10))
+    gpu = kmeans(torch.from_numpy(x).cuda(), KMeansOptions(k=4, seed=0, iters=10))
+    assert gpu.labels.is_cuda
+    # well-separated blobs: the same partition, centroids equal up to float32 rounding
+    assert torch.equal(gpu.labels.cpu(), cpu.labels)
+    torch.testing.assert_close(gpu.centroids.cpu(), cpu.centroids, rtol=1e-4, atol=1e-4)

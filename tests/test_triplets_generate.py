@@ -221,3 +221,15 @@ def test_cli_make_triplets_and_bad_input(inputs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--resume" in err
     assert cli(base + ["--out", str(out), "--resume"]) == 0
+
+
+def test_bfloat16_teacher_embeddings(inputs, tmp_path):
+    generate(opts(inputs, tmp_path / "s", transform=None, val_num=0, num=500, emb_dtype="bfloat16", sim_dtype="float32"))
+    emb = torch.from_numpy(np.load(inputs / "emb.npy")).to(torch.bfloat16).double().numpy()
+    st = TripletStore.open(tmp_path / "s")
+    ref = ref_sims(emb, st.indices[:].astype(np.int64))
+    np.testing.assert_allclose(st.sims[:], ref, rtol=1e-4, atol=1e-4)
+    assert (ref[:, 0] >= ref[:, 1:].max(1) - 1e-4).all()
+    with pytest.raises(ValueError, match="emb_dtype"):
+        generate(opts(inputs, tmp_path / "t", emb_dtype="int8"))
+    assert not (tmp_path / "t").exists()

@@ -67,3 +67,18 @@ def test_labels_without_probs_and_errors():
 def test_entropy_reference():
     p = np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.25, 0.25]])
     np.testing.assert_allclose(entropy(p), [0.0, np.log(3), -(0.5 * np.log(0.5) + 0.5 * np.log(0.25))])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_labels_on_cuda_match_float64(dtype):
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(200, 16)).astype(np.float32)
+    trip = random_triplets(rng, 200, 5000)
+    e = torch.from_numpy(emb).cuda().to(dtype)
+    out_t, out_s, out_p = label_triplets(e, trip, LabelOptions(temperature=0.5, with_probs=True, batch_size=1024))
+    ref = ref_sims(e.float().cpu().numpy(), out_t.numpy(), False)  # the values the device held
+    np.testing.assert_allclose(out_s.numpy(), ref, rtol=1e-4, atol=1e-4)
+    assert (ref[:, 0] >= ref[:, 1:].max(1) - 1e-4).all()
+    np.testing.assert_allclose(out_p.numpy(), softmax_np(ref, 0.5), atol=1e-4)

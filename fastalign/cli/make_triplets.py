@@ -38,6 +38,8 @@ def register(sub) -> None:
     p.add_argument("--kmeans-iters", type=int, default=25)
     p.add_argument("--kmeans-normalize", action="store_true", help="L2-normalise teacher embeddings before k-means")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--emb-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="dtype of the teacher embeddings on the device (default float32)")
     p.add_argument("--backend", help="similarity kernel backend (default: automatic)")
     p.add_argument("--no-histogram", action="store_true", help="skip the teacher-entropy histogram PNG")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -53,7 +55,7 @@ def _run(args) -> int:
         val_fraction=args.val_fraction, seed=args.seed, resume=args.resume, shard_size=args.shard_size,
         chunk_size=args.chunk_size, label_batch=args.label_batch, sim_dtype=args.sim_dtype, with_probs=not args.no_probs,
         temperature=args.temperature, similarity=args.similarity, weighting=args.weighting,
-        kmeans_iters=args.kmeans_iters, kmeans_normalize=args.kmeans_normalize, device=args.device,
+        kmeans_iters=args.kmeans_iters, kmeans_normalize=args.kmeans_normalize, device=args.device, emb_dtype=args.emb_dtype,
         backend=args.backend, histogram=not args.no_histogram, progress=not args.quiet,
     )
     summary = generate(opts)

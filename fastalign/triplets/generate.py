@@ -43,6 +43,7 @@ from .sampling import TripletSampler, chunk_rng, parse_strategy, sample_chunk, s
 from .store import TripletStore, TripletStoreWriter
 
 ENTROPY_BINS = 60
+EMB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -74,6 +75,8 @@ class GenerateOptions:
         kmeans_iters: Lloyd iterations.
         kmeans_normalize: L2-normalise the teacher embeddings before clustering.
         device: torch device for k-means and labelling (None: cuda if available, else cpu).
+        emb_dtype: dtype the teacher embeddings are held in on the device: "float32", "bfloat16"
+            or "float16" (half the memory; k-means and similarities still accumulate in float32).
         backend: kernel backend for the similarities (None: default dispatch).
         histogram: write the teacher-entropy histogram PNG.
         progress: show progress (tqdm if installed, else one line per shard).
@@ -104,6 +107,7 @@ class GenerateOptions:
     kmeans_iters: int = 25
     kmeans_normalize: bool = False
     device: Optional[str] = None
+    emb_dtype: str = "float32"
     backend: Optional[str] = None
     histogram: bool = True
     progress: bool = True
@@ -164,6 +168,8 @@ def check_options(o: GenerateOptions) -> List[Tuple[str, float]]:
         raise ValueError(f"strategy {o.strategy!r} needs per-item class labels (--labels)")
     if o.sim_dtype not in ("float16", "float32"):
         raise ValueError(f"sim_dtype must be float16 or float32, got {o.sim_dtype!r}")
+    if o.emb_dtype not in EMB_DTYPES:
+        raise ValueError(f"emb_dtype must be one of {sorted(EMB_DTYPES)}, got {o.emb_dtype!r}")
     if o.similarity not in ("dot", "cosine"):
         raise ValueError(f"similarity must be dot or cosine, got {o.similarity!r}")
     if o.val_num and not 0 < o.val_fraction < 1:
@@ -268,6 +274,9 @@ def _teacher_embeddings(o: GenerateOptions, device: torch.device) -> Tuple[torch
         info["transform"] = {"path": str(o.transform), "temperature": float(tr.temperature), "calibrated": bool(tr.calibrated)}
     x = x.to(device).contiguous()
     check_finite(x)
+    if o.emb_dtype != "float32":
+        x = x.to(EMB_DTYPES[o.emb_dtype])
+        check_finite(x)  # float16 overflows to Inf above 65504
     if o.temperature is not None:
         temperature = float(o.temperature)
     return x, temperature, info
