@@ -136,9 +136,9 @@ def _target(b, seed=2):
     g = torch.Generator().manual_seed(seed)
     p = torch.softmax(2 * torch.randn(b, 3, generator=g, dtype=torch.float64), dim=1)
     p[::4, 1] = 0.0  # exact zeros: 0 log 0 terms and logaddexp(-inf, .) in JSD
-    p[1::7, 0] = 0.0
-    p[1::7, 2] = 0.0  # one-hot rows
-    return (p / p.sum(1, keepdim=True)).cuda()
+    p = p / p.sum(1, keepdim=True)
+    p[1::7] = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)  # one-hot rows
+    return p.cuda()
 
 
 def _odd(b, seed=3):
