@@ -529,14 +529,22 @@ def generate(o: GenerateOptions, say: Callable[[str], None] = lambda s: print(s,
     splits = [(0, "train", root, o.num, train_items)]
     if val_items is not None:
         splits.append((1, "val", root / "val", o.val_num, val_items))
+    # Check every split's strategies before writing anything, so a bad validation split
+    # cannot fail after the training store is already written.
+    samplers = []
     for split, name, path, num, items in splits:
-        if num == 0 and name == "val":
-            continue
+        sampler = TripletSampler(n, classes=classes, clusters=clusters, items=items, weighting=o.weighting)
+        for s, _ in mix:
+            try:
+                sampler.check(s)
+            except ValueError as exc:
+                raise ValueError(f"{name} split ({items.size} items): {exc}") from None
+        samplers.append(sampler)
+    for (split, name, path, num, items), sampler in zip(splits, samplers):
         if rank == 0 and names_ref:
             path.mkdir(parents=True, exist_ok=True)
             data = ("\n".join(names) + "\n").encode("utf-8")
             write_bytes_atomic(path / "file_names.txt", [data])
-        sampler = TripletSampler(n, classes=classes, clusters=clusters, items=items, weighting=o.weighting)
         summary.splits.append(_write_split(o, split, name, path, num, sampler, mix, emb, temperature, meta,
                                            rank, world, times))
 

@@ -352,12 +352,13 @@ class TripletStoreWriter:
                 if not f.name.startswith(".tmp-"):
                     continue
                 name = f.name[len(".tmp-"):]
-                if name.startswith("shard-"):
+                if name.startswith("shard-") or name.startswith("rank-"):
+                    # other ranks may be writing their own shards/parts right now: touch only ours
                     try:
-                        sid = int(name[len("shard-"):].split(".")[0])
+                        num = int(name.split("-", 1)[1].split(".")[0])
                     except ValueError:
                         continue
-                    if not self.owns(sid):
+                    if (name.startswith("shard-") and not self.owns(num)) or (name.startswith("rank-") and num != self.rank):
                         continue
                 elif self.rank != 0:
                     continue
