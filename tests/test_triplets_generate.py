@@ -233,3 +233,20 @@ def test_bfloat16_teacher_embeddings(inputs, tmp_path):
     with pytest.raises(ValueError, match="emb_dtype"):
         generate(opts(inputs, tmp_path / "t", emb_dtype="int8"))
     assert not (tmp_path / "t").exists()
+
+
+def test_torchrun_style_processes_equal_one_process(inputs, tmp_path):
+    """Two OS processes with $RANK/$WORLD_SIZE (as torchrun sets them) running the CLI == one process."""
+    args = ["--embeddings", str(inputs / "emb.npy"), "--transform", str(inputs / "t.npz"), "--clusters", "6",
+            "--num", "1500", "--val-num", "300", "--shard-size", "400", "--chunk-size", "200", "--kmeans-iters", "4",
+            "--strategy", "cluster_border:0.5,random:0.5", "--quiet", "--no-histogram"]
+    assert cli(["make-triplets", "--out", str(tmp_path / "one")] + args) == 0
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WORLD_SIZE="2", TORCHELASTIC_RUN_ID="test-run")
+    procs = [subprocess.Popen([sys.executable, "-m", "fastalign", "make-triplets", "--out", str(tmp_path / "multi")] + args,
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (1, 0)]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "multi")
+    assert not (tmp_path / "multi" / "parts").exists() and not (tmp_path / "multi" / "val" / "parts").exists()
