@@ -23,9 +23,10 @@ no label: the label strategies never use them, ``random`` does. Labels with too
 few items for a role (2 for a pair, 3 for ``within_class``) are skipped for
 that role and listed in ``TripletSampler.report()``.
 
-Reproducibility: ``sample_chunk`` draws chunk ``c`` of stream ``s`` from
-``SeedSequence([seed, s, c])`` only, so a chunk's triplets do not depend on
-which process generates it or in which order.
+Reproducibility: ``sample_chunk`` draws only from the generator it is given.
+``fastalign.triplets.generate`` gives chunk ``c`` of shard ``h`` of split ``s``
+the generator of ``SeedSequence([seed, s, h, c])``, so a chunk's triplets do
+not depend on which process generates it or in which order.
 """
 
 from __future__ import annotations
