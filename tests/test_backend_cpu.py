@@ -27,6 +27,7 @@ import fastalign
 import reference as R
 from fastalign.kernels.contract import MODES, acc_dtype
 from fastalign.kernels.torch_ref import TorchKernels
+from fastalign.ops import registry
 
 cpu_mod = pytest.importorskip("fastalign.kernels.cpu")
 try:
@@ -47,6 +48,17 @@ TEMPERATURES = [0.01, 0.1, 1.0, 10.0, 100.0]
 
 
 # ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture(params=["rows", "gram"])
+def strategy(request):
+    """Run a public-API test through both fused strategies of the registered cpu kernels."""
+    kernels = registry.resolve("cpu", torch.device("cpu"))
+    old = kernels.strategy
+    kernels.strategy = request.param
+    yield request.param
+    kernels.strategy = old
+
 
 
 def make_case(n=12, d=7, b=40, dtype=torch.float32, seed=0, zero_p=True):
@@ -139,6 +151,41 @@ def test_missing_extension_gives_a_clear_reason(monkeypatch):
         cpu_mod.CpuKernels()
 
 
+def test_strategy_choice():
+    k = cpu_mod.CpuKernels()
+    assert k.uses_gram(100, -(-100 * 100 // cpu_mod.GRAM_RATIO))  # N^2 <= ratio * B
+    assert not k.uses_gram(100, 10)
+    assert not k.uses_gram(cpu_mod.GRAM_MAX_N + 1, 10 ** 9)
+    assert not k.uses_gram(0, 10)
+    assert cpu_mod.CpuKernels(strategy="rows").uses_gram(10, 10 ** 6) is False
+    assert cpu_mod.CpuKernels(strategy="gram").uses_gram(10 ** 5, 1) is True
+    with pytest.raises(ValueError, match="strategy"):
+        cpu_mod.CpuKernels(strategy="fast")
+
+
+def test_gram_and_rows_paths_agree():
+    emb, trip, p, odd, w, gout = make_case(n=20, d=33, b=300, dtype=torch.float64, seed=8)
+    for cos in (False, True):
+        args = (emb, trip, p, None, w, MODES["jsd"], cos, 0.5, 0.01, True)
+        a = cpu_mod.CpuKernels(num_threads=2, strategy="rows").fused(*args)
+        b = cpu_mod.CpuKernels(num_threads=2, strategy="gram").fused(*args)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-13)
+
+
+def test_gram_path_falls_back_to_rows_on_non_finite_rows():
+    """C @ E would spread 0 * NaN to every row; the fallback keeps NaN to the rows that use it."""
+    emb, trip, p, odd, w, gout = make_case(n=10, d=6, b=50)
+    emb[3, 1] = float("nan")
+    args = (emb, trip, p, None, None, MODES["kl"], False, 1.0, 1.0, True)
+    lg, dg, gg = cpu_mod.CpuKernels(strategy="gram").fused(*args)
+    lr, dr, gr = cpu_mod.CpuKernels(strategy="rows").fused(*args)
+    assert torch.equal(lg.isnan(), lr.isnan()) and torch.equal(gg.isnan(), gr.isnan())
+    used = torch.zeros(10, dtype=torch.bool)
+    used[trip[(trip == 3).any(1)].flatten()] = True
+    assert gg[~used].isfinite().all() and not gg[3].isfinite().all()
+
+
 def test_num_threads_argument_and_default():
     assert cpu_mod.CpuKernels(num_threads=2).threads() == 2
     old = torch.get_num_threads()
@@ -159,7 +206,7 @@ def test_num_threads_argument_and_default():
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("similarity", ["dot", "cosine"])
 @pytest.mark.parametrize("mode", ["hard", "hard_odd", "kl", "jsd"])
-def test_loss_and_grad_match_reference(mode, similarity, reduction, weighted, dtype):
+def test_loss_and_grad_match_reference(mode, similarity, reduction, weighted, dtype, strategy):
     compare(mode, similarity, reduction, weighted, dtype)
 
 
@@ -167,20 +214,20 @@ def test_loss_and_grad_match_reference(mode, similarity, reduction, weighted, dt
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 @pytest.mark.parametrize("similarity", ["dot", "cosine"])
 @pytest.mark.parametrize("mode", ["hard_odd", "kl", "jsd"])
-def test_temperatures(mode, similarity, temperature, dtype):
+def test_temperatures(mode, similarity, temperature, dtype, strategy):
     compare(mode, similarity, "mean", True, dtype, temperature=temperature, d=33, seed=3)
 
 
 @pytest.mark.parametrize("d", [1, 3, 7, 33, 129])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
-def test_odd_widths(d, dtype):
+def test_odd_widths(d, dtype, strategy):
     compare("kl", "dot", "sum", False, dtype, d=d, seed=d)
     if d > 1:
         compare("kl", "cosine", "sum", False, dtype, d=d, seed=d)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_cosine_width_one(dtype):
+def test_cosine_width_one(dtype, strategy):
     """D = 1: every cosine is +-1 and the true gradient is exactly 0.
 
     The kernel forms e_b / (n_a n_b) - s e_a / n_a^2, two terms of size
@@ -197,7 +244,7 @@ def test_cosine_width_one(dtype):
     assert g_cpu.abs().max().item() <= 8 * trip.shape[0] * torch.finfo(dtype).eps * term
 
 
-def test_target_sims_and_teacher_temperature():
+def test_target_sims_and_teacher_temperature(strategy):
     emb, trip, p, odd, w, gout = make_case(d=33, dtype=torch.float64)
     ts = torch.randn(trip.shape[0], 3, dtype=torch.float64)
     kw = dict(target_sims=ts, teacher_temperature=0.5, temperature=2.0, divergence="jsd", similarity="cosine")
@@ -212,7 +259,7 @@ def test_target_sims_and_teacher_temperature():
 
 @pytest.mark.parametrize("similarity", ["dot", "cosine"])
 @pytest.mark.parametrize("mode", ["hard_odd", "kl", "jsd"])
-def test_repeated_indices_within_and_across_triplets(mode, similarity):
+def test_repeated_indices_within_and_across_triplets(mode, similarity, strategy):
     emb, _, p, odd, w, gout = make_case(n=4, d=9, b=12, dtype=torch.float64, seed=7)
     trip = torch.tensor([
         [0, 0, 1], [1, 0, 0], [0, 1, 0],  # one repeat, in every position
@@ -229,9 +276,10 @@ def test_repeated_indices_within_and_across_triplets(mode, similarity):
     torch.testing.assert_close(g_cpu, g_ref, rtol=1e-9, atol=1e-11)
 
 
-def test_int32_and_int64_triplets_agree_bitwise():
+@pytest.mark.parametrize("kstrategy", ["rows", "gram"])
+def test_int32_and_int64_triplets_agree_bitwise(kstrategy):
     emb, trip, p, odd, w, gout = make_case(n=30, d=20, b=200)
-    k = cpu_mod.CpuKernels(num_threads=2)
+    k = cpu_mod.CpuKernels(num_threads=2, strategy=kstrategy)
     for cosine in (False, True):
         a = k.fused(emb, trip, p, None, w, MODES["kl"], cosine, 0.5, 0.1, True)
         b = k.fused(emb, trip.int(), p, None, w, MODES["kl"], cosine, 0.5, 0.1, True)
@@ -282,12 +330,13 @@ def test_non_contiguous_emb_is_bitwise_equal_to_contiguous():
 # --------------------------------------------- threads and determinism
 
 
+@pytest.mark.parametrize("kstrategy", ["rows", "gram"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("similarity", ["dot", "cosine"])
-def test_deterministic_for_a_thread_count(threads, similarity):
+def test_deterministic_for_a_thread_count(threads, similarity, kstrategy):
     # Many triplets over few rows: every row gets contributions from both parts.
     emb, trip, p, odd, w, gout = make_case(n=40, d=37, b=3000, dtype=torch.float32, seed=11)
-    k = cpu_mod.CpuKernels(num_threads=threads)
+    k = cpu_mod.CpuKernels(num_threads=threads, strategy=kstrategy)
     cos = similarity == "cosine"
     runs = [k.fused(emb, trip, p, None, w, MODES["jsd"], cos, 0.3, 1.0 / 3000, True) for _ in range(3)]
     for other in runs[1:]:
@@ -299,7 +348,7 @@ def test_deterministic_for_a_thread_count(threads, similarity):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_thread_counts_match_reference(threads):
+def test_thread_counts_match_reference(threads, strategy):
     emb, trip, p, odd, w, gout = make_case(n=25, d=19, b=500, dtype=torch.float64, seed=5)
     old = torch.get_num_threads()
     try:
@@ -314,9 +363,10 @@ def test_thread_counts_match_reference(threads):
         torch.set_num_threads(old)
 
 
-def test_more_threads_than_triplets():
+@pytest.mark.parametrize("kstrategy", ["rows", "gram"])
+def test_more_threads_than_triplets(kstrategy):
     emb, trip, p, odd, w, gout = make_case(n=6, d=5, b=2, dtype=torch.float64)
-    k = cpu_mod.CpuKernels(num_threads=8)
+    k = cpu_mod.CpuKernels(num_threads=8, strategy=kstrategy)
     _, _, grad = k.fused(emb, trip, p, None, None, MODES["kl"], False, 1.0, 1.0, True)
     _, g_ref = R.loss_and_grad64(R.distill_loss64, emb, trip, target_probs=p, reduction="sum")
     torch.testing.assert_close(grad, g_ref, rtol=1e-10, atol=1e-12)
@@ -325,17 +375,18 @@ def test_more_threads_than_triplets():
 # ------------------------------------------------ the kernel contract
 
 
+@pytest.mark.parametrize("kstrategy", ["rows", "gram"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
 @pytest.mark.parametrize("similarity", ["dot", "cosine"])
 @pytest.mark.parametrize("mode", ["hard", "kl", "jsd"])
-def test_kernel_fused_and_scatter_in_accumulation_dtype(mode, similarity, dtype):
+def test_kernel_fused_and_scatter_in_accumulation_dtype(mode, similarity, dtype, kstrategy):
     """fused/scatter outputs (acc dtype, before any output rounding) against float64."""
     emb, trip, p, odd, w, gout = make_case(n=15, d=21, b=60, dtype=dtype, seed=2)
     cos = similarity == "cosine"
     choice = (2 - odd) if mode == "hard" else None
     target = None if mode == "hard" else p
     args = (emb, trip, target, choice, w, MODES[mode], cos, 0.8, 0.25, True)
-    l_cpu, d_cpu, g_cpu = cpu_mod.CpuKernels(num_threads=2).fused(*args)
+    l_cpu, d_cpu, g_cpu = cpu_mod.CpuKernels(num_threads=2, strategy=kstrategy).fused(*args)
     l_tch, d_tch, g_tch = TorchKernels().fused(*args)
     acc = acc_dtype(dtype)
     assert l_cpu.dtype == d_cpu.dtype == g_cpu.dtype == acc
@@ -361,7 +412,7 @@ def test_kernel_fused_and_scatter_in_accumulation_dtype(mode, similarity, dtype)
     check_rule("dsim", d_cpu, d_tch, ds_ref, dtype)
     check_rule("grad", g_cpu, g_tch, g_ref, dtype)
     # Without want_grad: the same loss/dsim and an empty gradient.
-    l2, d2, g2 = cpu_mod.CpuKernels(num_threads=2).fused(*args[:-1], False)
+    l2, d2, g2 = cpu_mod.CpuKernels(num_threads=2, strategy=kstrategy).fused(*args[:-1], False)
     assert torch.equal(l2, l_cpu) and torch.equal(d2, d_cpu) and g2.shape == (0,)
     # scatter with arbitrary coefficients against the torch kernels and float64.
     coef = torch.randn(trip.shape[0], 3, dtype=acc)
@@ -377,7 +428,7 @@ def test_kernel_fused_and_scatter_in_accumulation_dtype(mode, similarity, dtype)
                R.sims64(emb, trip, similarity), dtype)
 
 
-def test_cosine_with_tiny_and_zero_norm_rows():
+def test_cosine_with_tiny_and_zero_norm_rows(strategy):
     """Norms below COSINE_EPS are clamped and then constant for the gradient."""
     emb, trip, p, odd, w, gout = make_case(n=6, d=8, b=30, dtype=torch.float64, seed=4)
     emb[1] = 0.0
@@ -394,7 +445,7 @@ def test_cosine_with_tiny_and_zero_norm_rows():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("similarity", ["dot", "cosine"])
-def test_non_finite_emb_propagates(bad, similarity):
+def test_non_finite_emb_propagates(bad, similarity, strategy):
     emb, trip, p, odd, w, gout = make_case(n=10, d=6, b=50)
     emb[3, 2] = bad
     touched = (trip == 3).any(1)
@@ -410,7 +461,7 @@ def test_non_finite_emb_propagates(bad, similarity):
         assert not torch.isfinite(e.grad).all()
 
 
-def test_empty_inputs():
+def test_empty_inputs(strategy):
     emb = torch.randn(5, 4, requires_grad=True)
     trip = torch.zeros(0, 3, dtype=torch.long)
     p = torch.zeros(0, 3)
@@ -430,7 +481,7 @@ def test_empty_inputs():
     assert k.scatter(e0, trip, p, False).shape == (0, 4)
 
 
-def test_gradcheck_float64():
+def test_gradcheck_float64(strategy):
     emb, trip, p, odd, w, gout = make_case(n=6, d=4, b=10, dtype=torch.float64, seed=9)
     e = emb.clone().requires_grad_(True)
     for similarity in ("dot", "cosine"):
@@ -463,7 +514,7 @@ def test_portable_fp16_conversion_is_exact_for_every_pattern():
 # ------------------------------------------------ property-based
 
 
-def test_property_random_shapes_and_repeats():
+def test_property_random_shapes_and_repeats(strategy):
     hyp = pytest.importorskip("hypothesis")
     st = pytest.importorskip("hypothesis.strategies")
 

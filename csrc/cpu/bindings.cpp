@@ -23,38 +23,28 @@ struct Tag {
   using type = T;
 };
 
-// Calls f(Tag<T>, Tag<I>, integral_constant<bool, COS>) for the runtime codes.
+// Calls f(Tag<T>, integral_constant<bool, COS>) for the runtime codes.
 template <class F>
-void dispatch(int dtype, int itype, bool cosine, F&& f) {
-  auto with_index = [&](auto tt) {
-    auto with_cos = [&](auto tt2, auto ti) {
-      if (cosine) {
-        f(tt2, ti, std::true_type{});
-      } else {
-        f(tt2, ti, std::false_type{});
-      }
-    };
-    if (itype == kI32) {
-      with_cos(tt, Tag<int32_t>{});
-    } else if (itype == kI64) {
-      with_cos(tt, Tag<int64_t>{});
+void dispatch(int dtype, bool cosine, F&& f) {
+  auto with_cos = [&](auto tt) {
+    if (cosine) {
+      f(tt, std::true_type{});
     } else {
-      throw std::invalid_argument("fastalign._cpu: index dtype code must be 0 (int32) or 1 (int64), got " +
-                                  std::to_string(itype));
+      f(tt, std::false_type{});
     }
   };
   switch (dtype) {
     case kF64:
-      with_index(Tag<double>{});
+      with_cos(Tag<double>{});
       break;
     case kF32:
-      with_index(Tag<float>{});
+      with_cos(Tag<float>{});
       break;
     case kF16:
-      with_index(Tag<f16_t>{});
+      with_cos(Tag<f16_t>{});
       break;
     case kBF16:
-      with_index(Tag<bf16_t>{});
+      with_cos(Tag<bf16_t>{});
       break;
     default:
       throw std::invalid_argument("fastalign._cpu: emb dtype code must be 0..3 (f64, f32, f16, bf16), got " +
@@ -62,9 +52,13 @@ void dispatch(int dtype, int itype, bool cosine, F&& f) {
   }
 }
 
-template <class T, class I>
-Rows<T, I> make_rows(std::uintptr_t emb, int64_t n, int64_t d, int64_t ld, std::uintptr_t trip, int64_t b) {
-  return Rows<T, I>{reinterpret_cast<const T*>(emb), n, d, ld, reinterpret_cast<const I*>(trip), b};
+template <class T>
+Rows<T> make_rows(std::uintptr_t emb, int64_t n, int64_t d, int64_t ld, std::uintptr_t trip, int itype, int64_t b) {
+  if (itype != kI32 && itype != kI64) {
+    throw std::invalid_argument("fastalign._cpu: index dtype code must be 0 (int32) or 1 (int64), got " +
+                                std::to_string(itype));
+  }
+  return Rows<T>{reinterpret_cast<const T*>(emb), n, d, ld, reinterpret_cast<const void*>(trip), itype == kI64, b};
 }
 
 void check_sizes(int64_t n, int64_t d, int64_t b, int threads) {
@@ -76,11 +70,10 @@ void check_sizes(int64_t n, int64_t d, int64_t b, int threads) {
 void similarities_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld, std::uintptr_t trip,
                         int itype, int64_t b, bool cosine, std::uintptr_t out, int threads) {
   check_sizes(n, d, b, threads);
-  dispatch(dtype, itype, cosine, [&](auto tt, auto ti, auto cos) {
+  dispatch(dtype, cosine, [&](auto tt, auto cos) {
     using T = typename decltype(tt)::type;
-    using I = typename decltype(ti)::type;
     using A = typename Traits<T>::acc;
-    similarities<T, I, decltype(cos)::value>(make_rows<T, I>(emb, n, d, ld, trip, b), reinterpret_cast<A*>(out),
+    similarities<T, decltype(cos)::value>(make_rows<T>(emb, n, d, ld, trip, itype, b), reinterpret_cast<A*>(out),
                                              threads);
   });
 }
@@ -92,9 +85,8 @@ void fused_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld
   check_sizes(n, d, b, threads);
   if (mode < kHard || mode > kJSD) throw std::invalid_argument("fastalign._cpu: mode must be 0, 1 or 2");
   if (mode != kHard && !target && b > 0) throw std::invalid_argument("fastalign._cpu: KL/JSD need a target");
-  dispatch(dtype, itype, cosine, [&](auto tt, auto ti, auto cos) {
+  dispatch(dtype, cosine, [&](auto tt, auto cos) {
     using T = typename decltype(tt)::type;
-    using I = typename decltype(ti)::type;
     using A = typename Traits<T>::acc;
     Objective<A> obj{reinterpret_cast<const A*>(target),
                      reinterpret_cast<const int64_t*>(choice),
@@ -104,7 +96,7 @@ void fused_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld
                      A(grad_scale),
                      reinterpret_cast<A*>(loss),
                      reinterpret_cast<A*>(dsim)};
-    run_parts<T, I, decltype(cos)::value>(make_rows<T, I>(emb, n, d, ld, trip, b), &obj, nullptr,
+    run_parts<T, decltype(cos)::value>(make_rows<T>(emb, n, d, ld, trip, itype, b), &obj, nullptr,
                                           reinterpret_cast<A*>(grad), threads);
   });
 }
@@ -114,13 +106,34 @@ void scatter_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t 
   check_sizes(n, d, b, threads);
   if (n == 0) return;  // then B == 0 too, and the (0, D) gradient has no data
   if (!grad) throw std::invalid_argument("fastalign._cpu: scatter needs a gradient output");
-  dispatch(dtype, itype, cosine, [&](auto tt, auto ti, auto cos) {
+  dispatch(dtype, cosine, [&](auto tt, auto cos) {
     using T = typename decltype(tt)::type;
-    using I = typename decltype(ti)::type;
     using A = typename Traits<T>::acc;
-    run_parts<T, I, decltype(cos)::value>(make_rows<T, I>(emb, n, d, ld, trip, b), nullptr,
+    run_parts<T, decltype(cos)::value>(make_rows<T>(emb, n, d, ld, trip, itype, b), nullptr,
                                           reinterpret_cast<const A*>(coef), reinterpret_cast<A*>(grad), threads);
   });
+}
+
+bool gram_fused_entry(std::uintptr_t gram, bool f64, int64_t n, std::uintptr_t trip, int itype, int64_t b,
+                      std::uintptr_t target, std::uintptr_t choice, std::uintptr_t rowscale, int mode, bool cosine,
+                      double temperature, double grad_scale, std::uintptr_t loss, std::uintptr_t dsim,
+                      std::uintptr_t coef_out, int threads) {
+  check_sizes(n, 1, b, threads);
+  if (mode < kHard || mode > kJSD) throw std::invalid_argument("fastalign._cpu: mode must be 0, 1 or 2");
+  if (mode != kHard && !target && b > 0) throw std::invalid_argument("fastalign._cpu: KL/JSD need a target");
+  if (itype != kI32 && itype != kI64) throw std::invalid_argument("fastalign._cpu: index dtype code must be 0 or 1");
+  auto run = [&](auto tag) -> bool {
+    using A = decltype(tag);
+    Objective<A> obj{reinterpret_cast<const A*>(target), reinterpret_cast<const int64_t*>(choice),
+                     reinterpret_cast<const A*>(rowscale), mode, A(temperature), A(grad_scale),
+                     reinterpret_cast<A*>(loss), reinterpret_cast<A*>(dsim)};
+    const A* g = reinterpret_cast<const A*>(gram);
+    A* c = reinterpret_cast<A*>(coef_out);
+    const void* t = reinterpret_cast<const void*>(trip);
+    return cosine ? gram_fused<A, true>(g, n, t, itype == kI64, b, obj, c, threads)
+                  : gram_fused<A, false>(g, n, t, itype == kI64, b, obj, c, threads);
+  };
+  return f64 ? run(double{}) : run(float{});
 }
 
 // Test hook: the portable fp16 conversion used when the compiler has no _Float16.
@@ -153,6 +166,12 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("scatter", &scatter_entry, nogil, py::arg("emb"), py::arg("dtype"), py::arg("n"), py::arg("d"),
         py::arg("ld"), py::arg("triplets"), py::arg("itype"), py::arg("b"), py::arg("coef"), py::arg("cosine"),
         py::arg("grad"), py::arg("num_threads"), "Write the (N, D) gradient sum_b sum_p coef[b,p] ds_bp/demb.");
+  m.def("gram_fused", &gram_fused_entry, nogil, py::arg("gram"), py::arg("f64"), py::arg("n"), py::arg("triplets"),
+        py::arg("itype"), py::arg("b"), py::arg("target"), py::arg("choice"), py::arg("rowscale"), py::arg("mode"),
+        py::arg("cosine"), py::arg("temperature"), py::arg("grad_scale"), py::arg("loss"), py::arg("dsim"),
+        py::arg("coef_out"), py::arg("num_threads"),
+        "Fused loss and dL/ds from the (N, N) Gram matrix, and (coef_out != 0) the (N, N) coefficient matrix C "
+        "with grad = C @ emb. Returns False, writing nothing, if a diagonal entry of the Gram matrix is not finite.");
   m.def("_f16_manual", &f16_manual_entry, nogil, py::arg("src"), py::arg("dst"), py::arg("n"),
         "Test hook: convert n fp16 bit patterns with the portable (non-_Float16) path.");
 }

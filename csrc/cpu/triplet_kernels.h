@@ -7,7 +7,7 @@
 // ------
 // emb      (N, D) of T (double, float, fp16, bf16), unit stride along D, row
 //          stride `ld` (>= D, or anything for N <= 1). Row offsets are int64.
-// triplets (B, 3) of I (int32 or int64), contiguous, entries in [0, N).
+// triplets (B, 3) of int32 or int64, contiguous, entries in [0, N).
 // Outputs and per-row inputs (target, rowscale, coef, loss, dsim, grad) are in
 // the accumulation type A: double for double input, float otherwise.
 //
@@ -24,6 +24,9 @@
 #pragma once
 
 #include <omp.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -353,22 +356,27 @@ inline void accumulate(GradPart<A>& part, const int64_t r[3], const A* __restric
 
 // ------------------------------------------------------------ problems
 
-template <class T, class I>
+template <class T>
 struct Rows {
   const T* emb;
   int64_t N, D, ld;
-  const I* trip;
+  const void* trip;  // (B, 3) int32 or int64: a runtime branch per index
+  bool trip64;       // costs nothing next to a row and halves the instantiations
   int64_t B;
+
+  inline int64_t index(int64_t i) const {
+    return trip64 ? static_cast<const int64_t*>(trip)[i] : int64_t(static_cast<const int32_t*>(trip)[i]);
+  }
 };
 
 // Points x[0..2] at the triplet's three rows in the accumulation type,
 // converting 16-bit rows into `scratch` (3 * D values of A).
-template <class T, class I>
-inline void load_rows(const Rows<T, I>& p, int64_t b, typename Traits<T>::acc* scratch, int64_t r[3],
+template <class T>
+inline void load_rows(const Rows<T>& p, int64_t b, typename Traits<T>::acc* scratch, int64_t r[3],
                       const typename Traits<T>::acc* x[3]) {
   using A = typename Traits<T>::acc;
   for (int j = 0; j < 3; ++j) {
-    r[j] = int64_t(p.trip[3 * b + j]);
+    r[j] = p.index(3 * b + j);
     const T* src = p.emb + r[j] * p.ld;  // 64-bit offset
     if constexpr (Traits<T>::kNative) {
       x[j] = reinterpret_cast<const A*>(src);
@@ -379,14 +387,51 @@ inline void load_rows(const Rows<T, I>& p, int64_t b, typename Traits<T>::acc* s
   }
 }
 
+// ----------------------------------------------------------- memory hints
+
+// Triplets ahead whose rows are prefetched: the rows are random, so the
+// hardware prefetcher cannot guess them; one triplet of lead covers the
+// latency of the next three rows while this one computes.
+#ifndef FASTALIGN_PREFETCH_AHEAD
+#define FASTALIGN_PREFETCH_AHEAD 2
+#endif
+constexpr int64_t kPrefetchAhead = FASTALIGN_PREFETCH_AHEAD;
+
+template <int RW>
+inline void prefetch_bytes(const void* ptr, int64_t bytes) {
+  const char* c = static_cast<const char*>(ptr);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, RW, 3);
+}
+
+template <class T>
+inline void prefetch_triplet_rows(const Rows<T>& p, int64_t b) {
+  for (int j = 0; j < 3; ++j) prefetch_bytes<0>(p.emb + p.index(3 * b + j) * p.ld, p.D * int64_t(sizeof(T)));
+}
+
+// Ask for transparent huge pages on a large buffer (Linux, THP "madvise"
+// mode): random rows over hundreds of MB otherwise cost a TLB miss and a 4 KiB
+// page fault each. Only a hint; harmless when unsupported.
+inline void advise_huge(void* ptr, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (bytes < 4 * kHuge) return;
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(ptr) + bytes) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)ptr;
+  (void)bytes;
+#endif
+}
+
 // Contiguous [begin, end) of part `k` of `P` over `n` items.
 inline void part_range(int64_t n, int k, int P, int64_t& begin, int64_t& end) {
   begin = n * k / P;
   end = n * (k + 1) / P;
 }
 
-template <class T, class I, bool COS>
-void similarities(const Rows<T, I>& p, typename Traits<T>::acc* out, int threads) {
+template <class T, bool COS>
+void similarities(const Rows<T>& p, typename Traits<T>::acc* out, int threads) {
   using A = typename Traits<T>::acc;
   const int P = std::max(1, threads);
 #pragma omp parallel num_threads(P)
@@ -394,6 +439,7 @@ void similarities(const Rows<T, I>& p, typename Traits<T>::acc* out, int threads
     std::vector<A> scratch(Traits<T>::kNative ? 0 : size_t(3 * p.D));
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < p.B; ++b) {
+      if (kPrefetchAhead > 0 && b + kPrefetchAhead < p.B) prefetch_triplet_rows(p, b + kPrefetchAhead);
       int64_t r[3];
       const A* x[3];
       load_rows(p, b, scratch.data(), r, x);
@@ -439,31 +485,48 @@ void reduce_parts(A* grad, int64_t N, int64_t D, const std::vector<A*>& bufs, co
   }
 }
 
-// Fused forward (+ backward when grad != null), or scatter when obj == null.
-template <class T, class I, bool COS>
-void run_parts(const Rows<T, I>& p, const Objective<typename Traits<T>::acc>* obj,
-               const typename Traits<T>::acc* coef, typename Traits<T>::acc* grad, int threads) {
-  using A = typename Traits<T>::acc;
-  // Enough parts to use the threads, never more parts than triplets.
-  const int P = grad ? int(std::max<int64_t>(1, std::min<int64_t>(std::max(1, threads), p.B))) : std::max(1, threads);
+// The P parts' (rows, cols) accumulators: part 0 is `out` itself, parts
+// 1..P-1 get their own buffers. Allocated outside any parallel region; new A[]
+// leaves the memory untouched, so pages are committed only for rows a part
+// writes (GradPart zeroes a row on first touch).
+template <class A>
+struct PartBuffers {
+  int64_t rows, cols;
   std::vector<std::unique_ptr<A[]>> owned;
   std::vector<std::unique_ptr<uint8_t[]>> flags;
   std::vector<A*> bufs;
   std::vector<uint8_t*> touched;
-  if (grad) {
-    // Allocated here, outside the parallel region; new A[] leaves the memory
-    // untouched, so pages are committed only for rows a part writes.
+
+  PartBuffers(A* out, int64_t rows_, int64_t cols_, int P) : rows(rows_), cols(cols_) {
     for (int k = 0; k < P; ++k) {
       if (k == 0) {
-        bufs.push_back(grad);
+        bufs.push_back(out);
       } else {
-        owned.emplace_back(new A[size_t(p.N) * size_t(p.D)]);
+        owned.emplace_back(new A[size_t(rows) * size_t(cols)]);
         bufs.push_back(owned.back().get());
       }
-      flags.emplace_back(new uint8_t[size_t(std::max<int64_t>(p.N, 1))]());
+      advise_huge(bufs.back(), size_t(rows) * size_t(cols) * sizeof(A));
+      flags.emplace_back(new uint8_t[size_t(std::max<int64_t>(rows, 1))]());
       touched.push_back(flags.back().get());
     }
   }
+
+  GradPart<A> part(int k) {
+    if (bufs.empty()) return GradPart<A>{nullptr, nullptr, cols};
+    return GradPart<A>{bufs[k], touched[k], cols};
+  }
+
+  void reduce(int threads) { reduce_parts<A>(bufs[0], rows, cols, bufs, touched, threads); }
+};
+
+// Fused forward (+ backward when grad != null), or scatter when obj == null.
+template <class T, bool COS>
+void run_parts(const Rows<T>& p, const Objective<typename Traits<T>::acc>* obj,
+               const typename Traits<T>::acc* coef, typename Traits<T>::acc* grad, int threads) {
+  using A = typename Traits<T>::acc;
+  // Enough parts to use the threads, never more parts than triplets.
+  const int P = grad ? int(std::max<int64_t>(1, std::min<int64_t>(std::max(1, threads), p.B))) : std::max(1, threads);
+  PartBuffers<A> parts(grad, p.N, p.D, grad ? P : 0);
 #pragma omp parallel num_threads(P)
   {
     std::vector<A> scratch(Traits<T>::kNative ? 0 : size_t(3 * p.D));
@@ -473,8 +536,15 @@ void run_parts(const Rows<T, I>& p, const Objective<typename Traits<T>::acc>* ob
     for (int k = 0; k < P; ++k) {
       int64_t begin, end;
       part_range(p.B, k, P, begin, end);
-      GradPart<A> part{grad ? bufs[k] : nullptr, grad ? touched[k] : nullptr, p.D};
+      GradPart<A> part = parts.part(k);
       for (int64_t b = begin; b < end; ++b) {
+        if (kPrefetchAhead > 0 && b + kPrefetchAhead < end) {
+          prefetch_triplet_rows(p, b + kPrefetchAhead);
+          if (grad) {  // the next triplet's gradient rows, for writing
+            for (int j = 0; j < 3; ++j)
+              prefetch_bytes<1>(part.rows + p.index(3 * (b + 1) + j) * p.D, p.D * int64_t(sizeof(A)));
+          }
+        }
         int64_t r[3];
         const A* x[3];
         load_rows(p, b, scratch.data(), r, x);
@@ -505,7 +575,79 @@ void run_parts(const Rows<T, I>& p, const Objective<typename Traits<T>::acc>* ob
       }
     }
   }
-  if (grad) reduce_parts<A>(grad, p.N, p.D, bufs, touched, threads);
+  if (grad) parts.reduce(threads);
+}
+
+
+// ------------------------------------------------------ dense (Gram) path
+//
+// For small N (N^2 of the order of B or less) the caller computes the Gram
+// matrix G = E E^T with a GEMM; each triplet then needs three entries of G
+// (and the diagonal for cosine) instead of three rows, and its gradient is the
+// symmetric 3x3 block W scattered into an (N, N) coefficient matrix, so that
+// grad = C E is a second GEMM. Per-triplet memory traffic drops from O(D) to
+// O(1) and the O(N^2 D) work runs at GEMM speed.
+//
+// Only the upper triangle U is accumulated (C = U + U^T, formed by the
+// caller): W is symmetric, so each off-diagonal pair is one add, and a
+// diagonal entry of C is 2 U[r][r]. U is accumulated per part and reduced in a
+// fixed order, like the row gradients.
+//
+// Returns false (and writes nothing) when a diagonal entry of G is not finite,
+// i.e. a row of emb has a NaN/Inf: then the caller uses the row path, which
+// confines the NaN to the rows it touches (C E would spread 0 * NaN to every row).
+template <class A, bool COS>
+bool gram_fused(const A* G, int64_t N, const void* trip, bool trip64, int64_t B, const Objective<A>& obj, A* U,
+                int threads) {
+  std::vector<A> diag(size_t(std::max<int64_t>(N, 1)));  // |e_a|^2, small and cache resident
+  for (int64_t a = 0; a < N; ++a) {
+    diag[a] = G[a * N + a];
+    if (!std::isfinite(diag[a])) return false;
+  }
+  Rows<float> idx{nullptr, N, 1, 1, trip, trip64, B};  // only its index() is used
+  const int P = U ? int(std::max<int64_t>(1, std::min<int64_t>(std::max(1, threads), B))) : std::max(1, threads);
+  PartBuffers<A> parts(U, N, N, U ? P : 0);
+  constexpr int64_t kAhead = 8;  // scalar lookups are cheap to prefetch far ahead
+#pragma omp parallel for schedule(static, 1) num_threads(P)
+  for (int k = 0; k < P; ++k) {
+    int64_t begin, end;
+    part_range(B, k, P, begin, end);
+    GradPart<A> part = parts.part(k);
+    for (int64_t b = begin; b < end; ++b) {
+      if (b + kAhead < end) {
+        const int64_t q0 = idx.index(3 * (b + kAhead)), q1 = idx.index(3 * (b + kAhead) + 1),
+                      q2 = idx.index(3 * (b + kAhead) + 2);
+        __builtin_prefetch(G + q0 * N + q1, 0, 3);
+        __builtin_prefetch(G + q0 * N + q2, 0, 3);
+        __builtin_prefetch(G + q1 * N + q2, 0, 3);
+      }
+      const int64_t r[3] = {idx.index(3 * b), idx.index(3 * b + 1), idx.index(3 * b + 2)};
+      const A st[6] = {G[r[0] * N + r[1]], G[r[0] * N + r[2]], G[r[1] * N + r[2]], diag[r[0]], diag[r[1]],
+                       diag[r[2]]};
+      A s[3], n[3] = {1, 1, 1}, ds[3];
+      bool unc[3] = {true, true, true};
+      pair_sims<A, COS>(st, s, n, unc);
+      obj.loss[b] = objective<A>(s, obj.target ? obj.target + 3 * b : nullptr, obj.choice ? obj.choice[b] : 0,
+                                 obj.mode, obj.temperature, ds);
+      obj.dsim[3 * b] = ds[0], obj.dsim[3 * b + 1] = ds[1], obj.dsim[3 * b + 2] = ds[2];
+      if (!U) continue;
+      const A scale = obj.grad_scale * (obj.rowscale ? obj.rowscale[b] : A(1));
+      A c[3], W[3][3];
+      for (int j = 0; j < 3; ++j) c[j] = ds[j] * scale;
+      row_weights<A, COS>(c, s, n, unc, W);
+      // Pairs (0,1), (0,2), (1,2): one add each into the upper triangle.
+      static constexpr int kPair[3][2] = {{0, 1}, {0, 2}, {1, 2}};
+      for (const auto& jm : kPair) {
+        const int64_t a = std::min(r[jm[0]], r[jm[1]]), bb = std::max(r[jm[0]], r[jm[1]]);
+        part.row(a)[bb] += W[jm[0]][jm[1]];
+      }
+      if (COS) {
+        for (int j = 0; j < 3; ++j) part.row(r[j])[r[j]] += A(0.5) * W[j][j];
+      }
+    }
+  }
+  if (U) parts.reduce(threads);
+  return true;
 }
 
 }  // namespace cpu

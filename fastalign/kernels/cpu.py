@@ -12,6 +12,22 @@ same inputs and thread count: triplets are split into one contiguous part per
 thread, each part accumulates into its own fp32 (fp64 for fp64 input) buffer,
 and the buffers are summed in a fixed order. Extra memory of a gradient call:
 ``(threads - 1) * N * D`` accumulation values plus ``threads * N`` bytes.
+
+Two strategies for ``fused`` (``CpuKernels(strategy=...)``):
+
+- ``"rows"``: per triplet, read the three rows, compute the dots, the loss and
+  the row gradients in one pass (memory traffic O(B * D)).
+- ``"gram"``: for small N, ``G = E E^T`` and ``grad = C E`` are two GEMMs
+  (torch.mm, torch's intra-op threads) and each triplet touches only O(1)
+  entries of G and of the (N, N) coefficient matrix C that the kernel builds.
+  Work O(N^2 D) at GEMM speed instead of O(B D) at memory speed; extra memory
+  ``(threads + 1) * N^2`` values. If a row of ``emb`` is not finite the kernel
+  falls back to "rows", which keeps NaN/Inf to the rows it touches.
+- ``"auto"`` (default) picks "gram" when ``N <= GRAM_MAX_N`` and
+  ``N^2 <= GRAM_RATIO * B``: there the two GEMMs (4 N^2 D flops) cost less
+  than streaming 3 rows in and 3 gradient rows in and out per triplet.
+  The choice depends only on (N, B), never on ``want_grad``, so a forward-only
+  call returns bitwise the loss of a forward+backward one.
 """
 
 from __future__ import annotations
@@ -21,6 +37,13 @@ from typing import Optional, Tuple
 import torch
 
 from .contract import acc_dtype
+
+STRATEGIES = ("auto", "rows", "gram")
+# "auto" uses the Gram path when N^2 <= GRAM_RATIO * B and N <= GRAM_MAX_N
+# (see the module docstring; the ratio is the measured cost of a row-path
+# triplet over the GEMM cost per N^2 D, rounded down).
+GRAM_RATIO = 32
+GRAM_MAX_N = 4096
 
 _DTYPE_CODES = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
 _INDEX_CODES = {torch.int32: 0, torch.int64: 1}
@@ -49,19 +72,29 @@ class CpuKernels:
     Args:
         num_threads: OpenMP threads per call; ``None`` uses
             ``torch.get_num_threads()`` at call time.
+        strategy: "auto", "rows" or "gram" for ``fused`` (module docstring).
     """
 
     name = "cpu"
 
-    def __init__(self, num_threads: Optional[int] = None):
+    def __init__(self, num_threads: Optional[int] = None, strategy: str = "auto"):
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self._ext = load_extension()
         self.num_threads = num_threads
+        self.strategy = strategy
 
     def threads(self) -> int:
         """Threads the next call will use."""
         return self.num_threads if self.num_threads is not None else max(1, torch.get_num_threads())
+
+    def uses_gram(self, n: int, b: int) -> bool:
+        """Whether ``fused`` takes the Gram path for N rows and B triplets."""
+        if self.strategy != "auto":
+            return self.strategy == "gram" and n > 0
+        return 0 < n <= GRAM_MAX_N and n * n <= GRAM_RATIO * b
 
     # The ops layer guarantees the contract's preconditions; these checks are
     # the cheap metadata ones that keep a direct caller from passing a pointer
@@ -117,6 +150,12 @@ class CpuKernels:
         rowscale = None if rowscale is None else rowscale.to(acc).contiguous()
         loss = torch.empty(b, dtype=acc)
         dsim = torch.empty(b, 3, dtype=acc)
+        if self.uses_gram(n, b):
+            grad = self._fused_gram(emb, triplets, target, choice, rowscale, mode, cosine, temperature, grad_scale,
+                                    want_grad, loss, dsim)
+            if grad is not None:
+                del keep
+                return loss, dsim, grad
         # Rows no triplet touches are zeroed by the kernel, so empty() suffices.
         grad = torch.empty(n, d, dtype=acc) if want_grad else torch.empty(0, dtype=acc)
         self._ext.fused(
@@ -127,6 +166,30 @@ class CpuKernels:
         )
         del keep
         return loss, dsim, grad
+
+    def _fused_gram(self, emb, triplets, target, choice, rowscale, mode, cosine, temperature, grad_scale,
+                    want_grad, loss, dsim) -> Optional[torch.Tensor]:
+        """The Gram path; None when emb has a non-finite row (then the row path runs)."""
+        acc = acc_dtype(emb.dtype)
+        n = emb.shape[0]
+        e = emb.to(acc)
+        gram = torch.mm(e, e.t())
+        coef = torch.empty(n, n, dtype=acc) if want_grad else None
+        triplets = triplets.contiguous()
+        ok = self._ext.gram_fused(
+            gram=gram.data_ptr(), f64=acc == torch.float64, n=n, triplets=triplets.data_ptr(),
+            itype=_INDEX_CODES[triplets.dtype], b=triplets.shape[0], target=_ptr(target), choice=_ptr(choice),
+            rowscale=_ptr(rowscale), mode=int(mode), cosine=bool(cosine), temperature=float(temperature),
+            grad_scale=float(grad_scale), loss=loss.data_ptr(), dsim=dsim.data_ptr(), coef_out=_ptr(coef),
+            num_threads=self.threads(),
+        )
+        if not ok:
+            return None
+        if not want_grad:
+            return torch.empty(0, dtype=acc)
+        # The kernel accumulates the upper triangle U; the coefficients are U + U^T.
+        coef = coef + coef.t()
+        return torch.mm(coef, e)
 
     def scatter(self, emb: torch.Tensor, triplets: torch.Tensor, coef: torch.Tensor, cosine: bool) -> torch.Tensor:
         rows, keep = self._rows(emb, triplets)
