@@ -252,11 +252,11 @@ def test_real_data_fit_beats_raw_features():
     from fastalign.datasets.things import load_things
 
     data = load_things()
-    x = data.features["clip"]
+    x = np.array(data.features["clip"])
     trip = data.triplets["test_10"]
     perm = _rng(0).permutation(len(trip))
     train, val, test = trip[perm[:8000]], trip[perm[8000:10000]], trip[perm[10000:16000]]
-    model, report = fit_transform(x, train, val_triplets=val, lambdas=(1.0,), max_iter=40, progress=False)
+    model, report = fit_transform(x, train, val_triplets=val, lambdas=(1.0,), max_iter=25, progress=False)
     xt, tt = torch.from_numpy(x), torch.from_numpy(test)
     raw = fastalign.odd_one_out_accuracy(xt, tt, similarity="cosine")
     with torch.no_grad():
@@ -324,3 +324,26 @@ def test_model_targets_are_softmax_of_dots():
                   (e[trip[:, 1]] * e[trip[:, 2]]).sum(1)], 1).astype(np.float64) / 2.0
     q = np.exp(s - s.max(1, keepdims=True))
     np.testing.assert_allclose(p, q / q.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_scale_init_finds_the_best_scaled_identity():
+    """init_scale='auto' starts from the c I that minimises the training loss over c."""
+    from fastalign.teacher.fit import _Data, _new_transform, _scale_init
+
+    x, trip = _planted_problem(k=500, seed=4)
+    cfg = FitConfig(progress=False)
+    xt = torch.from_numpy(x)
+    stats = AffineTransform.from_features(x)
+    data = _Data(xt, torch.from_numpy(trip), torch.from_numpy(trip[:10]), None, None, None)
+    t = _new_transform(xt, cfg, stats)
+    _scale_init(t, data, cfg)
+    w = t.weight.detach().numpy()
+    c = float(w[0, 0])
+    np.testing.assert_allclose(w, c * np.eye(8), rtol=1e-6, atol=1e-9)  # still a scaled identity
+    xs = (x - x.mean()) / x.std()
+    grid = np.exp(np.linspace(np.log(1e-3), np.log(5), 300))
+    losses = [float(fastalign.triplet_loss(torch.from_numpy(xs * g), torch.from_numpy(trip))) for g in grid]
+    best = grid[int(np.argmin(losses))]
+    assert c == pytest.approx(best, rel=0.1)
+    with pytest.raises(ValueError, match="init_scale"):
+        fit_transform(x, trip, init_scale="bogus", progress=False)

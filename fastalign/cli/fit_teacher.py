@@ -40,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("--split", choices=("triplet", "object"), default="triplet", help="triplet-level or object-disjoint split")
     p.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
     p.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations (Adam epochs) per fit")
-    p.add_argument("--patience", type=int, default=20, help="evaluations (Adam: epochs) without validation improvement before stopping")
+    p.add_argument("--patience", type=int, default=10, help="evaluations (Adam: epochs) without validation improvement before stopping")
     p.add_argument("--per-dim", action="store_true", help="standardise per dimension instead of one scalar mean/std")
     p.add_argument("--dim-out", type=int, default=None, help="output dimension D' (default D)")
     p.add_argument("--no-bias", action="store_true", help="fit W only")
