@@ -223,7 +223,7 @@ def test_fused_kernel_contract(similarity):
 @interp
 @pytest.mark.parametrize("similarity", ["dot", "cosine"])
 def test_deterministic_bitwise_and_equal_to_atomic(similarity):
-    emb, trip, odd, probs, weight, _ = _problem(8, 19, 40, torch.float32, seed=5)
+    emb, trip, odd, probs, weight, _ = _problem(8, 19, 70, torch.float32, seed=5)
     trip[10:30] = trip[10]  # many contributions to the same rows
     args = (emb, trip, probs.float(), None, weight.float(), MODES["jsd"], similarity == "cosine", 0.5, 0.1, True)
     det = TritonKernels(deterministic=True)

@@ -31,7 +31,7 @@ _GPU_ROW_SHAPES = (
 )
 # The interpreter pays ~1 ms of Python per tensor op, whatever the block size,
 # so it gets big blocks (few loop iterations) that are still < D for odd tests.
-_INTERPRET_ROWS = triton.Config({"BLOCK_T": 16, "BLOCK_D": 64}, num_warps=1)
+_INTERPRET_ROWS = triton.Config({"BLOCK_T": 32, "BLOCK_D": 64}, num_warps=1)
 
 
 def row_configs() -> List[triton.Config]:
@@ -59,7 +59,7 @@ def prune_row_configs(configs, named_args, **kwargs):
 def fixed_rows(d: int) -> Dict[str, int]:
     """Deterministic-mode block shape of the per-triplet kernels (launch kwargs)."""
     if INTERPRET:
-        return {"BLOCK_T": 16, "BLOCK_D": 64, "num_warps": 1}
+        return {"BLOCK_T": 32, "BLOCK_D": 64, "num_warps": 1}
     block_d = min(256, max(32, triton.next_power_of_2(d)))
     block_t = max(1, 1024 // block_d)
     return {"BLOCK_T": min(block_t, 16), "BLOCK_D": block_d, "num_warps": 4}

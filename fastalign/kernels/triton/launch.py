@@ -97,6 +97,22 @@ class TritonOptions:
 
 
 _SM_COUNT: Dict[int, int] = {}
+# (temperature, grad_scale, dtype, device) -> read-only params tensor; saves a
+# host-to-device copy per call in a training loop (grad_scale = 1/B is stable).
+_PARAMS: Dict[tuple, torch.Tensor] = {}
+_PARAMS_MAX = 256
+
+
+def _params(temperature: float, grad_scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[temperature, grad_scale] as a tensor: a float kernel argument would be fp32."""
+    key = (float(temperature), float(grad_scale), dtype, device)
+    t = _PARAMS.get(key)
+    if t is None:
+        if len(_PARAMS) >= _PARAMS_MAX:
+            _PARAMS.clear()
+        t = torch.tensor([key[0], key[1]], dtype=dtype, device=device)
+        _PARAMS[key] = t
+    return t
 
 
 def _tl_acc(dtype: torch.dtype):
@@ -196,8 +212,10 @@ class TritonKernels:
         if b == 0:
             return loss, dsim, (torch.zeros(emb.shape, dtype=acc, device=dev) if grad is None else grad)
         # Temperature and grad_scale travel in a tensor so float64 keeps its precision.
-        params = torch.tensor([float(temperature), float(grad_scale)], dtype=acc, device=dev)
-        dummy = params
+        params = _params(temperature, grad_scale, acc, dev)
+        # Stand-in for unused pointer arguments. Never `params`: autotuning
+        # zeroes whatever is passed as grad_ptr before each trial.
+        dummy = torch.empty(1, dtype=acc, device=dev)
         table = torch.empty(b, 6, dtype=acc, device=dev) if deterministic else dummy
         mode_grad = GRAD_NONE if not want_grad else (GRAD_TABLE if deterministic else GRAD_ATOMIC)
         args = (

@@ -404,8 +404,9 @@ def segment_kernel(emb_ptr, stride, trip_ptr, tab_ptr, order_ptr, seg_ptr, rows_
     if COSINE:
         xr = tl.load(emb_ptr + r * stride + offs_d, mask=md, other=0.0).to(ACC)
         g -= tl.sum(selfc, axis=0) * xr
-    if INTERPRET and out_ptr.dtype.element_ty == tl.bfloat16:
-        # The interpreter's fp32 -> bf16 cast truncates; round to nearest even
-        # here so the cast below is exact (DEVELOPERS.md).
-        g = _round_to_bf16(g.to(tl.float32))
+    if INTERPRET:
+        if out_ptr.dtype.element_ty == tl.bfloat16:
+            # The interpreter's fp32 -> bf16 cast truncates; round to nearest
+            # even here so the cast below is exact (DEVELOPERS.md).
+            g = _round_to_bf16(g.to(tl.float32))
     tl.store(out_ptr + r * D + offs_d, g.to(out_ptr.dtype.element_ty), mask=md)
