@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..ops import odd_one_out_accuracy, triplet_distill_loss, triplet_loss
+from ..ops import odd_one_out_accuracy, triplet_similarities
 from .objective import Batch, ObjectiveConfig, objective, triplet_term
 from .split import SPLITS, Split, kfold_splits, train_val_split
 from .transform import INIT_SCALE as INIT_SCALE_VALUE
@@ -251,27 +251,28 @@ def _scale_init(t: AffineTransform, data: _Data, cfg: FitConfig) -> None:
     ``c I`` costs nothing under the identity regulariser, and with it (ignoring
     the tiny initial bias) the similarities are ``c^2`` times those of the
     standardised features, so the training loss as a function of c is the
-    hard/KL loss at temperature ``1 / c^2``: a 1-D search over fused forward
-    passes, no GEMM. L-BFGS then skips the iterations it would spend finding
+    hard/KL loss of fixed similarities at temperature ``1 / c^2``: one fused
+    similarity pass, then a 1-D search on (B, 3) logits, no GEMM. L-BFGS then skips the iterations it would spend finding
     the overall scale.
     """
     with torch.no_grad():
         xs = t(data.x) / INIT_SCALE_VALUE  # W = 1e-3 I: undo the scale, keep the standardisation
         if t.bias is not None:
             xs = xs - t.bias / INIT_SCALE_VALUE
+        # One fused pass for the similarities; each trial scale then costs a (B, 3) log-softmax.
+        sims = triplet_similarities(xs, data.train, backend=cfg.backend).double()
+        target = None if data.train_target is None else data.train_target.double()
 
         def loss(log_c: float) -> float:
-            temp = math.exp(-2.0 * log_c)
-            if data.train_target is None:
-                return float(triplet_loss(xs, data.train, temperature=temp, backend=cfg.backend))
-            return float(triplet_distill_loss(xs, data.train, target_probs=data.train_target,
-                                              temperature=temp, backend=cfg.backend))
+            logq = torch.log_softmax(sims * math.exp(2.0 * log_c), dim=1)
+            # Cross-entropy to the targets has the same minimiser over c as the KL divergence.
+            return float(-logq[:, 0].mean() if target is None else -(target * logq).sum(1).mean())
 
         a, b = math.log(1e-4), math.log(10.0)
         g = (math.sqrt(5) - 1) / 2
         c1, c2 = b - g * (b - a), a + g * (b - a)
         f1, f2 = loss(c1), loss(c2)
-        while b - a > 0.05:
+        while b - a > 0.01:
             if f1 < f2:
                 b, c2, f2 = c2, c1, f1
                 c1 = b - g * (b - a)
