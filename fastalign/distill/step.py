@@ -191,20 +191,29 @@ def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
     parts = _slices(n, opts.micro_batch)
     times = {}
     t0 = _clock(opts, device)
-    states, outs = [], []
+    states = []
+    emb = None
     with nvtx_range("embed"), torch.no_grad():
         for s in parts:
             states.append(_rng_state(device))
             with _autocast(device, opts.amp):
-                outs.append(model(batch.inputs[s].to(device, non_blocking=True)).float())
-    emb = torch.cat(outs).requires_grad_()
-    del outs
+                out = model(batch.inputs[s].to(device, non_blocking=True))
+            if emb is None:  # written in place: no list of outputs plus a concatenated copy
+                emb = torch.empty(n, out.shape[1], dtype=torch.float32, device=out.device)
+            emb[s] = out
+    if emb is None:
+        raise ValueError("the step has no items to embed")
+    emb.requires_grad_()
     t1 = _clock(opts, device)
     times["embed"] = t1 - t0
     with nvtx_range("loss"):
         total, distill, human = objective(emb, batch, opts)
         total.backward()
+    values = (float(total.detach()), float(distill.detach()), float(human.detach()))
     grad = emb.grad
+    # Free E (and the loss graph that references it) before pass 2: from here
+    # on only dL/dE and one micro-batch's activations are alive.
+    del total, distill, human, emb
     t2 = _clock(opts, device)
     times["loss"] = t2 - t1
     saved = [b.clone() for b in _norm_buffers(model)]
@@ -218,7 +227,7 @@ def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
         for b, old in zip(_norm_buffers(model), saved):
             b.copy_(old)
     times["backward"] = _clock(opts, device) - t2
-    return StepResult(float(total.detach()), float(distill.detach()), float(human.detach()), n, int(batch.triplets.shape[0]), times)
+    return StepResult(*values, n, int(batch.triplets.shape[0]), times)
 
 
 def single_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
@@ -247,7 +256,8 @@ def single_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
     with nvtx_range("backward"), sync_context(True):
         total.backward()
     times["backward"] = _clock(opts, device) - t2
-    return StepResult(float(total.detach()), float(distill.detach()), float(human.detach()), n, int(batch.triplets.shape[0]), times)
+    return StepResult(float(total.detach()), float(distill.detach()), float(human.detach()), n,
+                      int(batch.triplets.shape[0]), times)
 
 
 STEPS = {"two_pass": two_pass_step, "single": single_pass_step}

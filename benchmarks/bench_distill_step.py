@@ -1,0 +1,254 @@
+"""Benchmark the distillation step: memory, throughput, the loss's share.
+
+    python benchmarks/bench_distill_step.py            # full sizes
+    python benchmarks/bench_distill_step.py --quick    # smoke sizes
+    python benchmarks/bench_distill_step.py --out bench_distill.md
+
+1. **Memory**: peak extra memory of one step (forward, loss, backward) at
+   4096 vs 512 triplets with a fixed micro-batch, for the two-pass step, the
+   naive single-pass step (one autograd graph) and a plain PyTorch step
+   (embed every triplet slot, gather-based loss). Each case runs in a fresh
+   subprocess; the number is ``VmHWM - VmRSS`` around the step (the peak
+   resident set is reset through ``/proc/self/clear_refs`` after the inputs
+   and the model exist), so it measures the step's working memory, not the
+   inputs. On CUDA the same is ``torch.cuda.max_memory_allocated``.
+2. **Throughput**: triplets/s of ``two_pass_step`` + optimiser against the
+   plain loop at equal batch, for a small CNN on images and for a
+   ``FeatureStudent``.
+3. **Loss cost**: the loss phase's share of the two-pass step time.
+
+Prints a markdown table (and writes it with ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from fastalign.distill import DecayToInitAdam, FeatureStudent, StepBatch, StepOptions  # noqa: E402
+from fastalign.distill import single_pass_step, two_pass_step  # noqa: E402
+
+
+def make_cnn(channels: int, out_dim: int = 64) -> nn.Module:
+    """A small CNN on (n, 3, 16, 16) whose activations dominate its inputs."""
+    return nn.Sequential(
+        nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(), nn.Dropout(0.1),
+        nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, out_dim),
+    )
+
+
+def make_batch(n_triplets: int, pool: int, seed: int = 0) -> StepBatch:
+    """Random triplets over ``pool`` items; one image per unique item."""
+    gen = torch.Generator().manual_seed(seed)
+    trip = torch.randint(0, pool, (n_triplets, 3), generator=gen)
+    items, inverse = torch.unique(trip.reshape(-1), return_inverse=True)
+    images = torch.randn(items.shape[0], 3, 16, 16, generator=gen)
+    return StepBatch(inputs=images, triplets=inverse.view(-1, 3), target_sims=torch.randn(n_triplets, 3, generator=gen),
+                     items=items)
+
+
+def plain_step(model: nn.Module, batch: StepBatch, opts: StepOptions):
+    """The plain PyTorch step: embed all 3B triplet slots in one autograd pass,
+    gather-based similarities, log-softmax KL/JSD, backward."""
+    x = batch.inputs[batch.triplets.reshape(-1)]
+    e = model(x).float().view(-1, 3, model_out_dim(model))
+    a, b, c = e[:, 0], e[:, 1], e[:, 2]
+    s = torch.stack([(a * b).sum(1), (a * c).sum(1), (b * c).sum(1)], 1)
+    logq = torch.log_softmax(s / opts.temperature, 1)
+    p = torch.softmax(batch.target_sims / opts.teacher_temperature, 1)
+    if opts.divergence == "kl":
+        loss = (p * (p.clamp_min(1e-30).log() - logq)).sum(1).mean()
+    else:
+        q = logq.exp()
+        m = (p + q) / 2
+        loss = 0.5 * ((p * (p.clamp_min(1e-30) / m).log()).sum(1) + (q * (q / m).log()).sum(1)).mean()
+    loss.backward()
+    return float(loss.detach())
+
+
+def model_out_dim(model: nn.Module) -> int:
+    for m in reversed(list(model.modules())):
+        if isinstance(m, nn.Linear):
+            return m.out_features
+    raise ValueError("no Linear output layer")
+
+
+STEP_FNS = {"two_pass": two_pass_step, "single_pass": single_pass_step, "plain": None}
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def measure_memory(mode: str, n_triplets: int, micro: int, channels: int, pool: int) -> Dict[str, float]:
+    """Run one step of ``mode`` and return its peak extra memory (bytes)."""
+    torch.manual_seed(0)
+    model = make_cnn(channels)
+    batch = make_batch(n_triplets, pool)
+    opts = StepOptions(micro_batch=micro, temperature=1.0)
+    # Warm-up on a tiny batch: loads kernels and libraries, so the measured
+    # step sees only its own working memory.
+    small = make_batch(8, pool, seed=1)
+    if mode == "plain":
+        plain_step(model, small, opts)
+    else:
+        STEP_FNS[mode](model, small, opts)
+    model.zero_grad(set_to_none=True)
+    if torch.cuda.is_available():
+        model.cuda()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+        base = _status("VmRSS")
+    if mode == "plain":
+        plain_step(model, batch, opts)
+    else:
+        STEP_FNS[mode](model, batch, opts)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _status("VmHWM") - base
+    return {"peak_bytes": float(peak), "items": int(batch.inputs.shape[0])}
+
+
+def memory_table(quick: bool) -> List[str]:
+    # Quick sizes are a smoke run: their activations are so small that the
+    # (items x D) embedding and gradient buffers show in the ratio.
+    channels = 8 if quick else 32
+    micro = 128 if quick else 256
+    sizes = (512, 4096)
+    rows = ["| step | triplets | unique items | micro-batch | peak extra memory (MiB) |", "|---|---|---|---|---|"]
+    results = {}
+    for mode in ("two_pass", "single_pass", "plain"):
+        for n in sizes:
+            cmd = [sys.executable, os.path.abspath(__file__), "--_measure", mode, str(n), str(micro), str(channels)]
+            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+            res = json.loads(out.strip().splitlines()[-1])
+            results[(mode, n)] = res["peak_bytes"]
+            rows.append(f"| {mode} | {n} | {res['items']} | {micro} | {res['peak_bytes'] / 2**20:.1f} |")
+    rows.append("")
+    for mode in ("two_pass", "single_pass", "plain"):
+        lo, hi = results[(mode, sizes[0])], results[(mode, sizes[1])]
+        rows.append(f"- {mode}: {sizes[1]} vs {sizes[0]} triplets: x{hi / max(lo, 1):.2f} "
+                    f"({100 * (hi - lo) / max(lo, 1):+.1f}%)")
+    return rows
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / repeats
+
+
+def throughput_table(quick: bool) -> List[str]:
+    repeats = 2 if quick else 10
+    n = 512
+    rows = ["| student | step | triplets/step | triplets/s | loss share of step |", "|---|---|---|---|---|"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cases = []
+    torch.manual_seed(0)
+    cnn = make_cnn(8 if quick else 32).to(device)
+    cases.append(("CNN 16x16", cnn, make_batch(n, 20000)))
+    feats = torch.randn(1854, 300)
+    fs = FeatureStudent(feats, head="linear", out_dim=1024).to(device)
+    gen = torch.Generator().manual_seed(1)
+    trip = torch.randint(0, 1854, (n, 3), generator=gen)
+    items, inv = torch.unique(trip.reshape(-1), return_inverse=True)
+    cases.append(("FeatureStudent 300->1024", fs,
+                  StepBatch(inputs=items, triplets=inv.view(-1, 3), target_sims=torch.randn(n, 3, generator=gen))))
+    opts = StepOptions(micro_batch=256, temperature=1.0)
+    for name, model, batch in cases:
+        opt = DecayToInitAdam(model.parameters(), lr=1e-4)
+        shares = []
+
+        def ours():
+            opt.zero_grad(set_to_none=True)
+            res = two_pass_step(model, batch, opts)
+            opt.step()
+            total = sum(res.times.values())
+            shares.append(res.times["loss"] / total if total else 0.0)
+
+        def plain():
+            opt.zero_grad(set_to_none=True)
+            if isinstance(model, nn.Sequential):
+                plain_step(model, batch, opts)
+            else:  # FeatureStudent: index features per slot
+                e = model(batch.inputs[batch.triplets.reshape(-1)]).view(-1, 3, 1024)
+                a, b, c = e[:, 0], e[:, 1], e[:, 2]
+                s = torch.stack([(a * b).sum(1), (a * c).sum(1), (b * c).sum(1)], 1)
+                logq = torch.log_softmax(s, 1)
+                p = torch.softmax(batch.target_sims, 1)
+                q = logq.exp()
+                m = (p + q) / 2
+                (0.5 * ((p * (p / m).log()).sum(1) + (q * (q / m).log()).sum(1)).mean()).backward()
+            opt.step()
+
+        def single():
+            opt.zero_grad(set_to_none=True)
+            single_pass_step(model, batch, opts)
+            opt.step()
+
+        t_ours = _time(ours, repeats)
+        t_single = _time(single, repeats)
+        t_plain = _time(plain, repeats)
+        share = sum(shares[1:]) / max(1, len(shares) - 1)
+        rows.append(f"| {name} | fastalign two-pass | {n} | {n / t_ours:,.0f} | {100 * share:.1f}% |")
+        rows.append(f"| {name} | fastalign single-pass (fused loss) | {n} | {n / t_single:,.0f} | - |")
+        rows.append(f"| {name} | plain PyTorch (gather, one pass) | {n} | {n / t_plain:,.0f} | - |")
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument("--out", help="also write the markdown here")
+    parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._measure:
+        mode, n, micro, channels = args._measure
+        print(json.dumps(measure_memory(mode, int(n), int(micro), int(channels), pool=200000)))
+        return 0
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    lines = [f"# Distillation step benchmark ({device}, torch {torch.__version__}, threads "
+             f"{torch.get_num_threads()}{', quick' if args.quick else ''})", "", "## Peak memory of one step", ""]
+    lines += memory_table(args.quick)
+    lines += ["", "## Throughput and loss share", ""]
+    lines += throughput_table(args.quick)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        tmp = args.out + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
