@@ -87,3 +87,74 @@ def test_cli_errors_name_the_key(capsys):
     assert code == 2 and "optim.bogus" in out
     code, out = _cli(["distill", "--train.steps", "1.5"], capsys)
     assert code == 2 and "train.steps" in out
+
+
+def test_cli_distill_runs_from_toml_then_embed(tmp_path, capsys):
+    import numpy as np
+
+    gen = np.random.default_rng(0)
+    np.save(tmp_path / "feats.npy", gen.normal(size=(30, 6)).astype(np.float32))
+    np.save(tmp_path / "teacher.npy", gen.normal(size=(30, 4)).astype(np.float32))
+    human = tmp_path / "human.txt"
+    human.write_text("\n".join(" ".join(map(str, gen.choice(30, 3, replace=False))) for _ in range(20)))
+    toml = tmp_path / "distill.toml"
+    toml.write_text(f"""
+[student]
+features = "{tmp_path / 'feats.npy'}"
+head_dim = 3
+[data]
+source = "dense"
+teacher_embeddings = "{tmp_path / 'teacher.npy'}"
+dense_items = 10
+[loss]
+temperature = 1.0
+human_triplets = "{human}"
+human_weight = 0.5
+human_batch = 4
+[optim]
+lr = 0.01
+warmup_steps = 1
+[train]
+steps = 3
+batch_triplets = 16
+micro_batch = 4
+progress = false
+log_every = 1
+eval_every = 3
+[eval]
+human_triplets = "{human}"
+val_batches = 2
+""")
+    out = tmp_path / "run"
+    code, text = _cli(["distill", "--config", str(toml), "--out", str(out), "--train.steps", "4"], capsys)
+    assert code == 0, text
+    assert "distilled 4 steps" in text and "human_acc" in text
+    import json
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["human"] > 0 for r in rows)  # the hard human loss was mixed in
+    assert "val_kl" in rows[-2] and "human_acc" in rows[-2]  # evaluated at step 3
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 4 and report["config"]["train"]["steps"] == 4
+    code, text = _cli(["embed", "--checkpoint", str(out), "--out", str(tmp_path / "e.npy")], capsys)
+    assert code == 0 and np.load(tmp_path / "e.npy").shape == (30, 3)
+    code, text = _cli(["embed", "--checkpoint", str(out), "--images", str(tmp_path), "--file-names", str(human),
+                       "--out", str(tmp_path / "x.npy")], capsys)
+    assert code == 2 and "pass --features" in text
+
+
+def test_optional_backbones_say_what_is_missing():
+    from fastalign.distill.config import StudentConfig
+    from fastalign.distill.student import build_student
+
+    for kind, package in (("timm", "timm"), ("open_clip", "open_clip")):
+        try:
+            __import__(package)
+        except ImportError:
+            with pytest.raises(ValueError, match=package):
+                build_student(StudentConfig(kind=kind, model_name="vit_tiny"))
+    with pytest.raises(ValueError, match="package.module:factory"):
+        build_student(StudentConfig(kind="module", module="nocolon"))
+    with pytest.raises(ValueError, match="cannot be imported"):
+        build_student(StudentConfig(kind="module", module="no_such_mod_xyz:f"))

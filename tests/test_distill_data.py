@@ -170,3 +170,9 @@ def test_image_student_trains_through_the_loop(tmp_path):
     res = distill(config_from_dict(cfg), train_source=src)
     assert res.steps == 3 and res.metrics["skipped_items"] >= 1
     assert (res.checkpoint / "model.safetensors").is_file()
+    # fastalign embed --images: the corrupt image gives a zero row and ok=False
+    from fastalign.distill import embed_checkpoint
+
+    emb, ok = embed_checkpoint(res.checkpoint, image_root=str(tmp_path), file_names=names, micro_batch=5)
+    assert emb.shape == (12, 3) and ok.tolist() == [i != 3 for i in range(12)]
+    assert not emb[3].any() and np.isfinite(emb).all()
