@@ -185,8 +185,12 @@ def open_clip_backbone(model_name: str, weights: str = "", pooling: str = "cls")
     if weights:
         _load_local_weights(model, weights)
     visual = model.visual
-    if hasattr(visual, "pool_type"):
-        visual.pool_type = {"cls": "tok", "avg": "avg", "map": "tok"}[pooling]
+    if pooling == "map":
+        # open_clip builds its attention pool from the model config, not per call.
+        if getattr(visual, "attn_pool", None) is None:
+            raise ValueError(f"open_clip model {model_name!r} has no attention pool: use pooling 'cls' or 'avg'")
+    elif hasattr(visual, "pool_type"):
+        visual.pool_type = {"cls": "tok", "avg": "avg"}[pooling]
     dim = int(getattr(visual, "output_dim", 0) or getattr(model, "embed_dim", 0))
     return visual, dim
 
