@@ -21,9 +21,11 @@ Size knobs: ``--quick`` (or ``FASTALIGN_BENCH_QUICK=1``) shrinks to B=20,000
 and N in {2,000, 20,000} so it smoke-runs in seconds; ``FASTALIGN_BENCH_B``,
 ``FASTALIGN_BENCH_D`` and ``FASTALIGN_BENCH_N`` (comma separated) override.
 
-Peak extra memory: the worker records its resident set (VmRSS) after building
-the inputs and warming up, resets the kernel's high-water mark by writing "5"
-to ``/proc/self/clear_refs``, runs the timed iterations and reads ``VmHWM``.
+Peak extra memory: after building the inputs and warming up, the worker
+returns freed heap memory to the OS (glibc ``malloc_trim(0)``, so buffers freed
+by the warm-up do not hide the timed steps' allocations), records its resident
+set (VmRSS), resets the kernel's high-water mark by writing "5" to
+``/proc/self/clear_refs``, runs the timed iterations and reads ``VmHWM``.
 Peak extra = VmHWM - that RSS: the memory the timed forward+backward itself
 needs on top of the inputs, the gradient output included (N*D*4 bytes for
 every implementation). Without clear_refs (non-Linux) it falls back to
@@ -156,6 +158,16 @@ def _reset_hwm() -> bool:
         return False
 
 
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc); a no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_case(impl: str, n: int, cfg: BenchConfig) -> Dict[str, object]:
     """Time one (implementation, N) case in this process; return ms and peak extra MB."""
     emb, trip, p = make_inputs(n, cfg)
@@ -165,6 +177,7 @@ def run_case(impl: str, n: int, cfg: BenchConfig) -> Dict[str, object]:
     for _ in range(cfg.warmup + (1 if impl == "compile" else 0)):
         step(emb, trip, p)
     warm_s = time.perf_counter() - t0
+    _trim_heap()
     rss_before = _status_kb("VmRSS")
     reset = _reset_hwm()
     times = []

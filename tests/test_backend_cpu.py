@@ -153,12 +153,14 @@ def test_missing_extension_gives_a_clear_reason(monkeypatch):
 
 def test_strategy_choice():
     k = cpu_mod.CpuKernels()
-    assert k.uses_gram(100, -(-100 * 100 // cpu_mod.GRAM_RATIO))  # N^2 <= ratio * B
-    assert not k.uses_gram(100, 10)
-    assert not k.uses_gram(cpu_mod.GRAM_MAX_N + 1, 10 ** 9)
-    assert not k.uses_gram(0, 10)
-    assert cpu_mod.CpuKernels(strategy="rows").uses_gram(10, 10 ** 6) is False
-    assert cpu_mod.CpuKernels(strategy="gram").uses_gram(10 ** 5, 1) is True
+    assert k.uses_gram(2_000, 512, 200_000)  # the benchmark's cache-resident case
+    assert not k.uses_gram(200_000, 512, 200_000)  # rows come from memory: row path
+    assert not k.uses_gram(2_000, 512, 20_000)  # too few triplets to pay for two GEMMs
+    assert not k.uses_gram(100, 8, 10 ** 6)  # narrow rows: the row path is cheaper per triplet
+    assert not k.uses_gram(cpu_mod.GRAM_MAX_N + 1, 512, 10 ** 9)
+    assert not k.uses_gram(0, 512, 10)
+    assert cpu_mod.CpuKernels(strategy="rows").uses_gram(10, 512, 10 ** 6) is False
+    assert cpu_mod.CpuKernels(strategy="gram").uses_gram(10 ** 5, 4, 1) is True
     with pytest.raises(ValueError, match="strategy"):
         cpu_mod.CpuKernels(strategy="fast")
 

@@ -23,11 +23,12 @@ Two strategies for ``fused`` (``CpuKernels(strategy=...)``):
   Work O(N^2 D) at GEMM speed instead of O(B D) at memory speed; extra memory
   ``(threads + 1) * N^2`` values. If a row of ``emb`` is not finite the kernel
   falls back to "rows", which keeps NaN/Inf to the rows it touches.
-- ``"auto"`` (default) picks "gram" when ``N <= GRAM_MAX_N`` and
-  ``N^2 <= GRAM_RATIO * B``: there the two GEMMs (4 N^2 D flops) cost less
-  than streaming 3 rows in and 3 gradient rows in and out per triplet.
-  The choice depends only on (N, B), never on ``want_grad``, so a forward-only
-  call returns bitwise the loss of a forward+backward one.
+- ``"auto"`` (default) picks "gram" when ``N <= GRAM_MAX_N`` and the cost
+  model ``gram_cost < rows_cost`` says so (``uses_gram``): the two GEMMs
+  (4 N^2 D flops) plus O(1) scalar work per triplet against streaming 3 rows
+  in and 3 gradient rows in and out per triplet. The choice depends only on
+  (N, D, B), never on ``want_grad``, so a forward-only call returns bitwise
+  the loss of a forward+backward one.
 """
 
 from __future__ import annotations
@@ -39,11 +40,17 @@ import torch
 from .contract import acc_dtype
 
 STRATEGIES = ("auto", "rows", "gram")
-# "auto" uses the Gram path when N^2 <= GRAM_RATIO * B and N <= GRAM_MAX_N
-# (see the module docstring; the ratio is the measured cost of a row-path
-# triplet over the GEMM cost per N^2 D, rounded down).
-GRAM_RATIO = 32
-GRAM_MAX_N = 4096
+# Cost model of "auto", in seconds on one core, measured on the 2-core dev
+# machine (Xeon, AVX-512) with D = 512, N = 2,000, B = 200,000:
+# - rows: ROW_S_PER_TRIPLET_D * D per triplet (3 rows read, 3 gradient rows
+#   read and written; memory bound, ~1.1 us per triplet at D = 512);
+# - gram: 4 N^2 D flops at GEMM_FLOPS plus GRAM_S_PER_TRIPLET per triplet
+#   (three scattered reads of G, three scattered adds to C, the softmax).
+# Only the ratio matters, and both sides run on all threads.
+ROW_S_PER_TRIPLET_D = 2.2e-9
+GEMM_FLOPS = 1.0e11
+GRAM_S_PER_TRIPLET = 3.0e-7
+GRAM_MAX_N = 4096  # bounds the (threads + 1) N^2 coefficient buffers
 
 _DTYPE_CODES = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
 _INDEX_CODES = {torch.int32: 0, torch.int64: 1}
@@ -90,11 +97,15 @@ class CpuKernels:
         """Threads the next call will use."""
         return self.num_threads if self.num_threads is not None else max(1, torch.get_num_threads())
 
-    def uses_gram(self, n: int, b: int) -> bool:
-        """Whether ``fused`` takes the Gram path for N rows and B triplets."""
+    def uses_gram(self, n: int, d: int, b: int) -> bool:
+        """Whether ``fused`` takes the Gram path for N rows of width D and B triplets."""
         if self.strategy != "auto":
             return self.strategy == "gram" and n > 0
-        return 0 < n <= GRAM_MAX_N and n * n <= GRAM_RATIO * b
+        if not 0 < n <= GRAM_MAX_N:
+            return False
+        gram = 4.0 * n * n * d / GEMM_FLOPS + b * GRAM_S_PER_TRIPLET
+        rows = b * d * ROW_S_PER_TRIPLET_D
+        return gram < rows
 
     # The ops layer guarantees the contract's preconditions; these checks are
     # the cheap metadata ones that keep a direct caller from passing a pointer
@@ -150,7 +161,7 @@ class CpuKernels:
         rowscale = None if rowscale is None else rowscale.to(acc).contiguous()
         loss = torch.empty(b, dtype=acc)
         dsim = torch.empty(b, 3, dtype=acc)
-        if self.uses_gram(n, b):
+        if self.uses_gram(n, d, b):
             grad = self._fused_gram(emb, triplets, target, choice, rowscale, mode, cosine, temperature, grad_scale,
                                     want_grad, loss, dsim)
             if grad is not None:
