@@ -3,6 +3,7 @@ workers, human triplets) and image items (corrupt files)."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -176,3 +177,30 @@ def test_image_student_trains_through_the_loop(tmp_path):
     emb, ok = embed_checkpoint(res.checkpoint, image_root=str(tmp_path), file_names=names, micro_batch=5)
     assert emb.shape == (12, 3) and ok.tolist() == [i != 3 for i in range(12)]
     assert not emb[3].any() and np.isfinite(emb).all()
+
+
+def test_trains_from_a_triplet_store_with_its_validation_split(tmp_path):
+    from fastalign.triplets.store import TripletStoreWriter
+
+    src = synthetic_source(n_items=40, n_triplets=300)
+    for path, rows in ((tmp_path / "store", slice(0, 200)), (tmp_path / "store" / "val", slice(200, 300))):
+        with TripletStoreWriter(path, num_items=40, sim_dtype="float32", meta={"temperature": 0.5}) as writer:
+            writer.write(src.triplets[rows].numpy(), src.sims[rows].numpy())
+    cfg = base_config(str(tmp_path / "run"), steps=4, eval_every=2)
+    cfg["data"] = {"source": "store", "store": str(tmp_path / "store")}
+    cfg["eval"] = {"val_batches": 2, "batch": 50}
+    res = distill(config_from_dict(cfg), features=feature_matrix())
+    assert res.steps == 4 and 0.0 <= res.metrics["val_acc"] <= 1.0 and res.metrics["val_kl"] >= 0.0
+    state = json.loads((res.checkpoint / "state.json").read_text())
+    assert state["ranks"][0]["position"]["step"] == 4
+    # the store's temperature (meta) is the teacher temperature
+    from fastalign.distill.loop import _teacher_temperature
+    from fastalign.triplets.store import TripletStore
+
+    assert _teacher_temperature(config_from_dict(cfg), TripletStore.open(tmp_path / "store")) == 0.5
+    cfg["student"]["features"] = ""
+    np.save(tmp_path / "f30.npy", feature_matrix(n_items=30))
+    cfg["student"]["features"] = str(tmp_path / "f30.npy")
+    cfg["train"]["out_dir"] = str(tmp_path / "run2")
+    with pytest.raises(ValueError, match="40 items but the feature matrix has 30"):
+        distill(config_from_dict(cfg))

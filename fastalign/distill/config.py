@@ -61,7 +61,8 @@ class DataConfig:
             ``train.batch_triplets`` triplets among them, labelled on the fly
             by the teacher embeddings).
         store: triplet store path (source "store").
-        val_store: held-out triplet store (the validation split), optional.
+        val_store: held-out triplet store (the validation split); "" uses
+            ``<store>/val`` when ``make-triplets`` wrote one there.
         teacher_embeddings: (N, Dt) ``.npy`` of teacher embeddings (source "dense"),
             e.g. the transformed teacher features.
         teacher_similarity: "dot" or "cosine" for labelling dense triplets.

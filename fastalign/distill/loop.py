@@ -204,6 +204,8 @@ def _setup(cfg: DistillConfig, student: Optional[nn.Module], train_source, val_s
             train_source = _open_store(cfg.data.store)
             if val_source is None and cfg.data.val_store:
                 val_source = _open_store(cfg.data.val_store)
+            elif val_source is None and (Path(cfg.data.store) / "val" / "manifest.json").is_file():
+                val_source = _open_store(str(Path(cfg.data.store) / "val"))  # make-triplets' validation split
     src_items = (train_source.num_teacher_items if isinstance(train_source, DenseTripletSampler)
                  else int(train_source.num_items))
 
@@ -215,7 +217,11 @@ def _setup(cfg: DistillConfig, student: Optional[nn.Module], train_source, val_s
         if cfg.data.file_names:
             names = read_file_names(cfg.data.file_names)
         else:
-            names = list((getattr(train_source, "manifest", None) or {}).get("file_names") or [])
+            names = getattr(train_source, "item_names", None)  # TripletStore: meta file_names (list or file)
+            if names is None:
+                meta = getattr(train_source, "manifest", None) or {}
+                names = meta.get("file_names") or (meta.get("meta") or {}).get("file_names")
+            names = list(names) if isinstance(names, (list, tuple)) else []
             if not names:
                 raise ValueError("data.items 'images' needs data.file_names or a store manifest with file_names")
         size, mean, std = image_preprocess(cfg.student, student)
