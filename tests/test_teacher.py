@@ -347,3 +347,11 @@ def test_scale_init_finds_the_best_scaled_identity():
     assert c == pytest.approx(best, rel=0.1)
     with pytest.raises(ValueError, match="init_scale"):
         fit_transform(x, trip, init_scale="bogus", progress=False)
+
+
+def test_uncertainty_accuracy_ignores_temperature_and_ties():
+    z = torch.zeros(5, 3)  # every similarity ties
+    t = torch.tensor([[0, 1, 2], [1, 2, 3], [2, 3, 4]])
+    assert uncertainty_metrics(z, t).accuracy == 0.0
+    assert uncertainty_metrics(z, t, temperature=0.01).accuracy == 0.0
+    assert uncertainty_metrics(z, t).nll == pytest.approx(math.log(3), rel=1e-6)

@@ -99,3 +99,25 @@ def test_cli_bad_inputs(tmp_path, capsys):
     code, _, err = _run(capsys, "--features", "things:nope", *base)
     assert code == 2 and "things:clip" in err
     assert not out.exists()
+
+
+def test_cli_soft_targets_from_files(tmp_path, capsys):
+    x, trip = _data(tmp_path)
+    rng = np.random.default_rng(5)
+    np.save(tmp_path / "emb.npy", rng.standard_normal((40, 3)).astype(np.float32))
+    code, _, err = _run(capsys, "--features", tmp_path / "features.npy", "--triplets", tmp_path / "train.txt",
+                        "--val-triplets", tmp_path / "test.txt", "--lambdas", 0.1, "--max-iter", 5,
+                        "--soft-targets", tmp_path / "emb.npy", "--quiet", "--out", tmp_path / "a")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["soft_targets"]["source"].startswith("embedding:") and rep["metrics_on"] == "val"
+    np.save(tmp_path / "probs.npy", rng.dirichlet(np.ones(3), size=450))
+    code, _, err = _run(capsys, "--features", tmp_path / "features.npy", "--triplets", tmp_path / "train.txt",
+                        "--val-triplets", tmp_path / "test.txt", "--lambdas", 0.1, "--max-iter", 5,
+                        "--soft-targets", tmp_path / "probs.npy", "--quiet", "--out", tmp_path / "b")
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["soft_targets"]["source"].startswith("probs:")
+    np.save(tmp_path / "wrong.npy", np.ones((7, 2), dtype=np.float32))
+    code, _, err = _run(capsys, "--features", tmp_path / "features.npy", "--triplets", tmp_path / "train.txt",
+                        "--soft-targets", tmp_path / "wrong.npy", "--quiet", "--out", tmp_path / "c")
+    assert code == 2 and "neither" in err

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..ops import odd_one_out_probs, triplet_loss
+from ..ops import odd_one_out_accuracy, odd_one_out_probs, triplet_loss
 
 # Golden-section search on log T over this bracket; T outside it is never useful for
 # triplet softmaxes (0.01: essentially argmax, 100: essentially uniform).
@@ -82,7 +82,8 @@ def uncertainty_metrics(
     bins: int = 15,
     backend: Optional[str] = None,
 ) -> UncertaintyMetrics:
-    """NLL of the human choices, ECE, mean entropy and accuracy of ``softmax(s / T)``.
+    """NLL of the human choices, ECE and mean entropy of ``softmax(s / T)``, and the
+    odd-one-out accuracy of the similarities (ties count as wrong).
 
     Args:
         z: (N, D) transformed features.
@@ -94,7 +95,8 @@ def uncertainty_metrics(
     with torch.no_grad():
         q = odd_one_out_probs(z, triplets, temperature=temperature, backend=backend)
         nll = float(triplet_loss(z, triplets, temperature=temperature, backend=backend))
-        acc = float((q.argmax(1) == 0).double().mean()) if q.shape[0] else float("nan")
+        # Accuracy from the similarities (ties wrong), so it never depends on the temperature.
+        acc = float(odd_one_out_accuracy(z, triplets, backend=backend))
     return UncertaintyMetrics(nll=nll, ece=expected_calibration_error(q, bins=bins),
                               entropy=mean_entropy(q), accuracy=acc, n=int(triplets.shape[0]))
 
