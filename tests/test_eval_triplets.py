@@ -208,6 +208,20 @@ def test_human_uncertainty_vs_numpy():
     assert out["human_entropy"] == pytest.approx(np.mean(hh))
 
 
+def test_leave_one_out_ceiling_hand_built():
+    # counts [2, 1, 1]: the two pair-0 responses see others [1, 1, 1] (3-way tie, 1/3 each);
+    # the other two see a pair-0 majority they did not choose: (2/3) / 4 = 1/6.
+    # counts [2, 0, 0]: each response matches the other: 1.  [1, 1, 0]: never: 0.
+    t = np.array([[0, 1, 2], [0, 1, 2], [0, 2, 1], [1, 2, 0],
+                  [3, 4, 5], [3, 4, 5],
+                  [6, 7, 8], [6, 8, 7]])
+    emb = np.random.default_rng(0).normal(size=(9, 2))
+    out = human_uncertainty(emb, t)
+    assert out["n_sets"] == 3
+    assert out["noise_ceiling_loo"] == pytest.approx((1 / 6 + 1 + 0) / 3)
+    assert out["noise_ceiling"] == pytest.approx((2 / 4 + 1 + 1 / 2) / 3)
+
+
 def test_human_uncertainty_without_repeats():
     emb, t = random_problem(b=20)
     out = human_uncertainty(emb, t)

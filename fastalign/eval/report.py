@@ -202,7 +202,8 @@ def _rows(report: Mapping[str, Any]) -> List[Tuple[str, str]]:
     if unc.get("n_sets"):
         rows += [
             (f"repeated sets (>= {unc['min_repeats']} responses)", _fmt(unc["n_sets"])),
-            ("human noise ceiling", _fmt(unc["noise_ceiling"], True)),
+            ("human agreement with majority", _fmt(unc["noise_ceiling"], True)),
+            ("human agreement, leave-one-out", _fmt(unc.get("noise_ceiling_loo"), True)),
             (f"accuracy vs majority (n={unc['n_majority']})", _fmt(unc["model_accuracy_vs_majority"], True)),
             ("KL(human || model)", _fmt(unc["kl_human_model"])),
             ("entropy Spearman (model vs human)", _fmt(unc["entropy_spearman"])),

@@ -96,6 +96,17 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * logp).sum(-1)
 
 
+def _loo_agreement(counts: torch.Tensor) -> torch.Tensor:
+    """(U,) mean over responses of P(response == majority of the other responses), ties split evenly."""
+    c = counts.to(torch.float64)
+    # others[u, r, p]: counts of the other responses when one response chose r.
+    others = c[:, None, :] - torch.eye(3, dtype=c.dtype, device=c.device)[None]
+    top = others.max(2, keepdim=True).values
+    is_top = others == top
+    match = is_top.diagonal(dim1=1, dim2=2).to(c.dtype) / is_top.sum(2).to(c.dtype)  # (U, r)
+    return (c * match).sum(1) / c.sum(1)
+
+
 def human_uncertainty(
     emb: Any,
     triplets: Any,
@@ -123,7 +134,13 @@ def human_uncertainty(
 
     - ``n_sets``, ``n_responses``: object sets with enough repeats, and their responses;
     - ``noise_ceiling``: mean over sets of (majority count / responses), i.e. the
-      mean agreement of a response with its set's majority choice;
+      mean agreement of a response with its set's majority choice. The response
+      itself counts towards the majority, so this is optimistic for sets with few
+      responses (2 responses agree with "their" majority at least half the time);
+    - ``noise_ceiling_loo``: the leave-one-out version: how often a response
+      matches the majority of the *other* responses to its set (a tie among the
+      others counts as a fractional match, as a random tie-break would), averaged
+      over sets;
     - ``n_majority``: sets with a unique majority choice;
     - ``model_accuracy_vs_majority``: model accuracy (ties wrong) against that
       majority, over the ``n_majority`` sets;
@@ -143,6 +160,7 @@ def human_uncertainty(
         "n_sets": int(rows.shape[0]),
         "n_responses": int(counts.sum()),
         "noise_ceiling": None,
+        "noise_ceiling_loo": None,
         "n_majority": 0,
         "model_accuracy_vs_majority": None,
         "kl_human_model": None,
@@ -155,6 +173,7 @@ def human_uncertainty(
     n = counts.sum(1).to(torch.float64)
     top, top_pair = counts.max(1)
     out["noise_ceiling"] = float((top.to(torch.float64) / n).mean())
+    out["noise_ceiling_loo"] = float(_loo_agreement(counts).mean())
     unique_major = (counts == top[:, None]).sum(1) == 1
     out["n_majority"] = int(unique_major.sum())
     if out["n_majority"]:
