@@ -14,6 +14,8 @@ Errors are measured relative to ``max(1, max |reference|)``.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -306,6 +308,19 @@ def test_untuned_launch_matches_tuned():
     coef = torch.randn(30, 3)
     _close(TritonKernels(options=TritonOptions(autotune=False)).scatter(emb, trip, coef, False),
            TritonKernels().scatter(emb, trip, coef, False), 1e-6, "scatter autotune=False")
+
+
+def test_kernels_compile_for_a_gpu_without_one():
+    """The real compiler (frontend, LLVM, ptxas) accepts the kernels for sm_90,
+    catching what the interpreter cannot (it runs the kernels as Python)."""
+    pytest.importorskip("triton.backends.nvidia")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "fastalign.kernels.triton.compile_check", "--arch", "90"],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "0 failure(s)" in proc.stdout
 
 
 def test_options_are_checked():
