@@ -21,8 +21,6 @@ def register(sub):
 
 
 def _run(args):
-    import numpy as np
-
     from ..distill.data import read_file_names
     from ..distill.export import embed_checkpoint, save_npy_atomic
     from .main import CLIError

@@ -276,6 +276,12 @@ def _resume(run: _Run) -> None:
     if path is None:
         return
     ckpt = load_checkpoint(path)
+    saved = ckpt.state.get("config", {})
+    now = run.cfg.to_dict()
+    changed = [f"{sec}.{k}" for sec in ("student", "data", "loss", "optim") for k in now[sec]
+               if saved.get(sec, {}).get(k, now[sec][k]) != now[sec][k]]
+    if changed and run.dist.rank == 0:
+        log.warning("resuming from %s with changed settings: %s", path, ", ".join(changed))
     load_model_state(run.student, {k: v.to(run.device) for k, v in ckpt.model.items()}, f"checkpoint {path}")
     run.optimizer.load_named_state(run.names, ckpt.optim, ckpt.state["optim_steps"])
     ranks = ckpt.state["ranks"]

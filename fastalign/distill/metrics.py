@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -148,6 +149,8 @@ class Progress:
         self.every = max(1, every)
         self.enabled = enabled
         self.total = total
+        self.initial = initial
+        self.start = time.perf_counter()
         if enabled:
             try:
                 from tqdm import tqdm
@@ -164,7 +167,10 @@ class Progress:
             self.bar.set_postfix(text, refresh=False)
             self.bar.update(1)
         elif step % self.every == 0 or step == self.total:
-            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()), file=sys.stderr)
+            done = step - self.initial
+            eta = (time.perf_counter() - self.start) / done * (self.total - step) if done > 0 else float("nan")
+            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()) +
+                  f" eta={eta:.0f}s", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -153,7 +153,8 @@ def _clock(opts: StepOptions, device: torch.device) -> float:
     return time.perf_counter()
 
 
-def objective(emb: torch.Tensor, batch: StepBatch, opts: StepOptions) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def objective(emb: torch.Tensor, batch: StepBatch,
+              opts: StepOptions) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(total, distill, human)`` losses on student embeddings ``emb`` (n, D)."""
     trip = batch.triplets.to(emb.device)
     sims = batch.target_sims.to(emb.device) if batch.target_sims is not None else None
