@@ -389,9 +389,12 @@ inline void load_rows(const Rows<T>& p, int64_t b, typename Traits<T>::acc* scra
 
 // ----------------------------------------------------------- memory hints
 
-// Triplets ahead whose rows are prefetched: the rows are random, so the
-// hardware prefetcher cannot guess them; one triplet of lead covers the
-// latency of the next three rows while this one computes.
+// Triplets ahead whose rows are prefetched (the next triplet's gradient rows
+// are prefetched for writing): the rows are random, so the hardware
+// prefetcher cannot guess them. On the loaded 2-core dev machine this measured
+// neutral (memory bandwidth, not latency, was the limit there); it costs a
+// few instructions per cache line and helps where latency dominates.
+// Build with -DFASTALIGN_PREFETCH_AHEAD=0 to switch it off.
 #ifndef FASTALIGN_PREFETCH_AHEAD
 #define FASTALIGN_PREFETCH_AHEAD 2
 #endif
@@ -408,9 +411,10 @@ inline void prefetch_triplet_rows(const Rows<T>& p, int64_t b) {
   for (int j = 0; j < 3; ++j) prefetch_bytes<0>(p.emb + p.index(3 * b + j) * p.ld, p.D * int64_t(sizeof(T)));
 }
 
-// Ask for transparent huge pages on a large buffer (Linux, THP "madvise"
-// mode): random rows over hundreds of MB otherwise cost a TLB miss and a 4 KiB
-// page fault each. Only a hint; harmless when unsupported.
+// Ask for transparent huge pages on a large, not yet touched accumulator (the
+// gradient output and the parts' buffers; Linux, THP "madvise" mode): random
+// rows over hundreds of MB otherwise cost a TLB miss and a 4 KiB page fault
+// each. Only a hint about the pages' size; harmless when unsupported.
 inline void advise_huge(void* ptr, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;

@@ -13,7 +13,7 @@ thread, each part accumulates into its own fp32 (fp64 for fp64 input) buffer,
 and the buffers are summed in a fixed order. Extra memory of a gradient call:
 ``(threads - 1) * N * D`` accumulation values plus ``threads * N`` bytes.
 
-Two strategies for ``fused`` (``CpuKernels(strategy=...)``):
+Strategies for ``fused`` (``CpuKernels(strategy=...)``):
 
 - ``"rows"``: per triplet, read the three rows, compute the dots, the loss and
   the row gradients in one pass (memory traffic O(B * D)).
@@ -21,8 +21,9 @@ Two strategies for ``fused`` (``CpuKernels(strategy=...)``):
   (torch.mm, torch's intra-op threads) and each triplet touches only O(1)
   entries of G and of the (N, N) coefficient matrix C that the kernel builds.
   Work O(N^2 D) at GEMM speed instead of O(B D) at memory speed; extra memory
-  ``(threads + 1) * N^2`` values. If a row of ``emb`` is not finite the kernel
-  falls back to "rows", which keeps NaN/Inf to the rows it touches.
+  ``(threads + 2) * N^2`` values (G, the per-thread parts of C, C itself).
+  If a row of ``emb`` is not finite the kernel falls back to "rows", which
+  keeps NaN/Inf to the rows it touches.
 - ``"auto"`` (default) picks "gram" when ``N <= GRAM_MAX_N`` and the cost
   model ``gram_cost < rows_cost`` says so (``uses_gram``): the two GEMMs
   (4 N^2 D flops) plus O(1) scalar work per triplet against streaming 3 rows
@@ -50,7 +51,7 @@ STRATEGIES = ("auto", "rows", "gram")
 ROW_S_PER_TRIPLET_D = 2.2e-9
 GEMM_FLOPS = 1.0e11
 GRAM_S_PER_TRIPLET = 3.0e-7
-GRAM_MAX_N = 4096  # bounds the (threads + 1) N^2 coefficient buffers
+GRAM_MAX_N = 4096  # bounds the (threads + 2) N^2 Gram and coefficient buffers
 
 _DTYPE_CODES = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
 _INDEX_CODES = {torch.int32: 0, torch.int64: 1}
