@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fastalign  # noqa: E402
 from fastalign.datasets.things import load_things  # noqa: E402
-from fastalign.teacher import fit_transform, regulariser  # noqa: E402
+from fastalign.teacher import fit_transform  # noqa: E402
 
 
 @dataclass

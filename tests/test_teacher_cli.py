@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from fastalign.cli.main import main
 from fastalign.io import load_transform, save_transform

@@ -47,7 +47,6 @@ def expected_calibration_error(probs: torch.Tensor, choice: Optional[torch.Tenso
     c = torch.zeros(b, dtype=torch.long) if choice is None else choice.long().cpu()
     correct = (pred.cpu() == c).double()
     idx = torch.clamp((conf.cpu() * bins).long(), max=bins - 1)
-    n = torch.bincount(idx, minlength=bins).double()
     acc_sum = torch.bincount(idx, weights=correct, minlength=bins)
     conf_sum = torch.bincount(idx, weights=conf.cpu(), minlength=bins)
     return float((acc_sum - conf_sum).abs().sum() / b)
