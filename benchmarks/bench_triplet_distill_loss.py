@@ -251,7 +251,7 @@ def _progress(items):
         from tqdm import tqdm
 
         bar = tqdm(items, desc="cases", leave=False, file=sys.stderr)
-        return bar, bar.write
+        return bar, lambda msg: bar.write(msg, file=sys.stderr)
     except ImportError:
         return items, lambda msg: print(msg, file=sys.stderr, flush=True)
 

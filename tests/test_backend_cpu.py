@@ -13,7 +13,10 @@ orders differ by small random factors in their rounding error (at T = 0.01 the
 dtype, whose final rounding dominates. Float64 cases also get a direct
 relative bound.
 
-Sizes are small on purpose; the benchmark lives in benchmarks/.
+Public-API tests run through both ``fused`` strategies of the registered
+kernels (the ``strategy`` fixture: "rows" and "gram"); kernel-level tests
+build ``CpuKernels`` with explicit threads and strategy. Sizes are small on
+purpose; the benchmark lives in benchmarks/.
 """
 
 from __future__ import annotations
