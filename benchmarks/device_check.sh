@@ -86,7 +86,7 @@ record backends $? "$s" ""
 
 # 4. The GPU tests (every backend against the reference on CUDA tensors).
 s=$(date +%s)
-timeout -k 10 "$(cap 150 200)" "$PY" -m pytest -m gpu -x -q tests/ 2>&1 | tee "$OUT/gpu_tests.log"
+timeout -k 10 "$(cap 150 200)" "$PY" -m pytest -m gpu -q -rfE --maxfail=25 tests/ 2>&1 | tee "$OUT/gpu_tests.log"
 rc=$?
 record gpu-tests "$rc" "$s" "$(tail -n 1 "$OUT/gpu_tests.log" | tr '|' '/')"
 
