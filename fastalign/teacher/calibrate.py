@@ -7,7 +7,7 @@
   equal-width bins of the max probability; "correct" means the chosen pair has
   the largest probability) and mean entropy (nats).
 
-ECE is implemented here because ``fastalign.eval`` did not exist when this was written.
+ECE comes from ``fastalign.eval.calibration`` (one definition for the package).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ _GOLDEN = (math.sqrt(5) - 1) / 2
 def expected_calibration_error(probs: torch.Tensor, choice: Optional[torch.Tensor] = None, bins: int = 15) -> float:
     """ECE over ``bins`` equal-width bins of the max probability.
 
+    Delegates to ``fastalign.eval.calibration.expected_calibration_error`` so the
+    package has one definition (bins ``(b/n, (b+1)/n]``; a row is correct when
+    the chosen pair's probability is strictly the largest, ties wrong).
+
     Args:
         probs: (B, 3) probabilities in pair order ``[p01, p02, p12]``.
         choice: (B,) index of the human-chosen pair (``2 - odd``); None means 0
@@ -37,19 +41,14 @@ def expected_calibration_error(probs: torch.Tensor, choice: Optional[torch.Tenso
 
     Returns ``sum_b (n_b / B) |acc_b - conf_b|``; NaN when B = 0.
     """
+    # Imported here: fastalign.eval imports the teacher/io layer for its report helpers.
+    from ..eval.calibration import expected_calibration_error as _ece
+
     if probs.dim() != 2 or probs.shape[1] != 3:
         raise ValueError(f"probs must have shape (B, 3), got {tuple(probs.shape)}")
-    b = probs.shape[0]
-    if b == 0:
+    if probs.shape[0] == 0:
         return float("nan")
-    p = probs.detach().double()
-    conf, pred = p.max(1)
-    c = torch.zeros(b, dtype=torch.long) if choice is None else choice.long().cpu()
-    correct = (pred.cpu() == c).double()
-    idx = torch.clamp((conf.cpu() * bins).long(), max=bins - 1)
-    acc_sum = torch.bincount(idx, weights=correct, minlength=bins)
-    conf_sum = torch.bincount(idx, weights=conf.cpu(), minlength=bins)
-    return float((acc_sum - conf_sum).abs().sum() / b)
+    return float(_ece(probs.detach(), None if choice is None else choice.long(), n_bins=bins))
 
 
 def mean_entropy(probs: torch.Tensor) -> float:
