@@ -8,10 +8,12 @@
    4096 vs 512 triplets with a fixed micro-batch, for the two-pass step, the
    naive single-pass step (one autograd graph) and a plain PyTorch step
    (embed every triplet slot, gather-based loss). Each case runs in a fresh
-   subprocess; the number is ``VmHWM - VmRSS`` around the step (the peak
-   resident set is reset through ``/proc/self/clear_refs`` after the inputs
-   and the model exist), so it measures the step's working memory, not the
-   inputs. On CUDA the same is ``torch.cuda.max_memory_allocated``.
+   subprocess (with ``MALLOC_MMAP_THRESHOLD_`` fixed so freed blocks leave
+   the resident set); the number is ``VmHWM - VmRSS`` around the step (the
+   peak resident set is reset through ``/proc/self/clear_refs`` after a
+   warm-up step, once the inputs and the model exist), so it measures the
+   step's working memory, not the inputs. On CUDA the same is
+   ``torch.cuda.max_memory_allocated``.
 2. **Throughput**: triplets/s of ``two_pass_step`` + optimiser against the
    plain loop at equal batch, for a small CNN on images and for a
    ``FeatureStudent``.
@@ -143,7 +145,13 @@ def memory_table(quick: bool) -> List[str]:
     for mode in ("two_pass", "single_pass", "plain"):
         for n in sizes:
             cmd = [sys.executable, os.path.abspath(__file__), "--_measure", mode, str(n), str(micro), str(channels)]
-            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+            # A fixed mmap threshold makes glibc return every large freed block to
+            # the OS, so the resident set tracks live memory; with the default
+            # (dynamic) threshold, freed activations stay in the heap and the
+            # peak RSS measures fragmentation that grows with the number of
+            # micro-batches, not what the step holds.
+            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                       MALLOC_MMAP_THRESHOLD_="131072")
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
             res = json.loads(out.strip().splitlines()[-1])
             results[(mode, n)] = res["peak_bytes"]
