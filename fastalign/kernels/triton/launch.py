@@ -48,7 +48,15 @@ import triton.language as tl
 
 from ..contract import acc_dtype
 from . import configs
-from .triplet import GRAD_ATOMIC, GRAD_NONE, GRAD_TABLE, fused_kernel, scatter_kernel, segment_kernel, similarities_kernel
+from .triplet import (
+    GRAD_ATOMIC,
+    GRAD_NONE,
+    GRAD_TABLE,
+    fused_kernel,
+    scatter_kernel,
+    segment_kernel,
+    similarities_kernel,
+)
 
 _PRUNE = {"early_config_prune": configs.prune_row_configs}
 
@@ -81,7 +89,7 @@ class TritonOptions:
     """
 
     deterministic: Optional[bool] = None
-    programs_per_sm: int = 4
+    programs_per_sm: int = 8
     interpret_programs: int = 3
     autotune: bool = True
 
