@@ -164,18 +164,24 @@ def memory_table(quick: bool) -> List[str]:
     return rows
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    t = time.perf_counter()
+def _time_interleaved(fns: List, repeats: int) -> List[float]:
+    """Best-of-``repeats`` seconds per call for each function, the calls
+    interleaved so that a change in machine load hits every contender alike."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / repeats
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
 
 
 def throughput_table(quick: bool) -> List[str]:
-    repeats = 2 if quick else 10
+    repeats = 3 if quick else 10
     n = 512
     rows = ["| student | step | triplets/step | triplets/s | loss share of step |", "|---|---|---|---|---|"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -222,9 +228,7 @@ def throughput_table(quick: bool) -> List[str]:
             single_pass_step(model, batch, opts)
             opt.step()
 
-        t_ours = _time(ours, repeats)
-        t_single = _time(single, repeats)
-        t_plain = _time(plain, repeats)
+        t_ours, t_single, t_plain = _time_interleaved([ours, single, plain], repeats)
         share = sum(shares[1:]) / max(1, len(shares) - 1)
         rows.append(f"| {name} | fastalign two-pass | {n} | {n / t_ours:,.0f} | {100 * share:.1f}% |")
         rows.append(f"| {name} | fastalign single-pass (fused loss) | {n} | {n / t_single:,.0f} | - |")

@@ -265,8 +265,14 @@ def _setup(cfg: DistillConfig, student: Optional[nn.Module], train_source, val_s
     run = _Run(cfg, dist_info, device, student, student, optimizer, names, spec, train_source, val_source,
                num_items, human_eval, images, opts, Path(cfg.train.out_dir))
     if dist_info.active:
+        import inspect
+
+        # Buffers (a FeatureStudent's feature matrix, BatchNorm statistics)
+        # are not re-broadcast every forward; newer torch renamed the switch.
+        params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+        sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
         run.model = nn.parallel.DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+            student, device_ids=[device.index] if device.type == "cuda" else None, **sync)
     return run
 
 
