@@ -53,3 +53,23 @@ def test_odd_one_out_probs(backend):
     emb2 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
     p = fastalign.odd_one_out_probs(emb2, torch.tensor([[0, 1, 2]]), temperature=0.1, backend=backend)
     assert p[0, 0] > 0.99
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cosine_with_clamped_norms(backend, dtype):
+    """Rows whose norm is below the clamp (1e-8), including all-zero rows: the norm is a constant there."""
+    emb, trip = random_problem(dtype=dtype)
+    emb[3] = emb[3] * 1e-10
+    emb[4] = 0.0
+    trip[7] = torch.tensor([3, 4, 5])
+    trip[8] = torch.tensor([4, 4, 1])
+    grad_out = torch.randn(trip.shape[0], 3)
+    e64 = emb.detach().double().clone().requires_grad_(True)
+    ref = sims64(e64, trip, "cosine")
+    (ref_grad,) = torch.autograd.grad(ref, e64, grad_out.double())
+    s, g = _sims_and_grad(backend, emb, trip, "cosine", grad_out)
+    ts, tg = _sims_and_grad("torch", emb, trip, "cosine", grad_out)
+    assert_matches(s, ts, ref.detach(), dtype, "sims")
+    assert_matches(g, tg, ref_grad, dtype, "grad")
+    assert float((tg.double() - ref_grad).abs().max()) <= 1e-6 * float(ref_grad.abs().max())

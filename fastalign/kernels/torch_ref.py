@@ -29,14 +29,19 @@ def _gather(emb: torch.Tensor, trip: torch.Tensor, acc: torch.dtype) -> Tuple[to
 
 
 def _pair_sims(e0, e1, e2, cosine: bool):
-    """Return sims (b, 3) and, for cosine, the unit rows and clamped norms."""
+    """Return sims (b, 3) and, for cosine, the unit rows and (norm, unclamped) pairs."""
     if cosine:
-        n0 = e0.norm(dim=1).clamp_min(COSINE_EPS)
-        n1 = e1.norm(dim=1).clamp_min(COSINE_EPS)
-        n2 = e2.norm(dim=1).clamp_min(COSINE_EPS)
-        u0, u1, u2 = e0 / n0[:, None], e1 / n1[:, None], e2 / n2[:, None]
+        norms = []
+        units = []
+        for e in (e0, e1, e2):
+            raw = e.norm(dim=1)
+            n = raw.clamp_min(COSINE_EPS)
+            units.append(e / n[:, None])
+            # A clamped norm is a constant: its row loses the -s u term of the gradient.
+            norms.append((n, (raw >= COSINE_EPS).to(e.dtype)))
+        u0, u1, u2 = units
         s = torch.stack([(u0 * u1).sum(1), (u0 * u2).sum(1), (u1 * u2).sum(1)], dim=1)
-        return s, (u0, u1, u2), (n0, n1, n2)
+        return s, (u0, u1, u2), norms
     s = torch.stack([(e0 * e1).sum(1), (e0 * e2).sum(1), (e1 * e2).sum(1)], dim=1)
     return s, None, None
 
@@ -50,12 +55,12 @@ def _row_grads(e0, e1, e2, s, c, unit, norms):
         g2 = c02 * e0 + c12 * e1
         return g0, g1, g2
     u0, u1, u2 = unit
-    n0, n1, n2 = (n[:, None] for n in norms)
+    (n0, k0), (n1, k1), (n2, k2) = ((n[:, None], k[:, None]) for n, k in norms)
     s01, s02, s12 = s[:, 0:1], s[:, 1:2], s[:, 2:3]
-    # ds_ab/de_a = (u_b - s_ab u_a) / n_a
-    g0 = (c01 * (u1 - s01 * u0) + c02 * (u2 - s02 * u0)) / n0
-    g1 = (c01 * (u0 - s01 * u1) + c12 * (u2 - s12 * u1)) / n1
-    g2 = (c02 * (u0 - s02 * u2) + c12 * (u1 - s12 * u2)) / n2
+    # ds_ab/de_a = (u_b - s_ab u_a) / n_a   (the second term only where n_a is not clamped)
+    g0 = (c01 * (u1 - s01 * k0 * u0) + c02 * (u2 - s02 * k0 * u0)) / n0
+    g1 = (c01 * (u0 - s01 * k1 * u1) + c12 * (u2 - s12 * k1 * u1)) / n1
+    g2 = (c02 * (u0 - s02 * k2 * u2) + c12 * (u1 - s12 * k2 * u2)) / n2
     return g0, g1, g2
 
 
