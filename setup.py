@@ -57,6 +57,20 @@ def find_nvcc():
     return shutil.which("nvcc")
 
 
+def find_cuda_home(nvcc):
+    """(toolkit root, directory holding libcudart_static.a); nvcc on PATH may be a wrapper script."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "/usr/local/cuda",
+                  os.path.dirname(os.path.dirname(nvcc))]
+    subs = ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib"), os.path.join("targets", "sbsa-linux", "lib"))
+    for home in filter(None, candidates):
+        for sub in subs:
+            if os.path.exists(os.path.join(home, sub, "libcudart_static.a")):
+                return home, os.path.join(home, sub)
+    home = os.path.dirname(os.path.dirname(nvcc))
+    return home, os.path.join(home, "lib64")
+
+
 class OptionalBuildExt(build_ext):
     """Build each extension if possible; never fail the install because of one.
 
@@ -84,16 +98,17 @@ class OptionalBuildExt(build_ext):
         archs = cuda_gencode_flags(os.environ.get("FASTALIGN_CUDA_ARCHS", "80;90"))
         for src in cu_sources:
             obj = os.path.join(build_dir, os.path.basename(src) + ".o")
-            cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+            cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-lineinfo",
                    "-Xcompiler", "-fPIC", *archs, "-Icsrc"]
             subprocess.check_call(cmd, cwd=HERE)
             objects.append(obj)
         ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
         ext.extra_objects = list(ext.extra_objects or []) + objects
-        cuda_home = os.path.dirname(os.path.dirname(nvcc))
-        ext.library_dirs = list(ext.library_dirs or []) + [os.path.join(cuda_home, "lib64")]
+        cuda_home, lib_dir = find_cuda_home(nvcc)
+        ext.library_dirs = list(ext.library_dirs or []) + [lib_dir]
         ext.include_dirs = list(ext.include_dirs or []) + [os.path.join(cuda_home, "include")]
-        ext.libraries = list(ext.libraries or []) + ["cudart"]
+        # Static runtime: the extension does not depend on libcudart.so.N being on the loader path.
+        ext.libraries = list(ext.libraries or []) + ["cudart_static", "dl", "rt", "pthread"]
         super().build_extension(ext)
 
 

@@ -17,7 +17,7 @@ pbinc=$(python3 -c 'import pybind11; print(pybind11.get_include())' 2>/dev/null 
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 for f in csrc/cuda/*.cu; do
   echo "nvcc $f"
-  nvcc -c "$f" -o "$tmp/$(basename "$f").o" -O3 -std=c++17 --use_fast_math -lineinfo -Icsrc "${archs[@]}" \
+  nvcc -c "$f" -o "$tmp/$(basename "$f").o" -O3 -std=c++17 -lineinfo -Icsrc "${archs[@]}" \
     -Xcompiler -fPIC -Werror all-warnings
 done
 if [ -n "$pbinc" ] && ls csrc/cuda/*.cpp >/dev/null 2>&1; then
