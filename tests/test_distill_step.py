@@ -154,3 +154,14 @@ def test_empty_micro_batch_remainder_and_single_item_batches():
     res = two_pass_step(student, StepBatch(inputs=torch.arange(9), triplets=trip, target_sims=sims),
                         StepOptions(micro_batch=1))
     assert np.isfinite(res.loss) and res.items == 9 and res.triplets == 10
+
+
+def test_step_without_items_is_a_no_op():
+    """All images of a step failed to load: no forward, no gradient, loss 0."""
+    model = TinyCNN()
+    empty = StepBatch(inputs=torch.empty(0, 3, 8, 8), triplets=torch.empty(0, 3, dtype=torch.long),
+                      target_sims=torch.empty(0, 3))
+    for fn in (two_pass_step, single_pass_step):
+        res = fn(model, empty, StepOptions())
+        assert res.loss == 0.0 and res.items == 0 and res.triplets == 0
+        assert all(p.grad is None for p in model.parameters())

@@ -391,17 +391,19 @@ def evaluate(run: _Run) -> Dict[str, float]:
         needed.append(run.human_eval.reshape(-1))
     if not needed:
         return {}
-    items = torch.unique(torch.cat(needed))
-    emb_local, ok = embed_items(run.student, items, cfg.train.micro_batch, run.images, run.opts.amp)
-    emb = torch.zeros(run.num_items, emb_local.shape[1], device=emb_local.device)
-    emb[items.to(emb.device)] = emb_local
-    okfull = torch.zeros(run.num_items, dtype=torch.bool)
-    okfull[items] = ok
+    items = torch.unique(torch.cat(needed))  # sorted: searchsorted maps global ids to rows
+    emb, ok = embed_items(run.student, items, cfg.train.micro_batch, run.images, run.opts.amp)
+
+    def local(trip: torch.Tensor) -> torch.Tensor:
+        # Rows of ``emb`` (only the evaluated items are embedded, never all N).
+        return torch.searchsorted(items, trip.reshape(-1).contiguous()).view(-1, 3)
+
     metrics: Dict[str, float] = {}
     if val:
         kl_sum = agree = count = 0.0
         for trip, probs in val:
-            keep = okfull[trip].all(1)
+            trip = local(trip)
+            keep = ok[trip].all(1)
             trip, probs = trip[keep].to(emb.device), probs[keep].to(emb.device)
             if trip.shape[0] == 0:
                 continue
@@ -418,7 +420,8 @@ def evaluate(run: _Run) -> Dict[str, float]:
             metrics["val_kl"] = kl_sum / count
             metrics["val_acc"] = agree / count
     if run.human_eval is not None:
-        trip = run.human_eval[okfull[run.human_eval].all(1)].to(emb.device)
+        trip = local(run.human_eval)
+        trip = trip[ok[trip].all(1)].to(emb.device)
         metrics["human_acc"] = odd_one_out_accuracy(emb, trip, similarity=cfg.loss.similarity,
                                                     backend=cfg.loss.backend)
     return metrics

@@ -189,6 +189,8 @@ def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
     """
     device = model_device(model)
     n = batch.inputs.shape[0]
+    if n == 0:  # every item of the step failed to load: nothing to learn from
+        return StepResult(0.0, 0.0, 0.0, 0, 0, {"embed": 0.0, "loss": 0.0, "backward": 0.0})
     parts = _slices(n, opts.micro_batch)
     times = {}
     t0 = _clock(opts, device)
@@ -202,8 +204,6 @@ def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
             if emb is None:  # written in place: no list of outputs plus a concatenated copy
                 emb = torch.empty(n, out.shape[1], dtype=torch.float32, device=out.device)
             emb[s] = out
-    if emb is None:
-        raise ValueError("the step has no items to embed")
     emb.requires_grad_()
     t1 = _clock(opts, device)
     times["embed"] = t1 - t0
@@ -240,6 +240,8 @@ def single_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
     """
     device = model_device(model)
     n = batch.inputs.shape[0]
+    if n == 0:
+        return StepResult(0.0, 0.0, 0.0, 0, 0, {"embed": 0.0, "loss": 0.0, "backward": 0.0})
     times = {}
     t0 = _clock(opts, device)
     with nvtx_range("embed"):
