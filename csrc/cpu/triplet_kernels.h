@@ -414,7 +414,8 @@ inline void prefetch_triplet_rows(const Rows<T>& p, int64_t b) {
 // Ask for transparent huge pages on a large, not yet touched accumulator (the
 // gradient output and the parts' buffers; Linux, THP "madvise" mode): random
 // rows over hundreds of MB otherwise cost a TLB miss and a 4 KiB page fault
-// each. Only a hint about the pages' size; harmless when unsupported.
+// each. Only a hint about the pages' size; harmless when unsupported (the
+// 2-core dev VM grants no huge pages at all: AnonHugePages stays 0 there).
 inline void advise_huge(void* ptr, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
