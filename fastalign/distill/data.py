@@ -78,6 +78,11 @@ def read_file_names(path: str) -> List[str]:
     return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _hard_labels(source: object) -> bool:
+    meta = getattr(source, "meta", None) or (getattr(source, "manifest", None) or {}).get("meta", {})
+    return bool(isinstance(meta, dict) and meta.get("hard_labels"))
+
+
 @dataclass
 class StreamSpec:
     """What ``StepStream`` streams.
@@ -165,7 +170,13 @@ class StepStream(IterableDataset):
         items, inverse = torch.unique(allidx, return_inverse=True)
         local = inverse[: trip.numel()].view(-1, 3)
         hlocal = None if human is None else inverse[trip.numel():].view(-1, 3)
-        sims, probs = tb.sims, tb.probs
+        # The loss takes exactly one target. Similarities are preferred (the loss
+        # applies the teacher temperature); a hard-label store (THINGS text import)
+        # carries one-hot probabilities and placeholder similarities.
+        if tb.sims is not None and not _hard_labels(spec.source):
+            sims, probs = tb.sims, None
+        else:
+            sims, probs = None, tb.probs
         skipped_items = skipped_triplets = 0
         if spec.images is None:
             inputs = items
