@@ -352,6 +352,23 @@ def test_deterministic_for_a_thread_count(threads, similarity, kstrategy):
     assert torch.equal(s1, s2)
 
 
+def test_cached_workspace_gives_the_same_bits_as_fresh_buffers():
+    """The kept per-thread buffers hold the previous call's values; rows are zeroed on first touch."""
+    k_keep = cpu_mod.CpuKernels(num_threads=3, strategy="rows", keep_workspace=True)
+    k_fresh = cpu_mod.CpuKernels(num_threads=3, strategy="rows", keep_workspace=False)
+    for seed in range(3):  # different inputs through the same (dirty) workspace
+        emb, trip, p, odd, w, gout = make_case(n=30, d=17, b=400, seed=seed)
+        a = k_keep.fused(emb, trip, p, None, w, MODES["kl"], seed == 1, 0.5, 0.1, True)
+        b = k_fresh.fused(emb, trip, p, None, w, MODES["kl"], seed == 1, 0.5, 0.1, True)
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+        coef = torch.randn(trip.shape[0], 3)
+        assert torch.equal(k_keep.scatter(emb, trip, coef, True), k_fresh.scatter(emb, trip, coef, True))
+    assert k_keep._workspace is not None and k_fresh._workspace is None
+    k_keep.release_workspace()
+    assert k_keep._workspace is None
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_thread_counts_match_reference(threads, strategy):
     emb, trip, p, odd, w, gout = make_case(n=25, d=19, b=500, dtype=torch.float64, seed=5)

@@ -81,7 +81,7 @@ void similarities_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int
 void fused_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld, std::uintptr_t trip, int itype,
                  int64_t b, std::uintptr_t target, std::uintptr_t choice, std::uintptr_t rowscale, int mode,
                  bool cosine, double temperature, double grad_scale, std::uintptr_t loss, std::uintptr_t dsim,
-                 std::uintptr_t grad, int threads) {
+                 std::uintptr_t grad, int threads, std::uintptr_t workspace) {
   check_sizes(n, d, b, threads);
   if (mode < kHard || mode > kJSD) throw std::invalid_argument("fastalign._cpu: mode must be 0, 1 or 2");
   if (mode != kHard && !target && b > 0) throw std::invalid_argument("fastalign._cpu: KL/JSD need a target");
@@ -97,12 +97,13 @@ void fused_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld
                      reinterpret_cast<A*>(loss),
                      reinterpret_cast<A*>(dsim)};
     run_parts<T, decltype(cos)::value>(make_rows<T>(emb, n, d, ld, trip, itype, b), &obj, nullptr,
-                                          reinterpret_cast<A*>(grad), threads);
+                                          reinterpret_cast<A*>(grad), threads, reinterpret_cast<A*>(workspace));
   });
 }
 
 void scatter_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld, std::uintptr_t trip, int itype,
-                   int64_t b, std::uintptr_t coef, bool cosine, std::uintptr_t grad, int threads) {
+                   int64_t b, std::uintptr_t coef, bool cosine, std::uintptr_t grad, int threads,
+                   std::uintptr_t workspace) {
   check_sizes(n, d, b, threads);
   if (n == 0) return;  // then B == 0 too, and the (0, D) gradient has no data
   if (!grad) throw std::invalid_argument("fastalign._cpu: scatter needs a gradient output");
@@ -110,7 +111,8 @@ void scatter_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t 
     using T = typename decltype(tt)::type;
     using A = typename Traits<T>::acc;
     run_parts<T, decltype(cos)::value>(make_rows<T>(emb, n, d, ld, trip, itype, b), nullptr,
-                                          reinterpret_cast<const A*>(coef), reinterpret_cast<A*>(grad), threads);
+                                          reinterpret_cast<const A*>(coef), reinterpret_cast<A*>(grad), threads,
+                                          reinterpret_cast<A*>(workspace));
   });
 }
 
@@ -161,11 +163,15 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("fused", &fused_entry, nogil, py::arg("emb"), py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("ld"),
         py::arg("triplets"), py::arg("itype"), py::arg("b"), py::arg("target"), py::arg("choice"),
         py::arg("rowscale"), py::arg("mode"), py::arg("cosine"), py::arg("temperature"), py::arg("grad_scale"),
-        py::arg("loss"), py::arg("dsim"), py::arg("grad"), py::arg("num_threads"),
-        "Fused loss, dL/ds and (grad != 0) the (N, D) gradient. Null pointers (0) mean 'absent'.");
+        py::arg("loss"), py::arg("dsim"), py::arg("grad"), py::arg("num_threads"), py::arg("workspace") = 0,
+        "Fused loss, dL/ds and (grad != 0) the (N, D) gradient. Null pointers (0) mean 'absent'. workspace: "
+        "0, or (grad_parts(num_threads, b) - 1) * n * d accumulation values the call may overwrite.");
   m.def("scatter", &scatter_entry, nogil, py::arg("emb"), py::arg("dtype"), py::arg("n"), py::arg("d"),
         py::arg("ld"), py::arg("triplets"), py::arg("itype"), py::arg("b"), py::arg("coef"), py::arg("cosine"),
-        py::arg("grad"), py::arg("num_threads"), "Write the (N, D) gradient sum_b sum_p coef[b,p] ds_bp/demb.");
+        py::arg("grad"), py::arg("num_threads"), py::arg("workspace") = 0,
+        "Write the (N, D) gradient sum_b sum_p coef[b,p] ds_bp/demb (workspace: as for fused).");
+  m.def("grad_parts", &grad_parts, py::arg("num_threads"), py::arg("b"), py::arg("grad") = true,
+        "Number of accumulation parts a call with a gradient uses (workspace = parts - 1 buffers).");
   m.def("gram_fused", &gram_fused_entry, nogil, py::arg("gram"), py::arg("f64"), py::arg("n"), py::arg("triplets"),
         py::arg("itype"), py::arg("b"), py::arg("target"), py::arg("choice"), py::arg("rowscale"), py::arg("mode"),
         py::arg("cosine"), py::arg("temperature"), py::arg("grad_scale"), py::arg("loss"), py::arg("dsim"),

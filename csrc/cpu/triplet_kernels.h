@@ -429,6 +429,13 @@ inline void advise_huge(void* ptr, size_t bytes) {
 #endif
 }
 
+// Parts of a call: enough to use the threads, never more than triplets when a
+// gradient is accumulated (each part beyond the first costs a buffer).
+inline int grad_parts(int threads, int64_t B, bool grad) {
+  const int t = std::max(1, threads);
+  return grad ? int(std::max<int64_t>(1, std::min<int64_t>(t, B))) : t;
+}
+
 // Contiguous [begin, end) of part `k` of `P` over `n` items.
 inline void part_range(int64_t n, int k, int P, int64_t& begin, int64_t& end) {
   begin = n * k / P;
@@ -502,10 +509,15 @@ struct PartBuffers {
   std::vector<A*> bufs;
   std::vector<uint8_t*> touched;
 
-  PartBuffers(A* out, int64_t rows_, int64_t cols_, int P) : rows(rows_), cols(cols_) {
+  // `workspace`, when given, holds (P - 1) * rows * cols values for parts
+  // 1..P-1 (a buffer the caller keeps across calls: its pages are already
+  // committed, and first-touch zeroing makes its old contents irrelevant).
+  PartBuffers(A* out, int64_t rows_, int64_t cols_, int P, A* workspace = nullptr) : rows(rows_), cols(cols_) {
     for (int k = 0; k < P; ++k) {
       if (k == 0) {
         bufs.push_back(out);
+      } else if (workspace) {
+        bufs.push_back(workspace + size_t(k - 1) * size_t(rows) * size_t(cols));
       } else {
         owned.emplace_back(new A[size_t(rows) * size_t(cols)]);
         bufs.push_back(owned.back().get());
@@ -527,11 +539,11 @@ struct PartBuffers {
 // Fused forward (+ backward when grad != null), or scatter when obj == null.
 template <class T, bool COS>
 void run_parts(const Rows<T>& p, const Objective<typename Traits<T>::acc>* obj,
-               const typename Traits<T>::acc* coef, typename Traits<T>::acc* grad, int threads) {
+               const typename Traits<T>::acc* coef, typename Traits<T>::acc* grad, int threads,
+               typename Traits<T>::acc* workspace = nullptr) {
   using A = typename Traits<T>::acc;
-  // Enough parts to use the threads, never more parts than triplets.
-  const int P = grad ? int(std::max<int64_t>(1, std::min<int64_t>(std::max(1, threads), p.B))) : std::max(1, threads);
-  PartBuffers<A> parts(grad, p.N, p.D, grad ? P : 0);
+  const int P = grad_parts(threads, p.B, grad != nullptr);
+  PartBuffers<A> parts(grad, p.N, p.D, grad ? P : 0, workspace);
 #pragma omp parallel num_threads(P)
   {
     std::vector<A> scratch(Traits<T>::kNative ? 0 : size_t(3 * p.D));
@@ -610,7 +622,7 @@ bool gram_fused(const A* G, int64_t N, const void* trip, bool trip64, int64_t B,
     if (!std::isfinite(diag[a])) return false;
   }
   Rows<float> idx{nullptr, N, 1, 1, trip, trip64, B};  // only its index() is used
-  const int P = U ? int(std::max<int64_t>(1, std::min<int64_t>(std::max(1, threads), B))) : std::max(1, threads);
+  const int P = grad_parts(threads, B, U != nullptr);
   PartBuffers<A> parts(U, N, N, U ? P : 0);
   constexpr int64_t kAhead = 8;  // scalar lookups are cheap to prefetch far ahead
 #pragma omp parallel for schedule(static, 1) num_threads(P)
