@@ -29,19 +29,10 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
+from ..io.atomic import fsync_dir
+
 FORMAT = "fastalign-distill-checkpoint/1"
 PREFIX = "ckpt-"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -116,11 +107,11 @@ def save_checkpoint(out_dir: Path, step: int, model_state: Dict[str, torch.Tenso
             json.dump(meta, fh, indent=1, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # re-saving the same step (e.g. the final one)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

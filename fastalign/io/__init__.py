@@ -1,6 +1,6 @@
 """File I/O: atomic writes, features, triplets and teacher transforms."""
 
-from .atomic import atomic_save_npz, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .atomic import atomic_save_npz, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
 from .features import FEATURE_FORMATS, check_features, load_features, order_rows, read_file_names
 from .transforms import TRANSFORM_FORMATS, load_transform, save_transform
 from .triplets import (
@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_features",
+    "fsync_dir",
     "check_triplets_fit",
     "load_features",
     "load_transform",

@@ -21,7 +21,7 @@ import numpy as np
 PathLike = Union[str, os.PathLike]
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """fsync the directory so the rename itself survives a crash (POSIX only)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -63,7 +63,7 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str = "utf-8") -> I
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -1,9 +1,9 @@
 """Small crash-safe file helpers for the triplet store (temp file, fsync, rename).
 
-``fastalign.io.atomic_write`` does the same job for the rest of the package;
-the store keeps its own copy so that it has no import-order dependency on a
-module written in parallel, and because it also needs directory fsyncs and a
-streaming checksum of what it writes.
+``fastalign.io.atomic_write`` does this for the rest of the package; the
+store writes its own way because it checksums the bytes as they stream out and
+names its temp files ``.tmp-*`` so that a resumed run can delete the leftovers
+of a killed writer.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Union
+
+from ..io.atomic import fsync_dir  # noqa: F401  (re-exported for the store)
 
 PathLike = Union[str, os.PathLike]
 
@@ -36,20 +38,6 @@ def file_checksum(path: PathLike) -> str:
                 break
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_dir(path: PathLike) -> None:
-    """fsync a directory so that a rename inside it survives a power cut (no-op where unsupported)."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def tmp_name(final: Path) -> Path:

@@ -29,7 +29,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from ._fs import tmp_name, fsync_dir, write_bytes_atomic
+from ..io.atomic import atomic_write
+from ._fs import write_bytes_atomic
 from .store import TripletStore, TripletStoreWriter
 
 PathLike = Union[str, os.PathLike]
@@ -208,26 +209,13 @@ def export_alignet_npz(store: TripletStore, out: PathLike) -> int:
 
 def export_things_txt(store: TripletStore, out: PathLike) -> int:
     """Write ``i j k`` lines (odd one out last), streaming shard by shard; returns the row count."""
-    out = Path(out)
-    tmp = tmp_name(out)
     n = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for sh in store.shards:
-                for a in range(0, sh.count, _ROWS):
-                    rows = np.asarray(sh.indices[a: a + _ROWS], dtype=np.int64)
-                    np.savetxt(fh, rows, fmt="%d")
-                    n += rows.shape[0]
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    fsync_dir(out.parent)
+    with atomic_write(out, "w") as fh:
+        for sh in store.shards:
+            for a in range(0, sh.count, _ROWS):
+                rows = np.asarray(sh.indices[a: a + _ROWS], dtype=np.int64)
+                np.savetxt(fh, rows, fmt="%d")
+                n += rows.shape[0]
     return n
 
 
