@@ -61,6 +61,6 @@ def test_bad_input_fails_before_work(tmp_path, capsys):
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     rc = main(["run", "--out", str(tmp_path / "x"), "--set", "student.stepz=3"])
-    assert rc == 2 and "unknown key student.stepz" in capsys.readouterr().err
+    assert rc == 2 and "unknown config key student.stepz" in capsys.readouterr().err
     rc = main(["run", "--out", str(tmp_path / "x"), "--force", "nope"])
     assert rc == 2 and "unknown stage" in capsys.readouterr().err

@@ -9,11 +9,11 @@ the loop.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from ..config import apply_overrides, build_dataclass, parse_override, read_toml  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -277,100 +277,12 @@ def _positive(key: str, value: float) -> None:
         raise ValueError(f"{key} must be > 0, got {value!r}")
 
 
-def _convert(key: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a field annotation; ints are accepted for floats."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is Union:  # Optional[X]
-        if value is None:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(key, value, inner[0])
-    if origin in (list, List):
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key} must be a list, got {type(value).__name__} {value!r}")
-        return [_convert(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {type(value).__name__} {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{key} must be an integer, got {type(value).__name__} {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{key} must be a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{key} must be a string, got {type(value).__name__} {value!r}")
-        return value
-    raise TypeError(f"unsupported config annotation {annotation!r} for {key}")  # pragma: no cover
-
-
-def _build(cls, data: Mapping[str, Any], prefix: str):
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config key {prefix}{unknown[0]!s} (known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _convert(f"{prefix}{name}", value, hint)
-    return cls(**kwargs)
-
-
 def config_from_dict(data: Mapping[str, Any]) -> DistillConfig:
     """Build and validate a ``DistillConfig`` from nested dicts (TOML layout)."""
-    return _build(DistillConfig, data, "").validate()
-
-
-def parse_override(text: str) -> tuple:
-    """Parse ``"section.key=value"``; the value is TOML (bare words are strings)."""
-    if "=" not in text:
-        raise ValueError(f"--set expects key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    key, raw = key.strip(), raw.strip()
-    if not key:
-        raise ValueError(f"--set expects key=value, got {text!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # a bare word such as jsd or /path/to/store
-    return key, value
-
-
-def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Apply ``--set`` overrides to a nested dict (in place) and return it."""
-    for text in overrides:
-        key, value = parse_override(text)
-        parts = key.split(".")
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"config key {key}: {part} is not a table")
-            node = child
-        node[parts[-1]] = value
-    return data
+    return build_dataclass(DistillConfig, data).validate()
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> DistillConfig:
     """Read a TOML file (optional), apply ``--set`` overrides, validate."""
-    data: Dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: invalid TOML: {exc}") from None
+    data = read_toml(path) if path is not None else {}
     return config_from_dict(apply_overrides(data, overrides))

@@ -8,12 +8,12 @@ Data sources are file paths or ``things:KEY`` for the bundled THINGS data
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..config import apply_overrides, build_dataclass, deep_merge, read_toml
 
 
 @dataclass
@@ -78,90 +78,6 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, current: Any, where: str) -> Any:
-    """Convert ``value`` to the type of the field's current value, or raise naming the key."""
-    if isinstance(current, bool):
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-            return value.lower() in ("true", "1")
-        if isinstance(value, bool):
-            return value
-    elif isinstance(current, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-    elif isinstance(current, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif isinstance(current, str):
-        if isinstance(value, str):
-            return value
-    elif isinstance(current, list):
-        if isinstance(value, str):
-            try:
-                value = json.loads(value if value.startswith("[") else f"[{value}]")
-            except json.JSONDecodeError:
-                raise ValueError(f"config {where}: expected a list like [1, 2], got {value!r}") from None
-        if isinstance(value, list):
-            elem = current[0] if current else None
-            return [_coerce(v, elem, f"{where}[]") if elem is not None else v for v in value]
-    elif current is None:
-        return value
-    raise ValueError(f"config {where}: expected {type(current).__name__}, got {value!r}")
-
-
-def apply(cfg: RunConfig, values: Dict[str, Any], where: str = "") -> RunConfig:
-    """Set fields from a nested dict; unknown sections or keys raise naming them."""
-    for section, entries in values.items():
-        if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
-            known = [f.name for f in dataclasses.fields(cfg)]
-            raise ValueError(f"config{where}: unknown section [{section}]; known sections are {known}")
-        if not isinstance(entries, dict):
-            raise ValueError(f"config{where}: [{section}] must be a table")
-        sub = getattr(cfg, section)
-        names = {f.name for f in dataclasses.fields(sub)}
-        for key, value in entries.items():
-            if key not in names:
-                raise ValueError(f"config{where}: unknown key {section}.{key}; known keys are {sorted(names)}")
-            setattr(sub, key, _coerce(value, getattr(sub, key), f"{section}.{key}"))
-    return cfg
-
-
-def parse_overrides(items: Sequence[str]) -> Dict[str, Dict[str, str]]:
-    out: Dict[str, Dict[str, str]] = {}
-    for item in items:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--set expects section.key=value, got {item!r}")
-        path, value = item.split("=", 1)
-        section, key = path.split(".", 1)
-        out.setdefault(section.strip(), {})[key.strip()] = value.strip()
-    return out
-
-
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), preset: Optional[str] = None) -> RunConfig:
-    """Defaults, then the preset, then the TOML file, then ``--set`` overrides."""
-    cfg = with_preset(RunConfig(), preset)
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"config file {p} does not exist")
-        try:
-            values = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"config file {p} is not valid TOML: {exc}") from None
-        apply(cfg, values, f" file {p}")
-    apply(cfg, parse_overrides(overrides), " override")
-    return cfg
-
-
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     # A reduced run for CI and quick looks: same stages, fewer triplets and steps.
     "quick": {
@@ -173,12 +89,16 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
 }
 
 
-def with_preset(cfg: RunConfig, preset: Optional[str]) -> RunConfig:
-    if preset is None:
-        return cfg
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    return apply(cfg, PRESETS[preset], f" preset {preset}")
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), preset: Optional[str] = None) -> RunConfig:
+    """Defaults, then the preset, then the TOML file, then ``--set section.key=value`` overrides."""
+    data: Dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+        deep_merge(data, copy.deepcopy(PRESETS[preset]))
+    if path:
+        deep_merge(data, read_toml(path))
+    return build_dataclass(RunConfig, apply_overrides(data, overrides))
 
 
 def split_spec(spec: str) -> Tuple[str, Optional[str]]:
