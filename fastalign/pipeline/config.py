@@ -48,11 +48,12 @@ class TripletsConfig:
 @dataclass
 class StudentConfig:
     head: str = "linear"
-    dim_out: int = 512
-    steps: int = 1500
-    batch_size: int = 2048
+    head_init: str = "identity"  # start at the raw student features; decay-to-init pulls back toward them
+    dim_out: int = 0  # 0 keeps the student feature width
+    steps: int = 1000
+    batch_size: int = 1024
     lr: float = 3e-3
-    weight_decay: float = 1.0  # decay toward the initial weights (AligNet's decay_to_init)
+    weight_decay: float = 0.1  # decay toward the initial weights (AligNet's decay_to_init)
     warmup_steps: int = 100
     divergence: str = "jsd"
     temperature: float = 1.0
@@ -83,7 +84,7 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "quick": {
         "teacher": {"lambdas": [1e-2, 1e-1], "folds": 2},
         "triplets": {"num": 20_000, "val_num": 2_000, "clusters": 20},
-        "student": {"steps": 300, "batch_size": 1024, "eval_every": 100},
+        "student": {"steps": 300, "eval_every": 100},
         "eval": {"few_shot_episodes": 20},
     },
 }

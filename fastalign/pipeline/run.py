@@ -228,6 +228,7 @@ def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say):
         dc.student.kind = "features"
         dc.student.features = str(inputs.student_path)
         dc.student.head = sc.head
+        dc.student.head_init = sc.head_init
         dc.student.head_dim = sc.dim_out
         dc.data.source = "store"
         dc.data.store = str(out / "triplets" / "store")
