@@ -64,3 +64,15 @@ def test_bad_input_fails_before_work(tmp_path, capsys):
     assert rc == 2 and "unknown config key student.stepz" in capsys.readouterr().err
     rc = main(["run", "--out", str(tmp_path / "x"), "--force", "nope"])
     assert rc == 2 and "unknown stage" in capsys.readouterr().err
+
+
+def test_changed_config_reruns_the_stage_from_scratch(run_dir):
+    """A stage whose configuration changed must not pick up the old run's checkpoints."""
+    lines = []
+    changed = SMALL + ["student.steps=40"]
+    run_pipeline(load_config(overrides=changed), run_dir, say=lines.append)
+    text = "\n".join(lines)
+    assert "student: running" in text and "triplets: cached" in text
+    report = json.loads((run_dir / "student" / "stage.json").read_text())
+    assert report["metrics"]["steps"] == 40
+    assert not (run_dir / "student" / "stage.pending").exists()

@@ -16,7 +16,6 @@ Every stage calls the public API that users call.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -194,16 +193,9 @@ def _stage_triplets(cfg: RunConfig, inputs: Inputs, out: Path, say):
             num=tc.num, val_num=tc.val_num, strategy=tc.strategy, clusters=tc.clusters, seed=cfg.data.seed,
             kmeans_normalize=tc.normalize, sim_dtype="float32", resume=store.exists(), progress=False,
         )
-        try:
-            summary = generate(opts, say=lambda s: say("  " + s))
-        except ValueError as exc:
-            if not opts.resume:
-                raise
-            # Options changed since the interrupted attempt: start this stage afresh.
-            say(f"  cannot resume the existing store ({exc}); regenerating")
-            shutil.rmtree(store)
-            opts.resume = False
-            summary = generate(opts, say=lambda s: say("  " + s))
+        # The stage folder only survives an interrupted attempt with the same
+        # options (see stages.py), so an existing store is always resumable.
+        summary = generate(opts, say=lambda s: say("  " + s))
         # The manifests and shards are deterministic for the options; summary.json
         # and run.json hold timings, so they stay out of the stage's digest.
         files = sorted(p for p in store.rglob("*") if p.is_file() and (p.name == "manifest.json" or p.suffix == ".bin"))

@@ -3,23 +3,26 @@
 A stage's *key* hashes its configuration and the digests of what it reads.
 When a stage finishes, it writes ``<out>/<stage>/stage.json`` (atomically, last)
 with its key, its outputs' digest and its metrics. A rerun skips every stage
-whose ``stage.json`` holds the same key; an interrupted stage has no
-``stage.json`` and runs again (its own resume logic, such as the triplet
-store's or the distillation checkpoints', picks up the partial work).
+whose ``stage.json`` holds the same key. While a stage runs, ``stage.pending``
+holds its key: an interrupted stage with the same key resumes (its own resume
+logic, such as the triplet store's or the distillation checkpoints', picks up
+the partial work); a stage folder left by another key is cleared first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-from ..io import atomic_write_json
+from ..io import atomic_write_json, atomic_write_text
 
 STAGE_FILE = "stage.json"
+PENDING_FILE = "stage.pending"  # the key of the attempt in progress
 
 
 def digest_files(paths: Iterable[Path]) -> str:
@@ -89,8 +92,17 @@ class StageRunner:
                 self.log(f"[{index}/{total}] {stage.name}: cached ({result.seconds:.1f} s when run)")
                 self.results[stage.name] = result
                 return result
-        self.log(f"[{index}/{total}] {stage.name}: running")
+        # An interrupted attempt at the same key resumes from what it left; any
+        # other leftover (older config or inputs, or --force) is cleared first so
+        # that stale partial work (a store, checkpoints) is never picked up.
+        pending = stage_dir / PENDING_FILE
+        resuming = stage.name not in self.force and pending.exists() and pending.read_text().strip() == key
+        if not resuming:
+            shutil.rmtree(stage_dir)
+            stage_dir.mkdir(parents=True)
+            atomic_write_text(pending, key + "\n")
         record.unlink(missing_ok=True)  # a stage without its record is unfinished
+        self.log(f"[{index}/{total}] {stage.name}: {'resuming' if resuming else 'running'}")
         start = time.perf_counter()
         outputs, metrics = stage.body(stage_dir)
         seconds = time.perf_counter() - start
@@ -98,6 +110,7 @@ class StageRunner:
         atomic_write_json(record, {"key": key, "outputs_digest": result.outputs_digest, "metrics": metrics,
                                    "seconds": seconds, "outputs": [str(Path(p).relative_to(self.out))
                                                                    for p in sorted(outputs)]})
+        pending.unlink(missing_ok=True)
         self.log(f"[{index}/{total}] {stage.name}: done in {seconds:.1f} s")
         self.results[stage.name] = result
         return result
