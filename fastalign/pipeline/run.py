@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from ..eval.sources import resolve_features, resolve_triplets
 from ..io import atomic_save_npz, atomic_write, atomic_write_json
 from .config import RunConfig, split_spec
 from .stages import Stage, StageRunner, digest_files
@@ -49,26 +50,6 @@ def _feature_path(spec: str) -> Path:
     return p
 
 
-def _features(spec: str) -> np.ndarray:
-    from ..io import load_features
-
-    return load_features(_feature_path(spec))
-
-
-def _triplets(spec: str) -> np.ndarray:
-    src, key = split_spec(spec)
-    if src == "things":
-        from ..datasets import load_things
-
-        data = load_things()
-        if key not in data.triplets:
-            raise ValueError(f"unknown bundled triplets {spec!r}; expected one of {['things:' + k for k in data.triplets]}")
-        return np.asarray(data.triplets[key])
-    from ..io import load_triplets
-
-    return load_triplets(src).triplets
-
-
 def _categories(spec: str) -> Tuple[np.ndarray, List[str]]:
     from ..eval.sources import load_categories
 
@@ -83,10 +64,10 @@ class Inputs:
         d = cfg.data
         self.teacher_path = _feature_path(d.teacher_features)
         self.student_path = _feature_path(d.student_features)
-        self.teacher = _features(d.teacher_features)
-        self.student = _features(d.student_features)
-        self.human = _features(d.human_embedding) if d.human_embedding else None
-        self.triplets = _triplets(d.human_triplets)
+        self.teacher = resolve_features(d.teacher_features)
+        self.student = resolve_features(d.student_features)
+        self.human = resolve_features(d.human_embedding) if d.human_embedding else None
+        self.triplets = resolve_triplets(d.human_triplets)
         self.categories, self.category_names = _categories(d.categories) if d.categories else (None, [])
         n = self.teacher.shape[0]
         for name, arr in [("student features", self.student), ("human embedding", self.human),
