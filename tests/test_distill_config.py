@@ -158,3 +158,9 @@ def test_optional_backbones_say_what_is_missing():
         build_student(StudentConfig(kind="module", module="nocolon"))
     with pytest.raises(ValueError, match="cannot be imported"):
         build_student(StudentConfig(kind="module", module="no_such_mod_xyz:f"))
+
+
+def test_fsdp_needs_the_two_pass_step():
+    with pytest.raises(ValueError, match="train.distributed 'fsdp' needs train.step_mode 'two_pass'"):
+        config_from_dict({"train": {"distributed": "fsdp", "step_mode": "single"}})
+    assert config_from_dict({"train": {"distributed": "fsdp"}}).train.distributed == "fsdp"

@@ -63,6 +63,24 @@ class IndexedImages(nn.Module):
         return self.model(self.images[idx])
 
 
+class BlockStudent(nn.Module):
+    """Frozen feature rows through a ``ModuleList`` of blocks, then a head: the
+    layout FSDP shards block by block. Deterministic (no dropout)."""
+
+    def __init__(self, features: np.ndarray, widths=(6, 5), out_dim: int = 4):
+        super().__init__()
+        self.register_buffer("features", torch.as_tensor(features), persistent=False)
+        dims = (features.shape[1],) + tuple(widths)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.Tanh()) for a, b in zip(dims, dims[1:]))
+        self.head = nn.Linear(dims[-1], out_dim)
+
+    def forward(self, idx):
+        x = self.features[idx]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
 def synthetic_source(n_items: int = 40, n_triplets: int = 600, dim: int = 5, seed: int = 0) -> ArrayTripletSource:
     """Random distinct-item triplets labelled by a random teacher embedding."""
     gen = np.random.default_rng(seed)
@@ -112,6 +130,21 @@ def run_ddp_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     cfg = config_from_dict(base_config(out_dir, steps=4, ckpt_every=4, distributed="ddp", device="cpu"))
     distill(cfg, train_source=synthetic_source(), features=feature_matrix())
+
+
+def run_sharded_rank(rank: int, world: int, port: int, out_dir: str, mode: str, steps: int = 4) -> None:
+    """Entry point of one rank (gloo, CPU) training a ``BlockStudent`` with
+    ``train.distributed = mode``; ``world = 1`` runs a single process."""
+    from fastalign.distill import distill
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    student = BlockStudent(feature_matrix())
+    cfg = config_from_dict(base_config(out_dir, steps=steps, ckpt_every=2, keep_last=3, distributed=mode,
+                                       device="cpu"))
+    distill(cfg, student=student, train_source=synthetic_source())
 
 
 if __name__ == "__main__":

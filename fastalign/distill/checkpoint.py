@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..io.atomic import fsync_dir
+from .parallel import load_full_state
 
 FORMAT = "fastalign-distill-checkpoint/1"
 PREFIX = "ckpt-"
@@ -176,4 +177,4 @@ def load_model_state(model: nn.Module, tensors: Dict[str, torch.Tensor], source:
         if tuple(tensors[key].shape) != tuple(value.shape):
             raise ValueError(f"{source} does not fit this model: {key} has shape {tuple(tensors[key].shape)} "
                              f"in the checkpoint but {tuple(value.shape)} in the model")
-    model.load_state_dict(tensors, strict=True)
+    load_full_state(model, tensors)

@@ -161,7 +161,9 @@ class TrainConfig:
         activation_checkpointing: recompute activations in backward.
         seed: seeds the initialisation, the data order and dropout.
         device: "auto", "cpu" or "cuda".
-        distributed: "auto" (DDP when launched by torchrun), "ddp", "fsdp" or "none".
+        distributed: "auto" (DDP when launched by torchrun), "ddp", "fsdp" (shard
+            parameters, gradients and optimiser state over the ranks; see
+            ``distill.parallel``) or "none".
         out_dir: checkpoints, metrics, curves and the report go here.
         log_every, eval_every, ckpt_every: periods in steps (0 disables eval).
         keep_last: checkpoints kept.
@@ -258,6 +260,9 @@ class DistillConfig:
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.optim.betas!r}")
         if self.student.dropout >= 1.0:
             raise ValueError(f"student.dropout must be < 1, got {self.student.dropout!r}")
+        if self.train.distributed == "fsdp" and self.train.step_mode != "two_pass":
+            raise ValueError("train.distributed 'fsdp' needs train.step_mode 'two_pass' (its micro-batches run in "
+                             "lockstep over the ranks)")
         if self.data.source == "dense" and self.data.dense_items < 3:
             raise ValueError("data.dense_items must be >= 3 (a triplet needs three distinct items)")
         if self.loss.human_weight > 0 and (not self.loss.human_triplets or self.loss.human_batch == 0):

@@ -15,16 +15,21 @@ Several nodes (run on every node, ``NODE_RANK`` = 0..N-1)::
         --rdzv_backend=c10d --rdzv_endpoint=$MASTER_ADDR:29500 \\
         -m fastalign.cli.main distill --config distill.toml
 
+A student too large to replicate on every GPU: shard it with FSDP::
+
+    torchrun --standalone --nproc_per_node=8 -m fastalign.cli.main distill --config distill.toml \\
+        --set train.distributed=fsdp
+
 ``train.batch_triplets`` is the global batch: each rank streams its own
 shard of the triplet store with ``batch_triplets / world_size`` triplets a
-step, and DDP averages the gradients, so a run gives the same update on any
-number of ranks. Rerunning the same command resumes from the newest
-checkpoint in ``train.out_dir``.
+step, and DDP (or FSDP) averages the gradients, so a run gives the same
+update on any number of ranks. Rerunning the same command resumes from the
+newest checkpoint in ``train.out_dir`` (on the same number of ranks: each
+rank's stream position is saved).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -43,6 +48,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, load_model_state, sa
 from .config import DistillConfig
 from .data import ImageItems, StepStream, StreamSpec, read_file_names
 from .metrics import MetricsWriter, Progress, nvtx_range, plot_curves
+from .parallel import DistInfo, full_state, init_distributed, scalar, step_sync, unwrap, wrap_model
 from .optim import DecayToInitAdam, lr_at, set_lr, trainable_parameters
 from .sampler import DenseTripletSampler, human_triplet_rows, mix_seed
 from .step import STEPS, StepOptions
@@ -72,37 +78,7 @@ class DistillResult:
     steps: int
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owned: bool = False  # we initialised the process group (so we tear it down)
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def _init_distributed(cfg: DistillConfig, device_kind: str) -> _Dist:
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    mode = cfg.train.distributed
-    if mode == "fsdp":
-        raise ValueError("train.distributed 'fsdp' is not implemented in this version; use 'ddp'")
-    if world <= 1 or mode == "none":
-        if world > 1:
-            raise ValueError("launched with WORLD_SIZE > 1 but train.distributed is 'none'")
-        return _Dist()
-    owned = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-        owned = True
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
-
-
-def _device(cfg: DistillConfig, dist_info: _Dist) -> torch.device:
+def _device(cfg: DistillConfig, dist_info: DistInfo) -> torch.device:
     kind = cfg.train.device
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
@@ -141,18 +117,14 @@ def _rng_snapshot(device: torch.device) -> Dict[str, torch.Tensor]:
     return snap
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 @dataclass
 class _Run:
     """Everything the loop needs, built once by ``_setup``."""
 
     cfg: DistillConfig
-    dist: _Dist
+    dist: DistInfo
     device: torch.device
-    model: nn.Module  # possibly DDP-wrapped
+    model: nn.Module  # what the step runs: DDP-wrapped, or the student itself (FSDP shards it in place)
     student: nn.Module  # unwrapped
     optimizer: DecayToInitAdam
     names: Dict[nn.Parameter, str]
@@ -179,7 +151,7 @@ def _setup(cfg: DistillConfig, student: Optional[nn.Module], train_source, val_s
            features: Optional[np.ndarray]) -> _Run:
     cfg.validate()
     kind = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dist_info = _init_distributed(cfg, kind)
+    dist_info = init_distributed(cfg.train.distributed, kind)
     device = _device(cfg, dist_info)
     if cfg.train.batch_triplets % dist_info.world:
         raise ValueError(f"train.batch_triplets ({cfg.train.batch_triplets}) must be divisible by the number "
@@ -212,7 +184,7 @@ def _setup(cfg: DistillConfig, student: Optional[nn.Module], train_source, val_s
     # Items.
     images = None
     if cfg.data.items == "images":
-        if isinstance(_unwrap(student).backbone if hasattr(student, "backbone") else None, FeatureLookup):
+        if isinstance(unwrap(student).backbone if hasattr(student, "backbone") else None, FeatureLookup):
             raise ValueError("data.items 'images' needs an image student (student.kind timm, open_clip or module)")
         if cfg.data.file_names:
             names = read_file_names(cfg.data.file_names)
@@ -248,9 +220,12 @@ def _setup(cfg: DistillConfig, student: Optional[nn.Module], train_source, val_s
     if cfg.train.activation_checkpointing:
         enable_activation_checkpointing(student)
     student.train()
-    named = trainable_parameters(student)
-    if not named:
+    if not trainable_parameters(student):
         raise ValueError("the student has no trainable parameters")
+    # FSDP replaces the parameters with sharded ones: the optimiser (and its
+    # theta0) must see the parameters the step will update.
+    model = wrap_model(student, dist_info, device, bf16=cfg.train.amp == "bf16")
+    named = trainable_parameters(student)
     o = cfg.optim
     optimizer = DecayToInitAdam([p for _, p in named], lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                 weight_decay=o.weight_decay)
@@ -262,18 +237,8 @@ def _setup(cfg: DistillConfig, student: Optional[nn.Module], train_source, val_s
                        backend=cfg.loss.backend)
     spec = StreamSpec(train_source, local_batch, cfg.train.seed, cfg.data.shuffle, dist_info.rank,
                       dist_info.world, human, cfg.loss.human_batch, images)
-    run = _Run(cfg, dist_info, device, student, student, optimizer, names, spec, train_source, val_source,
-               num_items, human_eval, images, opts, Path(cfg.train.out_dir))
-    if dist_info.active:
-        import inspect
-
-        # Buffers (a FeatureStudent's feature matrix, BatchNorm statistics)
-        # are not re-broadcast every forward; newer torch renamed the switch.
-        params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
-        sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
-        run.model = nn.parallel.DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None, **sync)
-    return run
+    return _Run(cfg, dist_info, device, model, student, optimizer, names, spec, train_source, val_source,
+                num_items, human_eval, images, opts, Path(cfg.train.out_dir))
 
 
 def _resume(run: _Run) -> None:
@@ -314,13 +279,15 @@ def _save(run: _Run) -> Path:
     else:
         gathered = [(mine, rng)]
     path = run.out_dir / f"ckpt-{run.step:08d}"
+    # Gathering sharded (FSDP) tensors whole is a collective: every rank takes part.
+    model_state = full_state(run.student.state_dict())
+    optim_tensors, optim_steps = run.optimizer.named_state(run.names)
     if run.dist.rank == 0:
         rng_tensors = {f"{k}.{r}": v for r, (_, states) in enumerate(gathered) for k, v in states.items()}
-        optim_tensors, optim_steps = run.optimizer.named_state(run.names)
         state = {"config": run.cfg.to_dict(), "optim_steps": optim_steps,
                  "ranks": [g[0] for g in gathered],
-                 "shapes": {k: list(v.shape) for k, v in run.student.state_dict().items()}}
-        path = save_checkpoint(run.out_dir, run.step, run.student.state_dict(), optim_tensors, rng_tensors,
+                 "shapes": {k: list(v.shape) for k, v in model_state.items()}}
+        path = save_checkpoint(run.out_dir, run.step, model_state, optim_tensors, rng_tensors,
                                state, run.cfg.train.keep_last)
     if run.dist.active:
         import torch.distributed as dist
@@ -498,15 +465,14 @@ def distill(config: DistillConfig, *, student: Optional[nn.Module] = None, train
 def _train(run: _Run) -> DistillResult:
     cfg = run.cfg
     is_main = run.dist.rank == 0
+    # A sharded student's forward is a collective: then every rank evaluates.
+    evaluates = is_main or run.dist.sharded
     run.out_dir.mkdir(parents=True, exist_ok=True)
     _resume(run)
     writer = MetricsWriter(run.out_dir, resume_step=run.step) if is_main else None
     step_fn = STEPS[cfg.train.step_mode]
     model = run.model
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-
-    def sync_context(last: bool):
-        return contextlib.nullcontext() if (not ddp or last) else model.no_sync()
+    sync = step_sync(model, run.dist)
 
     params = [p for p in run.names]
     progress = Progress(cfg.train.steps, run.step, cfg.train.progress and is_main, cfg.train.log_every)
@@ -523,10 +489,10 @@ def _train(run: _Run) -> DistillResult:
         set_lr(run.optimizer, lr)
         t0 = time.perf_counter()
         run.optimizer.zero_grad(set_to_none=True)
-        res = step_fn(model, batch, run.opts, sync_context)
+        res = step_fn(model, batch, run.opts, sync)
         with nvtx_range("optimizer"):
             clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            grad_norm = scalar(torch.nn.utils.clip_grad_norm_(params, clip))
             run.optimizer.step()
         run.step += 1
         run.position = dict(batch.position)
@@ -545,7 +511,7 @@ def _train(run: _Run) -> DistillResult:
                    "grad_norm": grad_norm, "triplets_per_s": tps, "items_per_s": ips,
                    "step_s": dt, **{f"t_{k}": v for k, v in res.times.items()},
                    "skipped_items": skipped_items, "skipped_triplets": skipped_triplets}
-            if cfg.train.eval_every and (run.step % cfg.train.eval_every == 0 or at_end) and is_main:
+            if cfg.train.eval_every and (run.step % cfg.train.eval_every == 0 or at_end) and evaluates:
                 row.update(evaluate(run))
             if writer is not None:
                 writer.log(row)
@@ -556,7 +522,7 @@ def _train(run: _Run) -> DistillResult:
     if last_ckpt is None:  # resumed at (or past) the last step: nothing new to train
         last_ckpt = latest_checkpoint(run.out_dir) or _save(run)
     final = dict(last_metrics)
-    if is_main and (cfg.eval.human_triplets or run.val_source is not None
+    if evaluates and (cfg.eval.human_triplets or run.val_source is not None
                     or isinstance(run.train_source, DenseTripletSampler)):
         final.update(evaluate(run))
     elapsed = time.perf_counter() - t_start

@@ -16,6 +16,8 @@ from typing import Dict, Iterable, List, Tuple
 
 import torch
 
+from .parallel import full_tensor, like
+
 
 class DecayToInitAdam(torch.optim.Optimizer):
     """Adam whose weight decay pulls toward ``theta0`` (the weights at construction).
@@ -75,19 +77,21 @@ class DecayToInitAdam(torch.optim.Optimizer):
 
     def named_state(self, names: Dict[torch.nn.Parameter, str]) -> Tuple[Dict[str, torch.Tensor], Dict[str, int]]:
         """Tensors keyed ``"<kind>.<param name>"`` and step counts keyed by name,
-        for a safetensors checkpoint (no pickle)."""
+        for a safetensors checkpoint (no pickle). Sharded (FSDP) states are
+        gathered whole, so every rank must call this."""
         tensors, steps = {}, {}
         for group in self.param_groups:
             for p in group["params"]:
                 name, st = names[p], self.state[p]
                 for kind in ("theta0", "exp_avg", "exp_avg_sq"):
-                    tensors[f"{kind}.{name}"] = st[kind].detach().contiguous().cpu()
+                    tensors[f"{kind}.{name}"] = full_tensor(st[kind].detach()).contiguous().cpu()
                 steps[name] = int(st["step"])
         return tensors, steps
 
     def load_named_state(self, names: Dict[torch.nn.Parameter, str], tensors: Dict[str, torch.Tensor],
                          steps: Dict[str, int]) -> None:
-        """Inverse of ``named_state``; raises ``ValueError`` on a shape mismatch."""
+        """Inverse of ``named_state`` (full tensors, resharded like each
+        parameter); raises ``ValueError`` on a shape mismatch."""
         for group in self.param_groups:
             for p in group["params"]:
                 name, st = names[p], self.state[p]
@@ -99,7 +103,7 @@ class DecayToInitAdam(torch.optim.Optimizer):
                     if tuple(src.shape) != tuple(p.shape):
                         raise ValueError(f"checkpoint optimiser state {key} has shape {tuple(src.shape)}, "
                                          f"the model has {tuple(p.shape)}")
-                    st[kind] = src.to(device=p.device, dtype=p.dtype).clone()
+                    st[kind] = like(src, p).clone()
                 st["step"] = int(steps[name])
 
 

@@ -31,7 +31,6 @@ from torch import nn
 from ..ops import triplet_distill_loss, triplet_loss
 from .metrics import nvtx_range
 
-SyncContext = Callable[[bool], ContextManager]
 
 
 @dataclass
@@ -175,27 +174,55 @@ def _no_sync(_last: bool) -> ContextManager:
     return contextlib.nullcontext()
 
 
-def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
-                  sync_context: SyncContext = _no_sync) -> StepResult:
+def _own_count(count: int) -> int:
+    return count
+
+
+@dataclass(frozen=True)
+class StepSync:
+    """How a step keeps in step with the other ranks (the default: alone).
+
+    Attributes:
+        grad_context: ``grad_context(is_last_micro_batch)`` wraps each backward
+            (DDP passes ``no_sync`` for all but the last, so gradients are
+            all-reduced once per step).
+        micro_batches: maps this rank's number of micro-batches to the number
+            every rank runs (their maximum). Ranks hold different numbers of
+            unique items, but with FSDP each forward and backward is a
+            collective, so a rank with fewer pads with forwards that add
+            nothing to the gradient. Called once per step.
+    """
+
+    grad_context: Callable[[bool], ContextManager] = _no_sync
+    micro_batches: Callable[[int], int] = _own_count
+
+
+def _padding_input(batch: StepBatch, device: torch.device) -> torch.Tensor:
+    # One real row keeps every model happy (BatchNorm refuses empty batches);
+    # its output is multiplied by a zero gradient.
+    return batch.inputs[:1].to(device, non_blocking=True)
+
+
+def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions, sync: StepSync = StepSync()) -> StepResult:
     """Accumulate the step's parameter gradients into ``.grad`` with gradient caching.
 
     Args:
         model: the student (in train mode); maps ``inputs[s]`` to (len(s), D).
         batch: the step's data.
         opts: loss and micro-batch options.
-        sync_context: ``sync_context(is_last_micro_batch)`` wraps each backward
-            (DDP passes ``no_sync`` for all but the last, so gradients are
-            all-reduced once per step).
+        sync: cooperation with the other ranks (see ``StepSync``).
     """
     device = model_device(model)
     n = batch.inputs.shape[0]
-    if n == 0:  # every item of the step failed to load: nothing to learn from
-        return StepResult(0.0, 0.0, 0.0, 0, 0, {"embed": 0.0, "loss": 0.0, "backward": 0.0})
     parts = _slices(n, opts.micro_batch)
+    pads = sync.micro_batches(len(parts)) - len(parts)
+    if n == 0 and pads == 0:  # every item of the step failed to load: nothing to learn from
+        return StepResult(0.0, 0.0, 0.0, 0, 0, {"embed": 0.0, "loss": 0.0, "backward": 0.0})
     times = {}
     t0 = _clock(opts, device)
     states = []
     emb = None
+    saved = [b.clone() for b in _norm_buffers(model)]
     with nvtx_range("embed"), torch.no_grad():
         for s in parts:
             states.append(_rng_state(device))
@@ -204,6 +231,16 @@ def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
             if emb is None:  # written in place: no list of outputs plus a concatenated copy
                 emb = torch.empty(n, out.shape[1], dtype=torch.float32, device=out.device)
             emb[s] = out
+        if pads:
+            counted = [b.clone() for b in _norm_buffers(model)]  # padding must not move BatchNorm statistics
+            for _ in range(pads):
+                with _autocast(device, opts.amp):
+                    model(_padding_input(batch, device))
+            _restore(model, counted)
+    if emb is None:  # no items here, padding forwards only
+        _pad_backward(model, batch, device, opts, sync, pads, 0)
+        _restore(model, saved)
+        return StepResult(0.0, 0.0, 0.0, 0, 0, {"embed": 0.0, "loss": 0.0, "backward": 0.0})
     emb.requires_grad_()
     t1 = _clock(opts, device)
     times["embed"] = t1 - t0
@@ -217,26 +254,45 @@ def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
     del total, distill, human, emb
     t2 = _clock(opts, device)
     times["loss"] = t2 - t1
-    saved = [b.clone() for b in _norm_buffers(model)]
+    after_pass1 = [b.clone() for b in _norm_buffers(model)]
     with nvtx_range("backward"):
+        last = len(parts) + pads - 1
         for idx, (s, state) in enumerate(zip(parts, states)):
-            with _replay(device, state), sync_context(idx == len(parts) - 1):
+            with _replay(device, state), sync.grad_context(idx == last):
                 with _autocast(device, opts.amp):
                     out = model(batch.inputs[s].to(device, non_blocking=True))
                 out.backward(grad[s].to(out.dtype))
-    with torch.no_grad():
-        for b, old in zip(_norm_buffers(model), saved):
-            b.copy_(old)
+        _pad_backward(model, batch, device, opts, sync, pads, len(parts))
+    _restore(model, after_pass1)  # BatchNorm statistics move once per step, in pass 1
     times["backward"] = _clock(opts, device) - t2
     return StepResult(*values, n, int(batch.triplets.shape[0]), times)
 
 
+def _restore(model: nn.Module, saved: List[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for b, old in zip(_norm_buffers(model), saved):
+            b.copy_(old)
+
+
+def _pad_backward(model: nn.Module, batch: StepBatch, device: torch.device, opts: StepOptions, sync: StepSync,
+                  pads: int, done: int) -> None:
+    """``pads`` forward-backward passes with a zero output gradient: they take
+    part in the other ranks' collectives and add nothing to ``.grad``."""
+    for idx in range(done, done + pads):
+        with sync.grad_context(idx == done + pads - 1):
+            with _autocast(device, opts.amp):
+                out = model(_padding_input(batch, device))
+            out.backward(torch.zeros_like(out))
+
+
 def single_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
-                     sync_context: SyncContext = _no_sync) -> StepResult:
+                     sync: StepSync = StepSync()) -> StepResult:
     """The naive step: one autograd graph over all micro-batches, then backward.
 
     Same RNG consumption as ``two_pass_step`` (micro-batches in order), so the
-    gradients agree; activation memory grows with the number of items.
+    gradients agree; activation memory grows with the number of items. Uses
+    only ``sync.grad_context`` (FSDP needs the two-pass step's lockstep
+    micro-batches; the config refuses it here).
     """
     device = model_device(model)
     n = batch.inputs.shape[0]
@@ -256,7 +312,7 @@ def single_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
         total, distill, human = objective(emb, batch, opts)
     t2 = _clock(opts, device)
     times["loss"] = t2 - t1
-    with nvtx_range("backward"), sync_context(True):
+    with nvtx_range("backward"), sync.grad_context(True):
         total.backward()
     times["backward"] = _clock(opts, device) - t2
     return StepResult(float(total.detach()), float(distill.detach()), float(human.detach()), n,
