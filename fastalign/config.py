@@ -27,6 +27,12 @@ def convert(key: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{key} must be a list, got {type(value).__name__} {value!r}")
         return [convert(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        # A free-form table (e.g. keyword arguments for a model factory): its
+        # keys are checked by whoever consumes it.
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{key} must be a table, got {type(value).__name__} {value!r}")
+        return {str(k): v for k, v in value.items()}
     if annotation is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{key} must be true or false, got {type(value).__name__} {value!r}")

@@ -12,7 +12,7 @@ import torch
 
 from fastalign.distill import ArrayTripletSource, DenseTripletSampler, config_from_dict, distill
 from fastalign.distill.data import ImageItems, StepStream, StreamSpec
-from test_distill_fixtures import base_config, feature_matrix, synthetic_source
+from test_distill_fixtures import base_config, feature_matrix, synthetic_source, write_images
 
 
 def test_rank_shards_union_is_the_single_process_batch():
@@ -102,25 +102,8 @@ def test_workers_give_the_same_order():
         assert torch.equal(a.items[a.triplets], b.items[b.triplets]) and a.position == b.position
 
 
-def _write_images(root, n, corrupt=(), missing=()):
-    from PIL import Image
-
-    names = []
-    for i in range(n):
-        name = f"img{i}.png"
-        names.append(name)
-        if i in missing:
-            continue
-        if i in corrupt:
-            (root / name).write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
-            continue
-        arr = (np.random.default_rng(i).random((10, 14, 3)) * 255).astype(np.uint8)
-        Image.fromarray(arr).save(root / name)
-    return names
-
-
 def test_corrupt_and_missing_images_are_skipped_counted_logged(tmp_path, caplog):
-    names = _write_images(tmp_path, 8, corrupt={2}, missing={5})
+    names = write_images(tmp_path, 8, corrupt={2}, missing={5})
     images = ImageItems(str(tmp_path), names, size=6)
     img = images.load(0)
     assert img.shape == (3, 6, 6) and torch.isfinite(img).all()
@@ -141,7 +124,7 @@ def test_corrupt_and_missing_images_are_skipped_counted_logged(tmp_path, caplog)
 
 
 def test_store_item_count_must_match_the_image_list(tmp_path):
-    names = _write_images(tmp_path, 5)
+    names = write_images(tmp_path, 5)
     listing = tmp_path / "names.txt"
     listing.write_text("\n".join(names))
     cfg = base_config(str(tmp_path / "run"))
@@ -159,7 +142,7 @@ def test_feature_count_must_match_the_source(tmp_path):
 
 def test_image_student_trains_through_the_loop(tmp_path):
     """End to end on image files (one corrupt): the loop runs, counts the skip, checkpoints."""
-    names = _write_images(tmp_path, 12, corrupt={3})
+    names = write_images(tmp_path, 12, corrupt={3})
     listing = tmp_path / "names.txt"
     listing.write_text("\n".join(names))
     gen = np.random.default_rng(0)

@@ -94,6 +94,24 @@ def synthetic_source(n_items: int = 40, n_triplets: int = 600, dim: int = 5, see
     return ArrayTripletSource(trip, sims.astype(np.float32), num_items=n_items, manifest={"temperature": 1.0})
 
 
+def write_images(root, n, corrupt=(), missing=()):
+    """``n`` small PNGs ``img<i>.png`` under ``root`` (some corrupt or missing); returns their names."""
+    from PIL import Image
+
+    names = []
+    for i in range(n):
+        name = f"img{i}.png"
+        names.append(name)
+        if i in missing:
+            continue
+        if i in corrupt:
+            (root / name).write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
+            continue
+        arr = (np.random.default_rng(i).random((10, 14, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / name)
+    return names
+
+
 def base_config(out_dir: str, **train) -> dict:
     cfg = {
         "student": {"kind": "features", "head": "linear", "head_dim": 4},

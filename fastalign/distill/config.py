@@ -33,8 +33,14 @@ class StudentConfig:
             identity weight, zero bias: training starts at the backbone's features).
         dropout: dropout before the head (0 = off).
         model_name: timm / open_clip architecture name.
-        weights: local path of pretrained weights (never downloaded).
-        pooling: "cls", "avg" or "map" for timm / open_clip.
+        model_kwargs: extra keyword arguments of the model factory
+            (``timm.create_model``, ``open_clip.create_model`` or the "module"
+            factory), e.g. ``{drop_path_rate = 0.1, img_size = 160}``.
+        weights: local path of pretrained weights (never downloaded): a
+            ``.safetensors`` or ``torch.save`` state dict, loaded by the model
+            library itself (timm drops the classifier and resizes position
+            embeddings; nothing is unpickled).
+        pooling: "cls", "avg" or "map" (attention pooling) for timm / open_clip.
         module: ``"pkg.mod:factory"`` for kind "module".
     """
 
@@ -46,6 +52,7 @@ class StudentConfig:
     head_init: str = "random"
     dropout: float = 0.0
     model_name: str = ""
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     pooling: str = "avg"
     module: str = ""
@@ -72,7 +79,8 @@ class DataConfig:
         image_root: directory the image ``file_names`` are relative to.
         file_names: text file, one image path per line; "" uses the store
             manifest's ``file_names``.
-        image_size: side of the square crop fed to the student.
+        image_size: side of the square crop fed to the student; 0 uses the
+            model's own input size (224 when it states none).
         mean, std: per-channel normalisation; empty uses the model's own.
         num_workers: DataLoader workers (image decoding).
         shuffle: shuffle the store each epoch.
@@ -87,7 +95,7 @@ class DataConfig:
     items: str = "features"
     image_root: str = ""
     file_names: str = ""
-    image_size: int = 224
+    image_size: int = 0
     mean: List[float] = field(default_factory=list)
     std: List[float] = field(default_factory=list)
     num_workers: int = 0
@@ -251,7 +259,8 @@ class DistillConfig:
                            ("loss.human_weight", self.loss.human_weight), ("loss.human_batch", self.loss.human_batch),
                            ("train.eval_every", self.train.eval_every), ("eval.val_batches", self.eval.val_batches),
                            ("student.dropout", self.student.dropout), ("student.head_dim", self.student.head_dim),
-                           ("data.num_workers", self.data.num_workers)):
+                           ("data.num_workers", self.data.num_workers),
+                           ("data.image_size", self.data.image_size)):
             if value < 0:
                 raise ValueError(f"{key} must be >= 0, got {value!r}")
         if not 0.0 <= self.optim.min_lr_ratio <= 1.0:

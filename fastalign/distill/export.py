@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
@@ -42,7 +43,8 @@ def embed_checkpoint(checkpoint: Union[str, Path], *, features: Optional[str] = 
         feats = load_feature_matrix(features or cfg.student.features)
     elif features is not None:
         raise ValueError(f"this checkpoint's student is a {cfg.student.kind!r} image model: pass --images")
-    student = build_student(cfg.student, feats)
+    # The checkpoint holds every weight: the pretrained file need not exist any more.
+    student = build_student(dataclasses.replace(cfg.student, weights=""), feats)
     load_model_state(student, ckpt.model, f"checkpoint {ckpt.path}")
     student.to(torch.device(device))
     if feats is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -141,11 +141,16 @@ def FeatureStudent(features: Union[np.ndarray, torch.Tensor], head: str = "linea
     return Student(lookup, make_head(head, lookup.dim, out_dim, hidden_dim, init, dropout))
 
 
-def _load_local_weights(module: nn.Module, weights: str) -> None:
-    """Load a local ``.safetensors`` or ``torch.save`` state dict (weights only)."""
+def _local_weights(weights: str) -> str:
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"student weights not found: {path} (weights are never downloaded)")
+    return str(path)
+
+
+def _load_local_weights(module: nn.Module, weights: str) -> None:
+    """Load a local ``.safetensors`` or ``torch.save`` state dict (weights only)."""
+    path = Path(_local_weights(weights))
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -162,35 +167,108 @@ def _load_local_weights(module: nn.Module, weights: str) -> None:
         raise ValueError(f"{path}: weights do not match the model: missing keys {trainable_missing[:5]}")
 
 
-def timm_backbone(model_name: str, weights: str = "", pooling: str = "avg") -> Tuple[nn.Module, int]:
-    """A timm model without classifier; returns ``(module, D)``. Needs ``timm``."""
+# Modules that a timm pooling / head configuration adds fresh (not in a
+# classification checkpoint): their weights may be missing from the file.
+_TIMM_NEW_MODULES = ("fc_norm", "attn_pool", "head", "head_drop", "global_pool")
+
+
+def _load_timm_weights(model: nn.Module, weights: str) -> None:
+    """Load a local checkpoint into a timm model, strictly.
+
+    timm's own pretrained path only warns about keys that do not fit (a
+    checkpoint of another architecture would load nothing, silently). This
+    applies the same adaptations (the model family's ``checkpoint_filter_fn``
+    resamples position embeddings for another ``img_size``), drops the
+    classifier, then refuses any other key that does not fit.
+    """
+    import sys
+
+    from timm.models import load_state_dict
+
+    path = _local_weights(weights)
+    state = load_state_dict(path, weights_only=True)
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head")
+    classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    modules = dict(model.named_modules())
+
+    def removed(key: str) -> bool:  # the classifier, or a part this configuration replaced by Identity
+        owner = key.rsplit(".", 1)[0]
+        return owner.startswith(classifier) or isinstance(modules.get(owner), nn.Identity)
+
+    state = {k: v for k, v in state.items() if not removed(k)}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{path}: weights do not fit the model: {exc}") from None
+    missing = [k for k in missing if not k.startswith(_TIMM_NEW_MODULES)]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+
+
+def timm_backbone(model_name: str, weights: str = "", pooling: str = "avg",
+                  model_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[nn.Module, int]:
+    """A timm model without classifier; returns ``(module, D)``. Needs ``timm``.
+
+    Args:
+        model_name: timm architecture (``vit_base_patch16_224``).
+        weights: local ``.safetensors`` / ``torch.save`` file (see
+            ``_load_timm_weights``); "" keeps the random initialisation.
+        pooling: "cls", "avg" or "map" (timm's ``global_pool``). A pooling
+            module the checkpoint lacks (a ViT's ``fc_norm`` for "avg", its
+            ``attn_pool`` for "map") starts fresh, as the head does.
+        model_kwargs: more ``timm.create_model`` arguments (``img_size``, ``drop_path_rate``).
+    """
     try:
         import timm
     except ImportError:
         raise ValueError("student.kind 'timm' needs the timm package (pip install timm)") from None
     pool = {"cls": "token", "avg": "avg", "map": "map"}[pooling]
-    model = timm.create_model(model_name, pretrained=False, num_classes=0, global_pool=pool)
+    try:
+        model = timm.create_model(model_name, pretrained=False, num_classes=0, global_pool=pool,
+                                  **(model_kwargs or {}))
+    except (RuntimeError, ValueError, TypeError, AssertionError, KeyError) as exc:
+        raise ValueError(f"timm cannot build student {model_name!r} (pooling {pooling!r}): {exc}") from None
     if weights:
-        _load_local_weights(model, weights)
+        _load_timm_weights(model, weights)
     return model, int(model.num_features)
 
 
-def open_clip_backbone(model_name: str, weights: str = "", pooling: str = "cls") -> Tuple[nn.Module, int]:
-    """The image tower of an open_clip model; returns ``(module, D)``. Needs ``open_clip``."""
+def open_clip_backbone(model_name: str, weights: str = "", pooling: str = "cls",
+                       model_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[nn.Module, int]:
+    """The image tower of an open_clip model; returns ``(module, D)``. Needs ``open_clip``.
+
+    Args:
+        model_name: open_clip architecture (``ViT-B-32``).
+        weights: local file of the whole CLIP model's weights, loaded by
+            open_clip (``pretrained=<path>``, weights only); "" keeps the
+            random initialisation.
+        pooling: "cls" or "avg" for a ViT tower; "map" for a tower built with
+            an attention pool (ResNet towers always pool by attention).
+        model_kwargs: more ``open_clip.create_model`` arguments (``force_image_size``).
+    """
     try:
         import open_clip
     except ImportError:
         raise ValueError("student.kind 'open_clip' needs the open_clip_torch package") from None
-    model = open_clip.create_model(model_name, pretrained=None)
-    if weights:
-        _load_local_weights(model, weights)
+    try:
+        model = open_clip.create_model(model_name, pretrained=_local_weights(weights) if weights else None,
+                                       **(model_kwargs or {}))
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"open_clip cannot build student {model_name!r} (weights {weights or 'none'!r}): "
+                         f"{exc}") from None
     visual = model.visual
-    if pooling == "map":
-        # open_clip builds its attention pool from the model config, not per call.
-        if getattr(visual, "attn_pool", None) is None:
-            raise ValueError(f"open_clip model {model_name!r} has no attention pool: use pooling 'cls' or 'avg'")
-    elif hasattr(visual, "pool_type"):
-        visual.pool_type = {"cls": "tok", "avg": "avg"}[pooling]
+    if hasattr(visual, "pool_type"):  # a ViT tower
+        if pooling == "map":
+            # open_clip builds its attention pool from the model config, not per call.
+            if getattr(visual, "attn_pool", None) is None:
+                raise ValueError(f"open_clip model {model_name!r} has no attention pool: use pooling 'cls' or 'avg'")
+        else:
+            visual.pool_type = {"cls": "tok", "avg": "avg"}[pooling]
+    elif pooling != "map":
+        raise ValueError(f"open_clip model {model_name!r} pools by attention: use student.pooling 'map'")
     dim = int(getattr(visual, "output_dim", 0) or getattr(model, "embed_dim", 0))
     return visual, dim
 
@@ -203,6 +281,10 @@ def image_preprocess(cfg: StudentConfig, model: nn.Module) -> Tuple[int, Tuple[f
         dc = getattr(backbone, "pretrained_cfg", None) or {}
         size = int(dc.get("input_size", (3, size))[-1])
         mean, std = tuple(dc.get("mean", mean)), tuple(dc.get("std", std))
+        # ``img_size=...`` changes the model, not its pretrained_cfg.
+        built = getattr(getattr(backbone, "patch_embed", None), "img_size", None)
+        if built is not None:
+            size = int(built[0] if isinstance(built, (tuple, list)) else built)
     elif cfg.kind == "open_clip":
         pc = getattr(backbone, "preprocess_cfg", None) or {}
         size = pc.get("size", getattr(backbone, "image_size", size))
@@ -228,7 +310,7 @@ def build_student(cfg: StudentConfig, features: Optional[np.ndarray] = None) -> 
         feats = features if features is not None else load_feature_matrix(cfg.features)
         return FeatureStudent(feats, cfg.head, cfg.head_dim, cfg.hidden_dim, cfg.head_init, cfg.dropout)
     if cfg.kind == "module":
-        backbone = _import_factory(cfg.module)()
+        backbone = _import_factory(cfg.module)(**cfg.model_kwargs)
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"student.module {cfg.module!r} must return an nn.Module")
         if cfg.weights:
@@ -241,9 +323,9 @@ def build_student(cfg: StudentConfig, features: Optional[np.ndarray] = None) -> 
         return Student(backbone, make_head(cfg.head, int(dim), cfg.head_dim, cfg.hidden_dim, cfg.head_init,
                                            cfg.dropout))
     if cfg.kind == "timm":
-        backbone, dim = timm_backbone(cfg.model_name, cfg.weights, cfg.pooling)
+        backbone, dim = timm_backbone(cfg.model_name, cfg.weights, cfg.pooling, cfg.model_kwargs)
     else:
-        backbone, dim = open_clip_backbone(cfg.model_name, cfg.weights, cfg.pooling)
+        backbone, dim = open_clip_backbone(cfg.model_name, cfg.weights, cfg.pooling, cfg.model_kwargs)
     return Student(backbone, make_head(cfg.head, dim, cfg.head_dim, cfg.hidden_dim, cfg.head_init, cfg.dropout))
 
 
