@@ -51,3 +51,17 @@ def test_every_command_in_the_examples_exists():
     commands = set(build_parser()._subparsers._group_actions[0].choices)
     used = set(re.findall(r"^fastalign ([a-z-]+)", README, flags=re.M))
     assert used and used <= commands, used - commands
+
+
+def test_readme_run_config_is_valid():
+    """The README's ``fastalign run`` TOML example names only real fields with the right types."""
+    import tomllib
+
+    from fastalign.config import build_dataclass
+    from fastalign.pipeline.config import RunConfig
+
+    blocks = re.findall(r"```toml\n(.*?)```", README, re.S)
+    assert blocks, "the README shows a fastalign run config"
+    for block in blocks:
+        cfg = build_dataclass(RunConfig, tomllib.loads(block))
+        assert cfg.student.kind == "timm" and cfg.data.student_images

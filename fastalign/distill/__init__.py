@@ -8,7 +8,7 @@ gradient-cached steps, decay-to-init Adam, checkpoints, metrics); see
 from .checkpoint import load_checkpoint
 from .config import (DataConfig, DistillConfig, EvalConfig, LossConfig, OptimConfig, StudentConfig, TrainConfig,
                      config_from_dict, load_config)
-from .export import embed_checkpoint
+from .export import embed_checkpoint, embed_student
 from .loop import DistillResult, distill, embed_items
 from .optim import DecayToInitAdam, lr_at
 from .sampler import ArrayTripletSource, DenseTripletSampler, TripletBatch
@@ -19,6 +19,6 @@ __all__ = [
     "ArrayTripletSource", "DataConfig", "DecayToInitAdam", "DenseTripletSampler", "DistillConfig", "DistillResult",
     "EvalConfig", "FeatureStudent", "LossConfig", "OptimConfig", "StepBatch", "StepOptions", "StepResult",
     "Student", "StudentConfig", "TrainConfig", "TripletBatch", "build_student", "config_from_dict", "distill",
-    "embed_checkpoint", "embed_items", "load_checkpoint", "load_config", "lr_at", "make_head",
+    "embed_checkpoint", "embed_items", "embed_student", "load_checkpoint", "load_config", "lr_at", "make_head",
     "single_pass_step", "two_pass_step",
 ]

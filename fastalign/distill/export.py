@@ -8,11 +8,12 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from torch import nn
 
 from .checkpoint import load_checkpoint, load_model_state
-from .config import config_from_dict
+from .config import DistillConfig, config_from_dict
 from .data import ImageItems
-from .student import build_student, image_preprocess, load_feature_matrix
+from .student import FeatureLookup, build_student, image_preprocess, load_feature_matrix
 
 
 def embed_checkpoint(checkpoint: Union[str, Path], *, features: Optional[str] = None,
@@ -32,8 +33,6 @@ def embed_checkpoint(checkpoint: Union[str, Path], *, features: Optional[str] = 
         ``(emb, ok)``: float32 (N, D') embeddings (zero rows for images that
         failed to load) and the (N,) bool mask of rows that loaded.
     """
-    from .loop import embed_items
-
     ckpt = load_checkpoint(Path(checkpoint), weights_only=True)
     cfg = config_from_dict(ckpt.state["config"])
     feats = None
@@ -46,9 +45,30 @@ def embed_checkpoint(checkpoint: Union[str, Path], *, features: Optional[str] = 
     # The checkpoint holds every weight: the pretrained file need not exist any more.
     student = build_student(dataclasses.replace(cfg.student, weights=""), feats)
     load_model_state(student, ckpt.model, f"checkpoint {ckpt.path}")
+    return embed_student(student, cfg, image_root=image_root, file_names=file_names, micro_batch=micro_batch,
+                         device=device)
+
+
+def embed_student(student: nn.Module, cfg: DistillConfig, *, image_root: Optional[str] = None,
+                  file_names: Optional[List[str]] = None, micro_batch: int = 256,
+                  device: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
+    """Embed every item with ``student`` (eval mode, no autograd).
+
+    Args:
+        student: a ``FeatureStudent`` (embeds all its feature rows) or an image
+            model (embeds ``file_names``, preprocessed as ``cfg`` says).
+        cfg: the distillation config the student was built from.
+        image_root, file_names, micro_batch, device: as in ``embed_checkpoint``.
+
+    Returns:
+        ``(emb, ok)`` as in ``embed_checkpoint``.
+    """
+    from .loop import embed_items
+
     student.to(torch.device(device))
-    if feats is not None:
-        items = torch.arange(feats.shape[0])
+    backbone = getattr(student, "backbone", None)
+    if isinstance(backbone, FeatureLookup):
+        items = torch.arange(backbone.num_items)
         images = None
     else:
         if not file_names:
@@ -57,7 +77,7 @@ def embed_checkpoint(checkpoint: Union[str, Path], *, features: Optional[str] = 
         images = ImageItems(image_root or "", file_names, cfg.data.image_size or size,
                             cfg.data.mean or mean, cfg.data.std or std)
         items = torch.arange(len(file_names))
-    emb, ok = embed_items(student, items, micro_batch, images)
+    emb, ok = embed_items(student, items, micro_batch, images, amp=cfg.train.amp == "bf16")
     return emb.cpu().numpy().astype(np.float32), ok.numpy()
 
 

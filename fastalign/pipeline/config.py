@@ -4,6 +4,11 @@ file and ``--set section.field=value`` overrides.
 Data sources are file paths or ``things:KEY`` for the bundled THINGS data
 (``things:clip``, ``things:word2vec``, ``things:spose49``, ``things:test_10``,
 ``things`` for the 27-category matrix).
+
+An image student (``student.kind`` "timm", "open_clip" or "module") reads one
+image per object: ``data.student_images`` (a folder) and ``data.file_names``
+(a text file, one path per line, relative to the folder, in object order)
+replace ``data.student_features``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from ..config import apply_overrides, build_dataclass, deep_merge, read_toml
 @dataclass
 class DataConfig:
     teacher_features: str = "things:clip"  # the frozen model the teacher transform is fitted on
-    student_features: str = "things:word2vec"  # the student's frozen input features
+    student_features: str = "things:word2vec"  # the student's frozen input features (student.kind "features")
+    student_images: str = ""  # image folder of an image student (student.kind timm, open_clip or module)
+    file_names: str = ""  # one image path per object, in object order, relative to student_images
     human_triplets: str = "things:test_10"  # human odd-one-out triplets (column 2 odd)
     heldout_fraction: float = 0.2  # share of human triplets no stage ever trains on
     categories: str = "things"  # (N, C) 0/1 category matrix, for levels and few-shot
@@ -49,6 +56,15 @@ class TripletsConfig:
 
 @dataclass
 class StudentConfig:
+    # "features": data.student_features with a trainable head; "timm", "open_clip" or "module": an
+    # image backbone fine-tuned on data.student_images (see fastalign.distill.StudentConfig)
+    kind: str = "features"
+    model_name: str = ""  # timm / open_clip architecture
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # more model-factory arguments
+    weights: str = ""  # local pretrained weights (never downloaded)
+    pooling: str = "avg"  # cls, avg or map
+    image_size: int = 0  # side of the square crop fed to an image student; 0: the model's own
+    module: str = ""  # "pkg.mod:factory" for kind "module"
     head: str = "linear"
     head_init: str = "identity"  # start at the raw student features; decay-to-init pulls back toward them
     dim_out: int = 0  # 0 keeps the student feature width
@@ -60,6 +76,10 @@ class StudentConfig:
     divergence: str = "jsd"
     temperature: float = 1.0
     eval_every: int = 250
+    micro_batch: int = 0  # items per forward; 0: 4096 feature rows or 64 images
+    amp: str = "none"  # "bf16" autocast for image backbones
+    num_workers: int = 2  # image-decoding DataLoader workers
+    device: str = "auto"  # cpu, cuda, or auto (cuda when available)
 
 
 @dataclass

@@ -25,7 +25,10 @@ def _representations(cfg, inputs, out: Path) -> Dict[str, Dict[str, Any]]:
         "raw teacher features": {"emb": inputs.teacher, "similarity": "cosine", "temperature": 1.0},
         "teacher": {"emb": np.load(out / "embeddings" / "teacher.npy"), "similarity": "dot",
                     "temperature": t_teacher},
-        "raw student features": {"emb": inputs.student, "similarity": "cosine", "temperature": 1.0},
+        # An image student's raw representation is its backbone before distillation.
+        "raw student features": {"emb": inputs.student if inputs.student is not None
+                                 else np.load(out / "embeddings" / "student_raw.npy"),
+                                 "similarity": "cosine", "temperature": 1.0},
         "student": {"emb": np.load(out / "embeddings" / "student.npy"), "similarity": "dot",
                     "temperature": cfg.student.temperature},
     }

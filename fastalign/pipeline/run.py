@@ -7,7 +7,9 @@
                  cross-validation), calibrate its temperature.
 3. ``triplets``  cluster the teacher representation, sample soft-labelled
                  triplets (train store + item-disjoint validation store).
-4. ``student``   distil a ``FeatureStudent`` with decay-to-init.
+4. ``student``   distil the student with decay-to-init: a ``FeatureStudent``
+                 on frozen features, or an image backbone (timm, open_clip
+                 or any module) on one image per object.
 5. ``evaluate``  score raw teacher features, teacher, raw student features and
                  student on the held-out human triplets; report and figures.
 
@@ -57,19 +59,64 @@ def _categories(spec: str) -> Tuple[np.ndarray, List[str]]:
     return np.asarray(cats), list(names or [f"category {i}" for i in range(np.asarray(cats).shape[1])])
 
 
+def _image_list(d) -> Tuple[Path, Path, List[str]]:
+    """(folder, list file, names) of an image student; every listed file must exist."""
+    from ..distill.data import read_file_names
+
+    if not d.student_images or not d.file_names:
+        raise ValueError("an image student (student.kind timm, open_clip or module) needs data.student_images "
+                         "(a folder) and data.file_names (one image per object, in object order)")
+    root, listing = Path(d.student_images), Path(d.file_names)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.student_images {root} is not a folder")
+    if not listing.is_file():
+        raise FileNotFoundError(f"data.file_names {listing} does not exist")
+    names = read_file_names(str(listing))
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(names)} images in {listing} are missing under {root}, "
+                                f"e.g. {missing[:3]}")
+    return root, listing, names
+
+
+def _digest_images(listing: Path, root: Path, names: List[str]) -> str:
+    """The list file's bytes and every image's size and mtime (hashing the
+    pixels of a million images would cost more than the stage it guards)."""
+    import hashlib
+
+    h = hashlib.sha256(digest_files([listing]).encode())
+    for name in names:
+        st = (root / name).stat()
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
 class Inputs:
     """Every input of the run, loaded and cross-checked once, before any long work."""
 
     def __init__(self, cfg: RunConfig):
         d = cfg.data
         self.teacher_path = _feature_path(d.teacher_features)
-        self.student_path = _feature_path(d.student_features)
         self.teacher = resolve_features(d.teacher_features)
-        self.student = resolve_features(d.student_features)
+        self.images = cfg.student.kind != "features"
+        self.image_root: Optional[Path] = None
+        self.file_names: List[str] = []
+        if self.images:
+            self.image_root, self.file_names_path, self.file_names = _image_list(d)
+            self.student_path, self.student = None, None
+        else:
+            if d.student_images or d.file_names:
+                raise ValueError("data.student_images and data.file_names are read by an image student only: "
+                                 "set student.kind to timm, open_clip or module")
+            self.student_path = _feature_path(d.student_features)
+            self.student = resolve_features(d.student_features)
         self.human = resolve_features(d.human_embedding) if d.human_embedding else None
         self.triplets = resolve_triplets(d.human_triplets)
         self.categories, self.category_names = _categories(d.categories) if d.categories else (None, [])
         n = self.teacher.shape[0]
+        if self.images and len(self.file_names) != n:
+            raise ValueError(f"data.file_names lists {len(self.file_names)} images but the teacher features have "
+                             f"{n} rows; every input must list the same objects in the same order")
         for name, arr in [("student features", self.student), ("human embedding", self.human),
                           ("categories", self.categories)]:
             if arr is not None and arr.shape[0] != n:
@@ -84,9 +131,15 @@ class Inputs:
             raise ValueError(f"need at least 100 human triplets, got {len(self.triplets)}")
         self.n = n
 
+    def student_digest(self) -> str:
+        """What the student reads besides the triplets: its features or images."""
+        if self.images:
+            return _digest_images(self.file_names_path, self.image_root, self.file_names)
+        return digest_files([self.student_path])
+
     def digest(self) -> str:
-        paths = [self.teacher_path, self.student_path]
-        return digest_files(paths) + f":{len(self.triplets)}:{int(self.triplets.sum())}"
+        return (digest_files([self.teacher_path]) + f":{self.student_digest()}:{len(self.triplets)}:"
+                f"{int(self.triplets.sum())}")
 
 
 # ------------------------------------------------------------------ stages
@@ -187,52 +240,106 @@ def _stage_triplets(cfg: RunConfig, inputs: Inputs, out: Path, say):
     return Stage("triplets", asdict(cfg.triplets), ["teacher"], body)
 
 
+def student_config(cfg: RunConfig, inputs: Inputs, out: Path):
+    """The ``DistillConfig`` of the student stage (built and validated before any work)."""
+    from ..distill import DistillConfig
+
+    sc = cfg.student
+    dc = DistillConfig()
+    dc.student.kind = sc.kind
+    dc.student.head = sc.head
+    dc.student.head_init = sc.head_init
+    dc.student.head_dim = sc.dim_out
+    if inputs.images:
+        dc.student.model_name = sc.model_name
+        dc.student.model_kwargs = dict(sc.model_kwargs)
+        dc.student.weights = sc.weights
+        dc.student.pooling = sc.pooling
+        dc.student.module = sc.module
+        dc.data.items = "images"
+        dc.data.image_root = str(inputs.image_root)
+        dc.data.file_names = str(inputs.file_names_path)
+        dc.data.num_workers = sc.num_workers
+        dc.data.image_size = sc.image_size
+    else:
+        dc.student.features = str(inputs.student_path)
+    dc.data.source = "store"
+    dc.data.store = str(out / "triplets" / "store")
+    val = out / "triplets" / "store" / "val"
+    dc.data.val_store = str(val) if val.exists() else ""
+    dc.loss.divergence = sc.divergence
+    dc.loss.temperature = sc.temperature
+    dc.optim.lr = sc.lr
+    dc.optim.weight_decay = sc.weight_decay
+    dc.optim.warmup_steps = sc.warmup_steps
+    dc.train.steps = sc.steps
+    dc.train.batch_triplets = sc.batch_size
+    dc.train.micro_batch = sc.micro_batch or (64 if inputs.images else 4096)
+    dc.train.amp = sc.amp
+    dc.train.seed = cfg.data.seed
+    dc.train.out_dir = str(out / "student" / "run")
+    dc.train.eval_every = sc.eval_every
+    dc.train.ckpt_every = max(1, sc.steps // 4)
+    dc.train.device = sc.device
+    dc.train.progress = sys.stderr.isatty()
+    dc.eval.human_triplets = str(out / "student" / "calibration_triplets.txt")
+    return dc.validate()
+
+
+def check_student(cfg: RunConfig, inputs: Inputs, out: Path) -> None:
+    """Fail now, not after the teacher and triplet stages, on a student that
+    cannot be built (a missing package, weights file or module)."""
+    dc = student_config(cfg, inputs, out)
+    if inputs.images:
+        from ..distill import build_student
+
+        build_student(dc.student)
+
+
 def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say):
     def body(stage_dir: Path):
-        from ..distill import DistillConfig, distill, embed_checkpoint
+        import torch
 
-        sc = cfg.student
-        split = _load_split(out)
-        calib_path = stage_dir / "calibration_triplets.txt"
+        from ..distill import Student, build_student, distill, embed_checkpoint, embed_student
         from ..io import save_triplets_txt
 
-        save_triplets_txt(calib_path, split["calibration"])
-        dc = DistillConfig()
-        dc.student.kind = "features"
-        dc.student.features = str(inputs.student_path)
-        dc.student.head = sc.head
-        dc.student.head_init = sc.head_init
-        dc.student.head_dim = sc.dim_out
-        dc.data.source = "store"
-        dc.data.store = str(out / "triplets" / "store")
-        val = out / "triplets" / "store" / "val"
-        dc.data.val_store = str(val) if val.exists() else ""
-        dc.loss.divergence = sc.divergence
-        dc.loss.temperature = sc.temperature
-        dc.optim.lr = sc.lr
-        dc.optim.weight_decay = sc.weight_decay
-        dc.optim.warmup_steps = sc.warmup_steps
-        dc.train.steps = sc.steps
-        dc.train.batch_triplets = sc.batch_size
-        dc.train.micro_batch = 4096
-        dc.train.seed = cfg.data.seed
+        split = _load_split(out)
+        save_triplets_txt(stage_dir / "calibration_triplets.txt", split["calibration"])
+        dc = student_config(cfg, inputs, out)
         dc.train.out_dir = str(stage_dir / "run")
-        dc.train.eval_every = sc.eval_every
-        dc.train.ckpt_every = max(1, sc.steps // 4)
-        dc.train.device = "cpu"
-        dc.train.progress = sys.stderr.isatty()
-        dc.eval.human_triplets = str(calib_path)
-        result = distill(dc.validate())
-        emb, _ = embed_checkpoint(result.checkpoint, features=str(inputs.student_path))
+        dc.eval.human_triplets = str(stage_dir / "calibration_triplets.txt")
+        images = dict(image_root=str(inputs.image_root), file_names=inputs.file_names) if inputs.images else {}
+        device = "cuda" if dc.train.device == "cuda" or (dc.train.device == "auto" and torch.cuda.is_available()) \
+            else "cpu"
         emb_dir = out / "embeddings"
         emb_dir.mkdir(exist_ok=True)
+        outputs = []
+        metrics: Dict[str, Any] = {}
+        if inputs.images:
+            # The image model's own representation before distillation: the
+            # "raw student" the report compares against.
+            say("  embedding the images with the untrained backbone")
+            torch.manual_seed(dc.train.seed)
+            raw, ok = embed_student(Student(build_student(dc.student).backbone), dc, **images,
+                                    micro_batch=dc.train.micro_batch, device=device)
+            _save_npy(emb_dir / "student_raw.npy", raw)
+            outputs.append(emb_dir / "student_raw.npy")
+            metrics["images_failed"] = int((~ok).sum())
+            if metrics["images_failed"]:
+                say(f"  {metrics['images_failed']} images could not be decoded: their rows are zero")
+        result = distill(dc)
+        if inputs.images:
+            emb, _ = embed_checkpoint(result.checkpoint, **images, micro_batch=dc.train.micro_batch, device=device)
+        else:
+            emb, _ = embed_checkpoint(result.checkpoint, features=str(inputs.student_path))
         _save_npy(emb_dir / "student.npy", emb.astype(np.float32))
-        outputs = [emb_dir / "student.npy"] + ([result.curves] if result.curves else [])
-        metrics = {"final": result.metrics, "steps": result.steps, "checkpoint": str(Path(result.checkpoint)
-                                                                                     .relative_to(out))}
+        outputs += [emb_dir / "student.npy"] + ([result.curves] if result.curves else [])
+        metrics.update({"final": result.metrics, "steps": result.steps,
+                        "checkpoint": str(Path(result.checkpoint).relative_to(out))})
         return outputs, metrics
 
-    return Stage("student", asdict(cfg.student), ["triplets"], body)
+    # The student's own inputs are part of its key: the triplets do not depend on them.
+    return Stage("student", {"student": asdict(cfg.student), "inputs": inputs.student_digest()}, ["triplets"], body)
 
 
 def _stage_evaluate(cfg: RunConfig, inputs: Inputs, out: Path, runner: StageRunner, say):
@@ -289,6 +396,7 @@ def run_pipeline(cfg: RunConfig, out: Path, force: Iterable[str] = (), say: Call
         raise ValueError(f"--force names unknown stage(s) {bad}; stages are {list(STAGES)} or 'all'")
     start = time.perf_counter()
     inputs = Inputs(cfg)  # every input error surfaces here, before any long work
+    check_student(cfg, inputs, out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
     runner = StageRunner(out, force, say)
