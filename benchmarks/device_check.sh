@@ -8,7 +8,8 @@
 #   3. python -c 'import fastalign; print(fastalign.backends())';
 #   4. the GPU tests: python -m pytest -m gpu -x -q tests/;
 #   5. the benchmark: python -m fastalign bench --preset "$PRESET" --out $OUT/bench;
-#   6. compaction: at most 8 files come back from $OUT.
+#   6. the ViT-B/16 student step: python benchmarks/bench_distill_step.py --vit;
+#   7. compaction: at most 8 files come back from $OUT.
 #
 # Every step runs under its own timeout, cut to the time left, and the next
 # step runs whatever the last one did; each step's exit status goes to
@@ -16,8 +17,8 @@
 # benchmark stopped by its timeout still reports what it finished (the table
 # and the plot are then rebuilt from results.json).
 #
-# Files returned (7): device_check.log, summary.md, build.log, gpu_tests.log,
-# bench/results.json, bench/table.md, bench/plot.png.
+# Files returned (8): device_check.log, summary.md, build.log, gpu_tests.log,
+# bench/results.json, bench/table.md, bench/plot.png, bench/vit.md.
 #
 # Usage:  OUT=/path/to/dir bash benchmarks/device_check.sh
 # Env:    DEVICE_CHECK_BUDGET_S (default 450: total seconds), PYTHON (default python3),
@@ -93,7 +94,7 @@ record gpu-tests "$rc" "$s" "$(tail -n 1 "$OUT/gpu_tests.log" | tr '|' '/')"
 # 5. The benchmark. Its own time budget stops new measurements in time to write
 #    the plot; the timeout is the backstop.
 s=$(date +%s)
-bench_t=$(cap 330 25)
+bench_t=$(cap 330 110)  # leaves time for the ViT student (step 6)
 budget=$(( bench_t - 60 ))
 (( budget < 30 )) && budget=30
 timeout -k 10 "$bench_t" "$PY" -m fastalign bench --preset "$PRESET" --out "$OUT/bench" --time-budget "$budget"
@@ -113,7 +114,16 @@ if [[ -s "$OUT/bench/results.json" && ( $rc != 0 || ! -s "$OUT/bench/plot.png" )
   record report $? "$s" "table and plot rebuilt from the partial results.json"
 fi
 
-# 6. Compaction: only complete files, at most 8, each under 16 MB.
+# 6. A ViT-B/16 student: two-pass vs triplet-dense vs plain PyTorch steps (issue 6).
+if (( $(left) > 45 )); then
+  s=$(date +%s)
+  vit_args=(--vit --out "$OUT/bench/vit.md")
+  [[ $PRESET == cpu-* ]] && vit_args+=(--quick)  # a dry run on a CPU: the smoke sizes
+  timeout -k 5 "$(cap 90 15)" "$PY" benchmarks/bench_distill_step.py "${vit_args[@]}"
+  record vit-student $? "$s" "benchmarks/bench_distill_step.py --vit"
+fi
+
+# 7. Compaction: only complete files, at most 8, each under 16 MB.
 set +x
 find "$OUT" -name '.*.tmp' -type f -delete
 for f in "$OUT"/build.log "$OUT"/gpu_tests.log; do  # device_check.log is still being written
