@@ -161,8 +161,9 @@ def run_sharded_rank(rank: int, world: int, port: int, out_dir: str, mode: str, 
     torch.manual_seed(0)
     student = BlockStudent(feature_matrix())
     cfg = config_from_dict(base_config(out_dir, steps=steps, ckpt_every=2, keep_last=3, distributed=mode,
-                                       device="cpu"))
-    distill(cfg, student=student, train_source=synthetic_source())
+                                       device="cpu", eval_every=2))
+    # Evaluation runs a forward on every rank when the student is sharded.
+    distill(cfg, student=student, train_source=synthetic_source(), val_source=synthetic_source(seed=5))
 
 
 if __name__ == "__main__":

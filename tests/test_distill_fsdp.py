@@ -4,6 +4,7 @@ same global batch; a sharded run resumes exactly from its (full) checkpoint."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 
@@ -67,6 +68,10 @@ def test_fsdp_two_ranks_equals_one_process_and_resumes_exactly(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     for k in b_optim:
         torch.testing.assert_close(a_optim[k], b_optim[k], rtol=1e-4, atol=1e-6)
+    # Held-out evaluation of the sharded student matches the single process.
+    ra = json.loads((tmp_path / "fsdp" / "report.json").read_text())["metrics"]
+    rb = json.loads((tmp_path / "one" / "report.json").read_text())["metrics"]
+    assert ra["val_kl"] == pytest.approx(rb["val_kl"], rel=1e-5) and ra["val_acc"] == rb["val_acc"]
 
     # Resume: drop the final checkpoint, rerun; the sharded state is loaded back
     # from the full tensors of step 2 and step 4 is reproduced bitwise.
