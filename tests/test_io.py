@@ -279,3 +279,14 @@ def test_transform_dim_mismatch_and_bad_files(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="junk.npz"):
         load_transform(tmp_path / "junk.npz")
+
+
+def test_check_features_names_the_first_non_finite_entry_past_the_first_chunk():
+    from fastalign.io.features import check_features
+
+    x = np.random.default_rng(0).normal(size=(5000, 300)).astype(np.float32)
+    assert check_features(x) is x  # float32 passes through without a copy
+    x[4000, 7] = np.inf
+    x[4500, 1] = np.nan
+    with pytest.raises(ValueError, match=r"row 4000 has a non-finite value \(inf\) in column 7"):
+        check_features(x, "feats.npy")
