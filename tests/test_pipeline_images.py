@@ -79,7 +79,8 @@ def test_image_student_runs_end_to_end(user_data, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"student.kind": "features"}, "read by an image student only"),
+    ({"student.kind": "features"}, "data.student_images is read by an image student only"),
+    ({"data.student_images": '""'}, "needs data.student_images"),
     ({"data.file_names": '"/nonexistent/names.txt"'}, "does not exist"),
     ({"student.module": "no_such_module_xyz:f"}, "cannot be imported"),
 ])
@@ -99,10 +100,22 @@ def test_missing_and_extra_images_are_named(user_data, tmp_path, capsys):
     args = ["run", "--out", str(tmp_path / "x")]
     for o in _overrides(user_data, **{"data.file_names": f'"{short}"'}):
         args += ["--set", o]
-    assert main(args) == 2 and "lists 59 images but the teacher features have 60" in capsys.readouterr().err
+    assert main(args) == 2 and "lists 59 objects but the teacher features have 60" in capsys.readouterr().err
     gone = tmp_path / "gone.txt"
     gone.write_text("\n".join(names[:-1] + ["absent.png"]))
     args = ["run", "--out", str(tmp_path / "y")]
     for o in _overrides(user_data, **{"data.file_names": f'"{gone}"'}):
         args += ["--set", o]
     assert main(args) == 2 and "1 of 60 images" in capsys.readouterr().err
+
+
+def test_file_names_are_checked_for_a_features_student_too(user_data, tmp_path, capsys):
+    """thingsvision's file_names.txt names the feature rows; with frozen student features only its length counts."""
+    names = (user_data / "names.txt").read_text().split()
+    short = tmp_path / "short.txt"
+    short.write_text("\n".join(names[:-2]))
+    args = ["run", "--out", str(tmp_path / "x")]
+    for o in _overrides(user_data, **{"student.kind": "features", "data.student_images": '""',
+                                      "data.file_names": f'"{short}"'}):
+        args += ["--set", o]
+    assert main(args) == 2 and "lists 58 objects but the teacher features have 60" in capsys.readouterr().err

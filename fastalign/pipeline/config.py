@@ -26,7 +26,8 @@ class DataConfig:
     teacher_features: str = "things:clip"  # the frozen model the teacher transform is fitted on
     student_features: str = "things:word2vec"  # the student's frozen input features (student.kind "features")
     student_images: str = ""  # image folder of an image student (student.kind timm, open_clip or module)
-    file_names: str = ""  # one image path per object, in object order, relative to student_images
+    file_names: str = ""  # one name per object, in object order (thingsvision's file_names.txt): the images an
+    # image student reads under student_images; with a features student only its length is checked
     human_triplets: str = "things:test_10"  # human odd-one-out triplets (column 2 odd)
     heldout_fraction: float = 0.2  # share of human triplets no stage ever trains on
     categories: str = "things"  # (N, C) 0/1 category matrix, for levels and few-shot

@@ -59,24 +59,33 @@ def _categories(spec: str) -> Tuple[np.ndarray, List[str]]:
     return np.asarray(cats), list(names or [f"category {i}" for i in range(np.asarray(cats).shape[1])])
 
 
-def _image_list(d) -> Tuple[Path, Path, List[str]]:
-    """(folder, list file, names) of an image student; every listed file must exist."""
+def _file_names(d, images: bool) -> Tuple[Optional[Path], List[str]]:
+    """``data.file_names``: one name per object, in object order (thingsvision's
+    ``file_names.txt``). An image student reads these images under
+    ``data.student_images``, and every one of them must exist."""
     from ..distill.data import read_file_names
 
-    if not d.student_images or not d.file_names:
+    if images and (not d.student_images or not d.file_names):
         raise ValueError("an image student (student.kind timm, open_clip or module) needs data.student_images "
                          "(a folder) and data.file_names (one image per object, in object order)")
-    root, listing = Path(d.student_images), Path(d.file_names)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.student_images {root} is not a folder")
+    if not images and d.student_images:
+        raise ValueError("data.student_images is read by an image student only: set student.kind to timm, "
+                         "open_clip or module")
+    if not d.file_names:
+        return None, []
+    listing = Path(d.file_names)
     if not listing.is_file():
         raise FileNotFoundError(f"data.file_names {listing} does not exist")
     names = read_file_names(str(listing))
-    missing = [n for n in names if not (root / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(names)} images in {listing} are missing under {root}, "
-                                f"e.g. {missing[:3]}")
-    return root, listing, names
+    if images:
+        root = Path(d.student_images)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.student_images {root} is not a folder")
+        missing = [n for n in names if not (root / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(names)} images in {listing} are missing under {root}, "
+                                    f"e.g. {missing[:3]}")
+    return listing, names
 
 
 def _digest_images(listing: Path, root: Path, names: List[str]) -> str:
@@ -99,23 +108,19 @@ class Inputs:
         self.teacher_path = _feature_path(d.teacher_features)
         self.teacher = resolve_features(d.teacher_features)
         self.images = cfg.student.kind != "features"
-        self.image_root: Optional[Path] = None
-        self.file_names: List[str] = []
+        self.file_names_path, self.file_names = _file_names(d, self.images)
+        self.image_root: Optional[Path] = Path(d.student_images) if self.images else None
         if self.images:
-            self.image_root, self.file_names_path, self.file_names = _image_list(d)
             self.student_path, self.student = None, None
         else:
-            if d.student_images or d.file_names:
-                raise ValueError("data.student_images and data.file_names are read by an image student only: "
-                                 "set student.kind to timm, open_clip or module")
             self.student_path = _feature_path(d.student_features)
             self.student = resolve_features(d.student_features)
         self.human = resolve_features(d.human_embedding) if d.human_embedding else None
         self.triplets = resolve_triplets(d.human_triplets)
         self.categories, self.category_names = _categories(d.categories) if d.categories else (None, [])
         n = self.teacher.shape[0]
-        if self.images and len(self.file_names) != n:
-            raise ValueError(f"data.file_names lists {len(self.file_names)} images but the teacher features have "
+        if self.file_names_path is not None and len(self.file_names) != n:
+            raise ValueError(f"data.file_names lists {len(self.file_names)} objects but the teacher features have "
                              f"{n} rows; every input must list the same objects in the same order")
         for name, arr in [("student features", self.student), ("human embedding", self.human),
                           ("categories", self.categories)]:
