@@ -235,18 +235,85 @@ def test_odd_widths(d, dtype, strategy):
 def test_cosine_width_one(dtype, strategy):
     """D = 1: every cosine is +-1 and the true gradient is exactly 0.
 
-    The kernel forms e_b / (n_a n_b) - s e_a / n_a^2, two terms of size
-    |c| / n_a that cancel, so its gradient is rounding noise of that size; the
-    bound is stated on that scale.
+    The row path forms (c / n_a) (u_b - s u_a) with u = e / n and s exactly
+    +-1, so its gradient is exactly 0. The Gram path computes grad = C E with
+    one GEMM, C holding c / (n_a n_b) and -sum c s / n_a^2: two terms of size
+    |c| / n_a that cancel only to rounding noise of that size; its bound is
+    stated on that scale.
     """
     emb, trip, p, odd, w, gout = make_case(d=1, dtype=dtype, seed=1)
     kw = dict(target_probs=p, divergence="kl", similarity="cosine", reduction="sum")
     l_cpu, g_cpu = run_op(fastalign.triplet_distill_loss, emb, trip, "cpu", gout, **kw)
     l_ref, _ = R.loss_and_grad64(R.distill_loss64, emb, trip, **kw)
     torch.testing.assert_close(l_cpu.double(), l_ref, rtol=10 * torch.finfo(dtype).eps, atol=0)
+    if strategy == "rows":
+        assert int(torch.count_nonzero(g_cpu)) == 0
+        return
     _, dsim, _ = cpu_mod.CpuKernels().fused(emb, trip, p, None, None, MODES["kl"], True, 1.0, 1.0, False)
     term = dsim.abs().max().item() / emb.abs().min().item()
     assert g_cpu.abs().max().item() <= 8 * trip.shape[0] * torch.finfo(dtype).eps * term
+
+
+def _parallel_case(d, dtype, seed):
+    """Rows 0..7 with tiny norms and a true cosine gradient of exactly 0, rows
+    8..11 random with norm ~1; no triplet mixes the two groups. D = 1: any
+    nonzero values. D > 1: +-2**k multiples of v (|v|^2 = 6) and w
+    (|w|^2 = 7), small integers times 2**-22, so e_b = k e_a and every sum
+    of products is exact, and fl(sqrt(q))^2 != q in fp32 and fp64: the
+    kernel's d / (n_a n_b) is not exactly +-1 (see grad_sim in
+    csrc/cpu/triplet_kernels.h; tests/test_backend_triton.py has the twin)."""
+    g = torch.Generator().manual_seed(seed)
+    if d == 1:
+        sign = torch.randint(0, 2, (8, 1), generator=g, dtype=torch.float64) * 2 - 1
+        tiny = sign * (torch.rand(8, 1, generator=g, dtype=torch.float64) + 0.1) * 1e-6  # >> COSINE_EPS
+    else:
+        vw = torch.zeros(2, d, dtype=torch.float64)
+        vw[0, :3] = torch.tensor([1.0, -2.0, 1.0])
+        vw[1, :4] = torch.tensor([-2.0, 1.0, 1.0, -1.0])
+        vw = vw[:, torch.randperm(d, generator=g)] * 2.0 ** -22
+        k = torch.tensor([1.0, -2.0, 0.5, 4.0, -0.25, 8.0, -1.0, 0.125], dtype=torch.float64)
+        tiny = k[:, None] * vw.repeat_interleave(4, dim=0)
+    emb = torch.cat([tiny, torch.randn(4, d, generator=g, dtype=torch.float64) / d ** 0.5]).to(dtype)
+    trip = torch.cat([torch.randint(0, 4, (12, 3), generator=g), torch.randint(4, 8, (12, 3), generator=g),
+                      torch.randint(8, 12, (8, 3), generator=g)])
+    trip[0] = torch.tensor([2, 2, 1])  # a repeated index
+    trip[1] = torch.tensor([0, 1, 3])  # three distinct rows
+    trip[12] = torch.tensor([4, 6, 7])
+    p = torch.softmax(torch.randn(trip.shape[0], 3, generator=g, dtype=torch.float64) * 2, dim=1)
+    coef = torch.randn(trip.shape[0], 3, generator=g, dtype=torch.float64)
+    return emb, trip, p, coef
+
+
+@pytest.mark.parametrize("d", [1, 6, 37])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+def test_cosine_parallel_rows_with_tiny_norms(dtype, d):
+    """The row path gives exactly 0 where the true gradient is 0 (parallel rows),
+    fused and scatter, for any thread count; the other rows follow the module's
+    tolerance rule. (The Gram path cannot: see test_cosine_width_one.)
+
+    The float64 reference is itself only rounding noise on the parallel rows
+    (~1e-9 here), so it is checked to be ~0 there.
+    """
+    emb, trip, p, coef = _parallel_case(d, dtype, seed=30 + d)
+    acc = acc_dtype(dtype)
+    zero = slice(0, 12) if d == 1 else slice(0, 8)  # rows whose true gradient is 0
+    rest = slice(12, 12) if d == 1 else slice(8, 12)
+    w = torch.full((trip.shape[0],), 0.3, dtype=torch.float64)
+    _, ref = R.loss_and_grad64(R.distill_loss64, emb, trip, target_probs=p, temperature=0.5, similarity="cosine",
+                               reduction="sum", weight=w)
+    e64 = emb.to(torch.float64, copy=True).requires_grad_(True)
+    (ref_sc,) = torch.autograd.grad((R.sims64(e64, trip, "cosine") * coef).sum(), e64)
+    assert max(ref[zero].abs().max().item(), ref_sc[zero].abs().max().item()) < 1e-6
+    args = (emb, trip, p.to(acc), None, None, MODES["kl"], True, 0.5, 0.3, True)
+    _, _, g_tch = TorchKernels().fused(*args)
+    sc_tch = TorchKernels().scatter(emb, trip, coef.to(acc), True)
+    for threads in (1, 2):
+        k = cpu_mod.CpuKernels(num_threads=threads, strategy="rows")
+        _, _, g_cpu = k.fused(*args)
+        sc_cpu = k.scatter(emb, trip, coef.to(acc), True)
+        for name, x, tch, r in (("fused", g_cpu, g_tch, ref), ("scatter", sc_cpu, sc_tch, ref_sc)):
+            assert int(torch.count_nonzero(x[zero])) == 0, f"{name} threads={threads}: {x[zero].abs().max():.3g}"
+            check_rule(f"{name} threads={threads}", x[rest], tch[rest], r[rest], dtype)
 
 
 def test_target_sims_and_teacher_temperature(strategy):

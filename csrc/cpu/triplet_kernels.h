@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -266,7 +267,10 @@ inline A objective(const A s[3], const A* p, int64_t c, int mode, A temperature,
 }
 
 // Row-gradient coefficients: g_a = sum_b W[a][b] x_b for the three slots,
-// from c = dL/ds (pair order 01, 02, 12).
+// from c = dL/ds (pair order 01, 02, 12). Used by the dot row path and by the
+// Gram path (grad = C E, one GEMM, needs coefficients of the rows
+// themselves); the cosine row path uses cos_terms, which stays exact for
+// parallel rows where this form cancels to rounding noise.
 template <class A, bool COS>
 inline void row_weights(const A c[3], const A s[3], const A n[3], const bool unclamped[3], A W[3][3]) {
   if (!COS) {
@@ -286,6 +290,59 @@ inline void row_weights(const A c[3], const A s[3], const A n[3], const bool unc
   W[2][2] = unclamped[2] ? -(c[1] * s[1] + c[2] * s[2]) / (n[2] * n[2]) : A(0);
 }
 
+// The similarity the cosine row gradient uses: s, or exactly +-1 where |s| is
+// within 4u of 1 (u = eps / 2, the unit roundoff of A).
+//
+// The row path forms ds_ab/de_a = (u_b - s_ab u_a) / n_a (u = e / n), which
+// is exactly 0 for parallel rows only if u_b = +-u_a and s_ab = +-1 exactly.
+// For e_b = 2^k e_a (any D) the division gives u_b = +-u_a exactly (the sums
+// of squares scale by 4^k, the sqrt by 2^k, exactly), but
+// s = d / (n_a n_b) = q_a / fl(n_a^2), with n_a = fl(sqrt(q_a)) and
+// fl(n_a^2) = q_a (1 + d1)^2 (1 + d2), |d| <= u: the quotient lies in
+// [1 - 3u, 1 + 3u] and, rounded (spacing u below 1, 2u above), in
+// [1 - 3u, 1 + 4u]. Rounding such s to +-1 moves the gradient by at most
+// 4u |c| / n_a along u_a, less than the rounding error s carries anyway (its
+// dots are sums of D products). For D = 1, s is +-1 already (sqrt(fl(x^2))
+// = |x|). The Triton kernels do the same (triplet.py, _grad_sims).
+template <class A>
+inline A grad_sim(A s) {
+  constexpr A tol = A(2) * std::numeric_limits<A>::epsilon();  // 4u
+  return std::fabs(std::fabs(s) - A(1)) <= tol ? (s > 0 ? A(1) : A(-1)) : s;
+}
+
+// Coefficients of the cosine row path:
+//   dE[r_j] += sum_{b != j} k[j][b] (u_b - h[j][b] u_j),  u = x / n,
+// k[j][b] = c_jb / n_j and h[j][b] = grad_sim(s_jb), or 0 where n_j is
+// clamped (n_j is then a constant). With s = u_a . u_b and dn_a/de_a = u_a,
+//   ds_ab/de_a = u_b / n_a - (u_a . u_b) u_a / n_a = (u_b - s_ab u_a) / n_a.
+// This equals the A e_b - B e_a of row_weights, but that form cancels two
+// terms of size |c| / n_a to rounding noise for (near-)parallel rows, huge for
+// tiny norms, where the true gradient is 0; here every pair's bracket is
+// exactly 0 for parallel rows (u by a correctly rounded division, h = +-1).
+template <class A>
+struct CosTerms {
+  A n[3];
+  A k[3][3];
+  A h[3][3];
+};
+
+template <class A>
+inline void cos_terms(const A c[3], const A s[3], const A n[3], const bool unclamped[3], CosTerms<A>& t) {
+  static constexpr int kPairOf[3][3] = {{-1, 0, 1}, {0, -1, 2}, {1, 2, -1}};  // slots -> pair index
+  for (int j = 0; j < 3; ++j) {
+    t.n[j] = n[j];
+    for (int b = 0; b < 3; ++b) {
+      if (b == j) {
+        t.k[j][b] = t.h[j][b] = A(0);
+        continue;
+      }
+      const int p = kPairOf[j][b];
+      t.k[j][b] = c[p] / n[j];
+      t.h[j][b] = unclamped[j] ? grad_sim(s[p]) : A(0);
+    }
+  }
+}
+
 // One part's gradient buffer: rows of A with stride D, plus first-touch flags.
 template <class A>
 struct GradPart {
@@ -303,7 +360,8 @@ struct GradPart {
   }
 };
 
-// g_rows[j] += sum_b W[j][b] x_b, for the three destination rows r[j].
+// g_rows[j] += sum_b W[j][b] x_b, for the three destination rows r[j] (the
+// row path calls it for dot similarities; cosine has accumulate_cos).
 template <class A, bool COS>
 inline void accumulate(GradPart<A>& part, const int64_t r[3], const A* __restrict x0, const A* __restrict x1,
                        const A* __restrict x2, const A W[3][3]) {
@@ -351,6 +409,43 @@ inline void accumulate(GradPart<A>& part, const int64_t r[3], const A* __restric
     const A m0 = M[k][0], m1 = M[k][1], m2 = M[k][2];
 #pragma omp simd
     for (int64_t d = 0; d < D; ++d) g[d] += m0 * x0[d] + m1 * x1[d] + m2 * x2[d];
+  }
+}
+
+// g_rows[j] += sum_{b != j} k[j][b] (u_b - h[j][b] u_j) for the cosine row path
+// (CosTerms); one division per element read.
+template <class A>
+inline void accumulate_cos(GradPart<A>& part, const int64_t r[3], const A* __restrict x0, const A* __restrict x1,
+                           const A* __restrict x2, const CosTerms<A>& t) {
+  const int64_t D = part.D;
+  const A n0 = t.n[0], n1 = t.n[1], n2 = t.n[2];
+  const A k01 = t.k[0][1], k02 = t.k[0][2], k10 = t.k[1][0], k12 = t.k[1][2], k20 = t.k[2][0], k21 = t.k[2][1];
+  const A h01 = t.h[0][1], h02 = t.h[0][2], h10 = t.h[1][0], h12 = t.h[1][2], h20 = t.h[2][0], h21 = t.h[2][1];
+  if (r[0] != r[1] && r[0] != r[2] && r[1] != r[2]) {
+    A* __restrict g0 = part.row(r[0]);
+    A* __restrict g1 = part.row(r[1]);
+    A* __restrict g2 = part.row(r[2]);
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) {
+      const A u0 = x0[d] / n0, u1 = x1[d] / n1, u2 = x2[d] / n2;
+      g0[d] += k01 * (u1 - h01 * u0) + k02 * (u2 - h02 * u0);
+      g1[d] += k10 * (u0 - h10 * u1) + k12 * (u2 - h12 * u1);
+      g2[d] += k20 * (u0 - h20 * u2) + k21 * (u1 - h21 * u2);
+    }
+    return;
+  }
+  // A repeated index: equal slots share a destination row, so add slot by
+  // slot through plain (possibly equal) pointers, in slot order.
+  A* g[3];
+  for (int j = 0; j < 3; ++j) g[j] = part.row(r[j]);
+  for (int64_t d = 0; d < D; ++d) {
+    const A u0 = x0[d] / n0, u1 = x1[d] / n1, u2 = x2[d] / n2;
+    const A v0 = k01 * (u1 - h01 * u0) + k02 * (u2 - h02 * u0);
+    const A v1 = k10 * (u0 - h10 * u1) + k12 * (u2 - h12 * u1);
+    const A v2 = k20 * (u0 - h20 * u2) + k21 * (u1 - h21 * u2);
+    g[0][d] += v0;
+    g[1][d] += v1;
+    g[2][d] += v2;
   }
 }
 
@@ -586,9 +681,15 @@ void run_parts(const Rows<T>& p, const Objective<typename Traits<T>::acc>* obj,
           }
           for (int j = 0; j < 3; ++j) c[j] = coef[3 * b + j];
         }
-        A W[3][3];
-        row_weights<A, COS>(c, s, n, unc, W);
-        accumulate<A, COS>(part, r, x[0], x[1], x[2], W);
+        if (COS) {
+          CosTerms<A> t;
+          cos_terms<A>(c, s, n, unc, t);
+          accumulate_cos<A>(part, r, x[0], x[1], x[2], t);
+        } else {
+          A W[3][3];
+          row_weights<A, COS>(c, s, n, unc, W);
+          accumulate<A, COS>(part, r, x[0], x[1], x[2], W);
+        }
       }
     }
   }

@@ -9,19 +9,20 @@ Gradient modes
 - **deterministic** (``TritonKernels(deterministic=True)``, or
   ``torch.are_deterministic_algorithms_enabled()`` when ``deterministic`` is
   None): no atomics. The fused kernel writes the loss, ``dsim`` and, from
-  ``coef = grad_scale * rowscale * dsim``, a (B, 6) table of per-row
-  coefficients; the 3B (triplet, slot) entries are stably sorted by row with
-  ``torch.argsort(stable=True)``; ``segment_kernel`` then sums each row's
-  entries in that order, one program per (unique row, D block), and writes the
-  row once. Block shapes are fixed (never autotuned) so the result is bitwise
-  identical across runs and processes on the same device.
+  ``coef = grad_scale * rowscale * dsim``, a per-triplet table (dot: (B, 3)
+  ``coef``; cosine: (B, 9), with the similarities and the three row norms, see
+  ``segment_gradient``); the 3B (triplet, slot) entries are stably sorted by
+  row with ``torch.argsort(stable=True)``; ``segment_kernel`` then sums each
+  row's entries in that order, one program per (unique row, D block), and
+  writes the row once. Block shapes are fixed (never autotuned) so the result
+  is bitwise identical across runs and processes on the same device.
 
 Memory
 ------
 Besides the outputs the contract asks for, the atomic mode allocates nothing
 of size N*D (the (N, D) accumulation-dtype gradient *is* the one buffer) and
-O(B) scalars otherwise; the deterministic mode adds O(B): the (B, 6) table, the
-3B sort order and the row segments.
+O(B) scalars otherwise; the deterministic mode adds O(B): the (B, 3) or (B, 9)
+table, the 3B sort order and the row segments.
 
 Can a bf16 dE be produced without the fp32 (N, D) buffer when N*D is huge?
 Yes, in deterministic mode only: each output row is reduced by exactly one
@@ -52,6 +53,8 @@ from .triplet import (
     GRAD_ATOMIC,
     GRAD_NONE,
     GRAD_TABLE,
+    TABLE_COLS_COSINE,
+    TABLE_COLS_DOT,
     fused_kernel,
     scatter_kernel,
     segment_kernel,
@@ -224,7 +227,8 @@ class TritonKernels:
         # Stand-in for unused pointer arguments. Never `params`: autotuning
         # zeroes whatever is passed as grad_ptr before each trial.
         dummy = torch.empty(1, dtype=acc, device=dev)
-        table = torch.empty(b, 6, dtype=acc, device=dev) if deterministic else dummy
+        cols = TABLE_COLS_COSINE if cosine else TABLE_COLS_DOT
+        table = torch.empty(b, cols, dtype=acc, device=dev) if deterministic else dummy
         mode_grad = GRAD_NONE if not want_grad else (GRAD_TABLE if deterministic else GRAD_ATOMIC)
         args = (
             emb, emb.stride(0), triplets,
@@ -257,7 +261,7 @@ class TritonKernels:
         if self._deterministic():
             if cosine:
                 # The table needs the norms and similarities: one pass over the rows.
-                table = torch.empty(b, 6, dtype=acc, device=dev)
+                table = torch.empty(b, TABLE_COLS_COSINE, dtype=acc, device=dev)
                 fixed = configs.fixed_rows(d)
                 with _device_ctx(emb):
                     scatter_kernel[self._grid(b, dev, fixed["BLOCK_T"])](
@@ -265,7 +269,7 @@ class TritonKernels:
                         D=d, COSINE=True, GRAD=GRAD_TABLE, ACC=_tl_acc(emb.dtype), **fixed,
                     )
             else:
-                table = torch.cat([coef, torch.zeros_like(coef)], dim=1)
+                table = coef
             return self.segment_gradient(emb, triplets, table, cosine, acc)
         grad = torch.zeros(emb.shape, dtype=acc, device=dev)
         args = (emb, emb.stride(0), triplets, coef, grad, grad, b)
@@ -288,14 +292,18 @@ class TritonKernels:
         cosine: bool,
         out_dtype: torch.dtype,
     ) -> torch.Tensor:
-        """Deterministic (N, D) gradient from a (B, 6) coefficient table.
+        """Deterministic (N, D) gradient from a per-triplet coefficient table.
 
         Args:
             emb: (N, D) embeddings, unit stride along D.
             triplets: (B, 3) int32/int64 row indices, contiguous.
-            table: (B, 6) ``[A01, A02, A12, B0, B1, B2]`` in the accumulation
-                dtype: ``dE[a] += A_ab e_b - B_a e_a`` (B ignored for dot).
-            cosine: whether the B (self) terms apply.
+            table: in the accumulation dtype, with ``c = dL/ds`` (pair order
+                01, 02, 12). Dot: (B, 3) ``c``, ``dE[a] += c_ab e_b``. Cosine:
+                (B, 9) ``[c01, c02, c12, s01, s02, s12, |e0|, |e1|, |e2|]``
+                (unclamped norms), ``dE[a] += (c_ab / n_a) (u_b - s_ab u_a)``
+                with ``n = max(|e|, COSINE_EPS)``, ``u = e / n`` and no
+                ``s u_a`` term where ``|e_a| < COSINE_EPS``.
+            cosine: which table this is.
             out_dtype: dtype of the returned gradient. Rows are summed in the
                 accumulation dtype either way; a bf16/fp16 ``out_dtype`` needs
                 no (N, D) fp32 buffer (rounded once per element).
