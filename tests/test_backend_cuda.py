@@ -300,6 +300,108 @@ def test_cosine_clamped_norm_is_a_constant(kern, dtype):
     _close(grad, rgrad, dtype, "grad", per_row=True, rtol=1e-3 if dtype == torch.float32 else 1e-8)
 
 
+def _parallel_problem(d, dtype, seed):
+    """Rows 0..7 with tiny norms and a true cosine gradient of exactly 0;
+    rows 8..11 random with norm ~1. No triplet mixes the two groups.
+
+    The twin of tests/test_backend_triton.py's ``_parallel_problem`` (see it
+    for why v, w are chosen so that fl(sqrt(q))**2 != q): D = 1, any nonzero
+    values; D > 1, +-2**k multiples of two rows v, w with small integer
+    entries times 2**-22, so e_b = k e_a holds exactly in every dtype and
+    every sum of products is exact whatever the lanes' order.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if d == 1:
+        # |x| in [1e-7, 1.1e-6]: tiny, but well above COSINE_EPS (a clamped norm has a nonzero gradient).
+        sign = torch.randint(0, 2, (8, 1), generator=g, dtype=torch.float64) * 2 - 1
+        tiny = sign * (torch.rand(8, 1, generator=g, dtype=torch.float64) + 0.1) * 1e-6
+    else:
+        vw = torch.zeros(2, d, dtype=torch.float64)
+        vw[0, :3] = torch.tensor([1.0, -2.0, 1.0])  # |v|^2 = 6
+        vw[1, :4] = torch.tensor([-2.0, 1.0, 1.0, -1.0])  # |w|^2 = 7
+        vw = vw[:, torch.randperm(d, generator=g)] * 2.0 ** -22
+        k = torch.tensor([1.0, -2.0, 0.5, 4.0, -0.25, 8.0, -1.0, 0.125], dtype=torch.float64)
+        tiny = k[:, None] * vw.repeat_interleave(4, dim=0)
+    emb = torch.cat([tiny, torch.randn(4, d, generator=g, dtype=torch.float64) / d ** 0.5]).to(dtype)
+    trip = torch.cat([torch.randint(0, 4, (12, 3), generator=g), torch.randint(4, 8, (12, 3), generator=g),
+                      torch.randint(8, 12, (8, 3), generator=g)])
+    trip[0] = torch.tensor([2, 2, 1])  # a repeated index
+    trip[1] = torch.tensor([0, 1, 3])  # three distinct rows
+    trip[12] = torch.tensor([4, 6, 7])
+    probs = torch.softmax(torch.randn(trip.shape[0], 3, generator=g, dtype=torch.float64) * 2, dim=1)
+    coef = torch.randn(trip.shape[0], 3, generator=g, dtype=torch.float64)
+    return emb.cuda(), trip.cuda(), probs.cuda(), coef.cuda()
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("d", [1, 6, 8, 37])
+def test_cosine_parallel_rows_with_tiny_norms(kern, kern_det, d, dtype):
+    """Parallel rows have a cosine gradient of exactly 0; both gradient paths give exactly 0.
+
+    Formed as A e_b - B e_a, the two terms (each ~|c| / n_a, up to 1e7 here)
+    would cancel only to rounding noise (~1 in fp32), far outside the
+    tolerance that the norm-1 rows set. D = 8 takes the 16-byte loads and,
+    for fp32/bf16, the sm_90 float4 atomics; D = 6 and 37 the scalar path.
+    The float64 reference is itself only rounding noise on the parallel rows
+    (~1e-9), so it is checked to be ~0 there and compared on the other rows.
+    """
+    emb, trip, probs, coef = _parallel_problem(d, dtype, seed=20 + d)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    tol = dict(rtol=1e-8, frac=1e-10) if dtype == torch.float64 else dict(rtol=1e-3, frac=1e-4)
+    w = torch.full((trip.shape[0],), 0.3, dtype=torch.float64, device=emb.device)
+    _, ref = loss_and_grad64(distill_loss64, emb, trip, target_probs=probs, temperature=0.5, divergence="kl",
+                             similarity="cosine", reduction="sum", weight=w)
+    e64 = emb.to(torch.float64, copy=True).requires_grad_(True)
+    (ref_sc,) = torch.autograd.grad((sims64(e64, trip, "cosine") * coef).sum(), e64)
+    zero = slice(0, 12) if d == 1 else slice(0, 8)  # rows whose true gradient is 0
+    rest = slice(12, 12) if d == 1 else slice(8, 12)
+    assert max(float(ref[zero].abs().max()), float(ref_sc[zero].abs().max())) < 1e-6
+    for k in (kern, kern_det):  # float64 always takes the deterministic path
+        what = f"D={d} {dtype} det={k is kern_det}"
+        _, _, grad = k.fused(emb, trip, probs.to(acc), None, None, MODE_KL, True, 0.5, 0.3, True)
+        sc = k.scatter(emb, trip, coef.to(acc), True)
+        for name, x, r in (("fused", grad, ref), ("scatter", sc, ref_sc)):
+            assert int(torch.count_nonzero(x[zero])) == 0, f"{name} {what}: {float(x[zero].abs().max()):.3g}"
+            _close(x[rest], r[rest], dtype, f"{name} {what}", per_row=True, **tol)
+    # Through the public API, with the cast to emb.dtype.
+    for deterministic in (False, True):
+        before = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(deterministic)
+        try:
+            e = emb.clone().requires_grad_(True)
+            fastalign.triplet_distill_loss(e, trip, target_probs=probs.to(acc), temperature=0.5, similarity="cosine",
+                                           reduction="mean", backend="cuda").backward()
+        finally:
+            torch.use_deterministic_algorithms(before)
+        _, ref_mean = loss_and_grad64(distill_loss64, emb, trip, target_probs=probs, temperature=0.5,
+                                      similarity="cosine", reduction="mean")
+        assert e.grad.dtype == dtype and int(torch.count_nonzero(e.grad[zero])) == 0
+        _close(e.grad[rest], ref_mean[rest], dtype, f"public D={d} {dtype} det={deterministic}", per_row=True,
+               **(tol if dtype != torch.bfloat16 else dict(rtol=1e-2, frac=1e-3)))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_cosine_width_one_gradient_is_exactly_zero(kern, kern_det, dtype):
+    """D = 1 among many random rows (the H200 failure of the old A e_b - B e_a
+    form): every cosine is exactly +-1, so every gradient is exactly 0."""
+    g = torch.Generator().manual_seed(11)
+    sign = torch.randint(0, 2, (200, 1), generator=g, dtype=torch.float64) * 2 - 1
+    emb = (sign * (torch.rand(200, 1, generator=g, dtype=torch.float64) + 0.1) * 1e-5).to(dtype).cuda()
+    assert bool(emb.ne(0).all())  # >= 1e-6: a float16 subnormal, but not 0
+    trip = _triplets(200, 500)
+    target = _target(500)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for k in (kern, kern_det):
+        sims = k.similarities(emb, trip, True)
+        assert bool((sims.abs() == 1).all())
+        _, _, grad = k.fused(emb, trip, target.to(acc), None, None, MODE_JSD, True, 0.7, 1.0, True)
+        assert int(torch.count_nonzero(grad)) == 0, f"{dtype} det={k is kern_det}: {float(grad.abs().max()):.3g}"
+        sc = k.scatter(emb, trip, torch.randn(500, 3, generator=g, dtype=torch.float64).to(acc).cuda(), True)
+        assert int(torch.count_nonzero(sc)) == 0
+
+
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_strided_and_misaligned_rows(kern, dtype):

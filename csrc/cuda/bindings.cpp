@@ -46,13 +46,13 @@ void triplet(std::uintptr_t emb, int dtype, std::int64_t n, std::int64_t d, std:
 }
 
 void segment_reduce(std::uintptr_t emb, int dtype, std::int64_t n, std::int64_t d, std::int64_t row_stride,
-                    std::uintptr_t triplets, int itype, std::int64_t b, std::uintptr_t amat, std::uintptr_t perm,
-                    std::uintptr_t rows, std::uintptr_t offsets, std::int64_t nseg, std::uintptr_t grad, int device,
-                    std::uintptr_t stream) {
+                    std::uintptr_t triplets, int itype, std::int64_t b, bool cosine, std::uintptr_t amat,
+                    std::uintptr_t perm, std::uintptr_t rows, std::uintptr_t offsets, std::int64_t nseg,
+                    std::uintptr_t grad, int device, std::uintptr_t stream) {
   fc::SegmentArgs a;
   a.emb = emb; a.dtype = dtype; a.n = n; a.d = d; a.row_stride = row_stride;
   a.triplets = triplets; a.itype = itype; a.b = b;
-  a.amat = amat; a.perm = perm; a.rows = rows; a.offsets = offsets; a.nseg = nseg;
+  a.cosine = cosine; a.amat = amat; a.perm = perm; a.rows = rows; a.offsets = offsets; a.nseg = nseg;
   a.grad = grad; a.device = device; a.stream = stream;
   int code;
   {
@@ -84,6 +84,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.attr("TASK_SIMS") = static_cast<int>(fc::kTaskSims);
   m.attr("TASK_LOSS") = static_cast<int>(fc::kTaskLoss);
   m.attr("TASK_SCATTER") = static_cast<int>(fc::kTaskScatter);
+  m.attr("AMAT_COLS_DOT") = fc::kAmatColsDot;
+  m.attr("AMAT_COLS_COSINE") = fc::kAmatColsCosine;
   m.def("triplet", &triplet,
         "Launch the fused triplet kernel (see TripletArgs in csrc/cuda/launchers.h for every argument).",
         py::arg("emb"), py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("row_stride"), py::arg("triplets"),
@@ -94,7 +96,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("segment_reduce", &segment_reduce,
         "Launch the deterministic segmented gradient reduction (see SegmentArgs in csrc/cuda/launchers.h).",
         py::arg("emb"), py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("row_stride"), py::arg("triplets"),
-        py::arg("itype"), py::arg("b"), py::arg("amat"), py::arg("perm"), py::arg("rows"), py::arg("offsets"),
+        py::arg("itype"), py::arg("b"), py::arg("cosine"), py::arg("amat"), py::arg("perm"), py::arg("rows"), py::arg("offsets"),
         py::arg("nseg"), py::arg("grad"), py::arg("device"), py::arg("stream"));
   m.def("synchronize", &synchronize, "Wait for a stream and raise on any pending CUDA error.", py::arg("device"),
         py::arg("stream"));

@@ -25,6 +25,13 @@ enum Task : int {
 // Loss modes, equal to fastalign.kernels.contract.MODE_*.
 enum Mode : int { kHard = 0, kKL = 1, kJSD = 2 };
 
+// Columns of the per-triplet table `amat` that deterministic mode hands from
+// the triplet kernel to segment_reduce. Dot: [k01, k02, k12, g0, g1, g2] (g =
+// 0); cosine: [c01, c02, c12, h01, h02, h12, l0, l1, l2] (c = dL/ds scaled,
+// h = grad_sim(s), l the unclamped norms; see triplet.cu).
+constexpr int kAmatColsDot = 6;
+constexpr int kAmatColsCosine = 9;
+
 // Arguments of the triplet kernel. Pointers are device addresses; 0 = absent.
 // Floating buffers other than emb are in the accumulation dtype ("acc":
 // double for kF64 embeddings, else float) and contiguous.
@@ -48,7 +55,7 @@ struct TripletArgs {
   std::uintptr_t loss = 0;       // out (b,) acc
   std::uintptr_t dsim = 0;       // out (b, 3) acc: dL_b/ds_b, unscaled
   std::uintptr_t grad = 0;       // out (n, d) float32, contiguous, pre-zeroed: atomic scatter-add
-  std::uintptr_t amat = 0;       // out (b, 6) acc: [k01, k02, k12, g0, g1, g2] for segment_reduce
+  std::uintptr_t amat = 0;       // out (b, kAmatColsDot / kAmatColsCosine) acc for segment_reduce
   int device = 0;
   std::uintptr_t stream = 0;
 };
@@ -63,7 +70,8 @@ struct SegmentArgs {
   std::uintptr_t triplets = 0;
   int itype = kI64;
   std::int64_t b = 0;
-  std::uintptr_t amat = 0;       // (b, 6) acc from the triplet kernel
+  bool cosine = false;           // amat layout: kAmatColsCosine columns if set, else kAmatColsDot
+  std::uintptr_t amat = 0;       // (b, cols) acc from the triplet kernel
   std::uintptr_t perm = 0;       // (3b,) int64 slot entries sorted by row
   std::uintptr_t rows = 0;       // (nseg,) int64 row of each segment
   std::uintptr_t offsets = 0;    // (nseg + 1,) int64

@@ -8,14 +8,20 @@
 // and 3 squared norms in the accumulation type, and the group sums them with
 // xor-shuffles. Every lane of the group then holds the full sums and computes
 // the softmax, loss and dL/ds itself (a few flops; cheaper than a broadcast).
-// The row gradients are linear in the rows,
-//   dE[r0] += g0 e0 + k01 e1 + k02 e2
-//   dE[r1] += k01 e0 + g1 e1 + k12 e2
-//   dE[r2] += k02 e0 + k12 e1 + g2 e2
-// (dot: k = c, g = 0; cosine: k_ab = c_ab / (n_a n_b),
-//  g_a = -sum_{b != a} c_ab s_ab / n_a^2, and 0 when n_a is clamped at eps),
-// so the kernel either scatters them with float32 atomics or writes the six
-// coefficients for the deterministic segmented reduction (segment_reduce.cu).
+// Dot similarities: the row gradients are linear in the rows,
+//   dE[r0] += k01 e1 + k02 e2,  dE[r1] += k01 e0 + k12 e2,  dE[r2] += k02 e0 + k12 e1
+// (k = c = dL/ds). Cosine: with u = e / n, s_ab = u_a . u_b and dn_a/de_a = u_a,
+//   ds_ab/de_a = u_b / n_a - (u_a . u_b) u_a / n_a = (u_b - s_ab u_a) / n_a,
+// so dE[r_a] += (c_ab / n_a) (u_b - h_ab u_a) for each other slot b, with
+// h = grad_sim(s) (common.cuh) and no h term where n_a is clamped at eps (n_a
+// is then a constant). The same gradient written as A e_b - B e_a
+// (A = c / (n_a n_b), B = sum_b c_ab s_ab / n_a^2) cancels two terms of size
+// |c| / n_a to rounding noise for (near-)parallel rows, huge for tiny norms,
+// where the true gradient is 0; here each pair's bracket is exactly 0 for
+// parallel rows (u by a correctly rounded division, h = +-1). The kernel
+// either scatters the gradients with float32 atomics or writes a per-triplet
+// table for the deterministic segmented reduction (segment_reduce.cu;
+// layouts in launchers.h).
 // The loop over triplets is grid-stride with a grid sized to stay resident.
 
 #include "common.cuh"
@@ -32,7 +38,6 @@
 namespace fastalign_cuda {
 namespace {
 
-constexpr double kCosineEps = 1e-8;  // contract.COSINE_EPS
 constexpr double kLog2 = 0.69314718055994530942;
 
 // Per-triplet loss and dL/ds from the similarities s0..s2 (pair order
@@ -162,20 +167,21 @@ __global__ void __launch_bounds__(kThreads) triplet_kernel(const TripletArgs p, 
     if (!active) continue;
 
     A s01 = d01, s02 = d02, s12 = d12;
-    A i0 = 1, i1 = 1, i2 = 1;                // 1 / clamped norm
-    bool cl0 = false, cl1 = false, cl2 = false;  // norm clamped at eps (then a constant)
+    A l0 = 1, l1 = 1, l2 = 1;  // unclamped norms (cosine)
+    A n0 = 1, n1 = 1, n2 = 1;  // norms clamped at eps
     if (p.cosine) {
-      A n0 = dsqrt(q0), n1 = dsqrt(q1), n2 = dsqrt(q2);
-      // `n < eps` is false for NaN, so a NaN row stays NaN like torch's clamp_min.
-      cl0 = n0 < eps;
-      cl1 = n1 < eps;
-      cl2 = n2 < eps;
-      i0 = A(1) / (cl0 ? eps : n0);
-      i1 = A(1) / (cl1 ? eps : n1);
-      i2 = A(1) / (cl2 ? eps : n2);
-      s01 = d01 * i0 * i1;
-      s02 = d02 * i0 * i2;
-      s12 = d12 * i1 * i2;
+      // Correctly rounded sqrt and division: for D = 1 the norm is then
+      // exactly |x| and s exactly +-1, and grad_sim's bound holds.
+      l0 = sqrt_rn(q0);
+      l1 = sqrt_rn(q1);
+      l2 = sqrt_rn(q2);
+      // `l < eps` is false for NaN, so a NaN row stays NaN like torch's clamp_min.
+      n0 = l0 < eps ? eps : l0;
+      n1 = l1 < eps ? eps : l1;
+      n2 = l2 < eps ? eps : l2;
+      s01 = div_rn(d01, n0 * n1);
+      s02 = div_rn(d02, n0 * n2);
+      s12 = div_rn(d12, n1 * n2);
     }
     const bool leader = gl == 0;
     if (p.sims && leader) {
@@ -214,18 +220,61 @@ __global__ void __launch_bounds__(kThreads) triplet_kernel(const TripletArgs p, 
     }
     if (!p.grad && !p.amat) continue;
 
-    A k01 = c01, k02 = c02, k12 = c12, g0 = 0, g1 = 0, g2 = 0;
     if (p.cosine) {
-      k01 = c01 * i0 * i1;
-      k02 = c02 * i0 * i2;
-      k12 = c12 * i1 * i2;
-      if (!cl0) g0 = -(c01 * s01 + c02 * s02) * i0 * i0;
-      if (!cl1) g1 = -(c01 * s01 + c12 * s12) * i1 * i1;
-      if (!cl2) g2 = -(c02 * s02 + c12 * s12) * i2 * i2;
+      const A h01 = grad_sim(s01), h02 = grad_sim(s02), h12 = grad_sim(s12);
+      if (p.amat) {  // deterministic mode: segment_reduce forms the terms from this row
+        if (leader) {
+          A* o = reinterpret_cast<A*>(p.amat) + kAmatColsCosine * t;
+          o[0] = c01; o[1] = c02; o[2] = c12;
+          o[3] = h01; o[4] = h02; o[5] = h12;
+          o[6] = l0; o[7] = l1; o[8] = l2;
+        }
+        continue;
+      }
+      // torch's clamp_min passes the gradient where |e| >= eps (NaN compares false).
+      const CosSlot<A> q0s = cos_slot(c01, c02, h01, h02, n0, l0 >= eps);
+      const CosSlot<A> q1s = cos_slot(c01, c12, h01, h12, n1, l1 >= eps);
+      const CosSlot<A> q2s = cos_slot(c02, c12, h02, h12, n2, l2 >= eps);
+      float* o0 = reinterpret_cast<float*>(p.grad) + r0 * D;
+      float* o1 = reinterpret_cast<float*>(p.grad) + r1 * D;
+      float* o2 = reinterpret_cast<float*>(p.grad) + r2 * D;
+      // Same column mapping as the dot path below (see the comment there).
+#if FASTALIGN_VECTOR_ATOMICS
+      if (grad4) {
+        for (std::int64_t c = 4 * static_cast<std::int64_t>(gl); c < D; c += 4 * G) {
+          float v0[4], v1[4], v2[4];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const A u0 = div_rn(A(load1(e0 + c + k)), n0);
+            const A u1 = div_rn(A(load1(e1 + c + k)), n1);
+            const A u2 = div_rn(A(load1(e2 + c + k)), n2);
+            v0[k] = static_cast<float>(q0s.grad(u0, u1, u2));
+            v1[k] = static_cast<float>(q1s.grad(u1, u0, u2));
+            v2[k] = static_cast<float>(q2s.grad(u2, u0, u1));
+          }
+          atomicAdd(reinterpret_cast<float4*>(o0 + c), make_float4(v0[0], v0[1], v0[2], v0[3]));
+          atomicAdd(reinterpret_cast<float4*>(o1 + c), make_float4(v1[0], v1[1], v1[2], v1[3]));
+          atomicAdd(reinterpret_cast<float4*>(o2 + c), make_float4(v2[0], v2[1], v2[2], v2[3]));
+        }
+        continue;
+      }
+#endif
+      for (std::int64_t c = gl; c < D; c += G) {
+        const A u0 = div_rn(A(load1(e0 + c)), n0);
+        const A u1 = div_rn(A(load1(e1 + c)), n1);
+        const A u2 = div_rn(A(load1(e2 + c)), n2);
+        atomicAdd(o0 + c, static_cast<float>(q0s.grad(u0, u1, u2)));
+        atomicAdd(o1 + c, static_cast<float>(q1s.grad(u1, u0, u2)));
+        atomicAdd(o2 + c, static_cast<float>(q2s.grad(u2, u0, u1)));
+      }
+      continue;
     }
+
+    // Dot similarities from here on.
+    const A k01 = c01, k02 = c02, k12 = c12, g0 = 0, g1 = 0, g2 = 0;
     if (p.amat) {  // deterministic mode: hand the coefficients to segment_reduce
       if (leader) {
-        A* o = reinterpret_cast<A*>(p.amat) + 6 * t;
+        A* o = reinterpret_cast<A*>(p.amat) + kAmatColsDot * t;
         o[0] = k01;
         o[1] = k02;
         o[2] = k12;

@@ -12,9 +12,11 @@ Gradient modes
   that appears in several triplets varies from run to run.
 - *deterministic* (``CudaKernels(deterministic=True)``, or whenever
   ``torch.are_deterministic_algorithms_enabled()``, and always for float64
-  embeddings, which never use atomics): the kernel writes six gradient
-  coefficients per triplet; the 3B slot entries are stably sorted by row and a
-  segmented reduction (one warp per row) sums each row's contributions in that
+  embeddings, which never use atomics): the kernel writes a small table per
+  triplet (dot: six coefficients; cosine: dL/ds, the similarities the
+  gradient uses and the norms, from which the reduction forms the unit-row
+  terms); the 3B slot entries are stably sorted by row and a segmented
+  reduction (one warp per row) sums each row's contributions in that
   fixed order. Bitwise reproducible; O(B) extra memory (sort keys,
   permutation, coefficients).
 
@@ -209,8 +211,14 @@ class CudaKernels:
             if self.sync:
                 self._ext.synchronize(args["device"], args["stream"])
 
-    def _reduce_segments(self, emb: torch.Tensor, triplets: torch.Tensor, amat: torch.Tensor) -> torch.Tensor:
-        """Deterministic (N, D) gradient from the per-triplet coefficients ``amat``."""
+    def _amat(self, b: int, cosine: bool, acc: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The per-triplet table of deterministic mode (layouts in csrc/cuda/launchers.h)."""
+        cols = self._ext.AMAT_COLS_COSINE if cosine else self._ext.AMAT_COLS_DOT
+        return torch.empty(b, cols, dtype=acc, device=device)
+
+    def _reduce_segments(self, emb: torch.Tensor, triplets: torch.Tensor, amat: torch.Tensor,
+                         cosine: bool) -> torch.Tensor:
+        """Deterministic (N, D) gradient from the per-triplet table ``amat``."""
         grad = torch.zeros(emb.shape, dtype=acc_dtype(emb.dtype), device=emb.device)
         if triplets.shape[0] == 0:
             return grad
@@ -218,7 +226,7 @@ class CudaKernels:
         args = self._common(emb, triplets)
         with torch.cuda.device(emb.device):
             self._ext.segment_reduce(
-                **args, amat=amat.data_ptr(), perm=perm.data_ptr(), rows=rows.data_ptr(),
+                **args, cosine=bool(cosine), amat=amat.data_ptr(), perm=perm.data_ptr(), rows=rows.data_ptr(),
                 offsets=offsets.data_ptr(), nseg=rows.numel(), grad=grad.data_ptr(),
             )
             if self.sync:
@@ -250,7 +258,7 @@ class CudaKernels:
         if want_grad and not deterministic:
             grad = torch.zeros(emb.shape, dtype=torch.float32, device=emb.device)
         if deterministic:
-            amat = torch.empty(b, 6, dtype=acc, device=emb.device)
+            amat = self._amat(b, cosine, acc, emb.device)
         if b:
             self._launch(
                 emb, triplets, task=self._ext.TASK_LOSS, cosine=cosine, target=self._aux(target, acc),
@@ -258,7 +266,7 @@ class CudaKernels:
                 temperature=temperature, grad_scale=grad_scale, loss=loss, dsim=dsim, grad=grad, amat=amat,
             )
         if deterministic:
-            grad = self._reduce_segments(emb, triplets, amat)
+            grad = self._reduce_segments(emb, triplets, amat, cosine)
         elif not want_grad:
             grad = emb.new_empty(0, dtype=acc)
         return loss, dsim, grad
@@ -268,10 +276,10 @@ class CudaKernels:
         b = triplets.shape[0]
         coef = self._aux(coef, acc)
         if self._use_deterministic(emb):
-            amat = torch.empty(b, 6, dtype=acc, device=emb.device)
+            amat = self._amat(b, cosine, acc, emb.device)
             if b:
                 self._launch(emb, triplets, task=self._ext.TASK_SCATTER, cosine=cosine, coef_in=coef, amat=amat)
-            return self._reduce_segments(emb, triplets, amat)
+            return self._reduce_segments(emb, triplets, amat, cosine)
         grad = torch.zeros(emb.shape, dtype=torch.float32, device=emb.device)
         if b:
             self._launch(emb, triplets, task=self._ext.TASK_SCATTER, cosine=cosine, coef_in=coef, grad=grad)

@@ -28,6 +28,9 @@ struct double2 { double x, y; };
 struct uint4 { unsigned x, y, z, w; };
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 template <typename T> inline T __ldg(const T* p) { return *p; }
+// IEEE float division / sqrt on the host (x86-64 SSE, no -ffast-math): round to nearest like the intrinsics.
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float x) { return std::sqrt(x); }
 typedef int cudaError_t;
 enum { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
 typedef void* cudaStream_t;
