@@ -28,6 +28,7 @@ import torch
 
 import fastalign
 import reference as R
+from backends import parallel_problem
 from fastalign.kernels.contract import MODES, acc_dtype
 from fastalign.kernels.torch_ref import TorchKernels
 from fastalign.ops import registry
@@ -254,36 +255,6 @@ def test_cosine_width_one(dtype, strategy):
     assert g_cpu.abs().max().item() <= 8 * trip.shape[0] * torch.finfo(dtype).eps * term
 
 
-def _parallel_case(d, dtype, seed):
-    """Rows 0..7 with tiny norms and a true cosine gradient of exactly 0, rows
-    8..11 random with norm ~1; no triplet mixes the two groups. D = 1: any
-    nonzero values. D > 1: +-2**k multiples of v (|v|^2 = 6) and w
-    (|w|^2 = 7), small integers times 2**-22, so e_b = k e_a and every sum
-    of products is exact, and fl(sqrt(q))^2 != q in fp32 and fp64: the
-    kernel's d / (n_a n_b) is not exactly +-1 (see grad_sim in
-    csrc/cpu/triplet_kernels.h; tests/test_backend_triton.py has the twin)."""
-    g = torch.Generator().manual_seed(seed)
-    if d == 1:
-        sign = torch.randint(0, 2, (8, 1), generator=g, dtype=torch.float64) * 2 - 1
-        tiny = sign * (torch.rand(8, 1, generator=g, dtype=torch.float64) + 0.1) * 1e-6  # >> COSINE_EPS
-    else:
-        vw = torch.zeros(2, d, dtype=torch.float64)
-        vw[0, :3] = torch.tensor([1.0, -2.0, 1.0])
-        vw[1, :4] = torch.tensor([-2.0, 1.0, 1.0, -1.0])
-        vw = vw[:, torch.randperm(d, generator=g)] * 2.0 ** -22
-        k = torch.tensor([1.0, -2.0, 0.5, 4.0, -0.25, 8.0, -1.0, 0.125], dtype=torch.float64)
-        tiny = k[:, None] * vw.repeat_interleave(4, dim=0)
-    emb = torch.cat([tiny, torch.randn(4, d, generator=g, dtype=torch.float64) / d ** 0.5]).to(dtype)
-    trip = torch.cat([torch.randint(0, 4, (12, 3), generator=g), torch.randint(4, 8, (12, 3), generator=g),
-                      torch.randint(8, 12, (8, 3), generator=g)])
-    trip[0] = torch.tensor([2, 2, 1])  # a repeated index
-    trip[1] = torch.tensor([0, 1, 3])  # three distinct rows
-    trip[12] = torch.tensor([4, 6, 7])
-    p = torch.softmax(torch.randn(trip.shape[0], 3, generator=g, dtype=torch.float64) * 2, dim=1)
-    coef = torch.randn(trip.shape[0], 3, generator=g, dtype=torch.float64)
-    return emb, trip, p, coef
-
-
 @pytest.mark.parametrize("d", [1, 6, 37])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
 def test_cosine_parallel_rows_with_tiny_norms(dtype, d):
@@ -294,7 +265,7 @@ def test_cosine_parallel_rows_with_tiny_norms(dtype, d):
     The float64 reference is itself only rounding noise on the parallel rows
     (~1e-9 here), so it is checked to be ~0 there.
     """
-    emb, trip, p, coef = _parallel_case(d, dtype, seed=30 + d)
+    emb, trip, p, coef = parallel_problem(d, dtype, seed=30 + d)
     acc = acc_dtype(dtype)
     zero = slice(0, 12) if d == 1 else slice(0, 8)  # rows whose true gradient is 0
     rest = slice(12, 12) if d == 1 else slice(8, 12)

@@ -17,6 +17,7 @@ import torch
 import fastalign
 from fastalign.kernels import cuda as cuda_mod
 from fastalign.kernels.contract import MODE_HARD, MODE_JSD, MODE_KL
+from backends import parallel_problem
 from reference import distill_loss64, hard_loss64, loss_and_grad64, sims64
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -300,39 +301,6 @@ def test_cosine_clamped_norm_is_a_constant(kern, dtype):
     _close(grad, rgrad, dtype, "grad", per_row=True, rtol=1e-3 if dtype == torch.float32 else 1e-8)
 
 
-def _parallel_problem(d, dtype, seed):
-    """Rows 0..7 with tiny norms and a true cosine gradient of exactly 0;
-    rows 8..11 random with norm ~1. No triplet mixes the two groups.
-
-    The twin of tests/test_backend_triton.py's ``_parallel_problem`` (see it
-    for why v, w are chosen so that fl(sqrt(q))**2 != q): D = 1, any nonzero
-    values; D > 1, +-2**k multiples of two rows v, w with small integer
-    entries times 2**-22, so e_b = k e_a holds exactly in every dtype and
-    every sum of products is exact whatever the lanes' order.
-    """
-    g = torch.Generator().manual_seed(seed)
-    if d == 1:
-        # |x| in [1e-7, 1.1e-6]: tiny, but well above COSINE_EPS (a clamped norm has a nonzero gradient).
-        sign = torch.randint(0, 2, (8, 1), generator=g, dtype=torch.float64) * 2 - 1
-        tiny = sign * (torch.rand(8, 1, generator=g, dtype=torch.float64) + 0.1) * 1e-6
-    else:
-        vw = torch.zeros(2, d, dtype=torch.float64)
-        vw[0, :3] = torch.tensor([1.0, -2.0, 1.0])  # |v|^2 = 6
-        vw[1, :4] = torch.tensor([-2.0, 1.0, 1.0, -1.0])  # |w|^2 = 7
-        vw = vw[:, torch.randperm(d, generator=g)] * 2.0 ** -22
-        k = torch.tensor([1.0, -2.0, 0.5, 4.0, -0.25, 8.0, -1.0, 0.125], dtype=torch.float64)
-        tiny = k[:, None] * vw.repeat_interleave(4, dim=0)
-    emb = torch.cat([tiny, torch.randn(4, d, generator=g, dtype=torch.float64) / d ** 0.5]).to(dtype)
-    trip = torch.cat([torch.randint(0, 4, (12, 3), generator=g), torch.randint(4, 8, (12, 3), generator=g),
-                      torch.randint(8, 12, (8, 3), generator=g)])
-    trip[0] = torch.tensor([2, 2, 1])  # a repeated index
-    trip[1] = torch.tensor([0, 1, 3])  # three distinct rows
-    trip[12] = torch.tensor([4, 6, 7])
-    probs = torch.softmax(torch.randn(trip.shape[0], 3, generator=g, dtype=torch.float64) * 2, dim=1)
-    coef = torch.randn(trip.shape[0], 3, generator=g, dtype=torch.float64)
-    return emb.cuda(), trip.cuda(), probs.cuda(), coef.cuda()
-
-
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
 @pytest.mark.parametrize("d", [1, 6, 8, 37])
@@ -346,7 +314,7 @@ def test_cosine_parallel_rows_with_tiny_norms(kern, kern_det, d, dtype):
     The float64 reference is itself only rounding noise on the parallel rows
     (~1e-9), so it is checked to be ~0 there and compared on the other rows.
     """
-    emb, trip, probs, coef = _parallel_problem(d, dtype, seed=20 + d)
+    emb, trip, probs, coef = parallel_problem(d, dtype, seed=20 + d, device="cuda")
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     tol = dict(rtol=1e-8, frac=1e-10) if dtype == torch.float64 else dict(rtol=1e-3, frac=1e-4)
     w = torch.full((trip.shape[0],), 0.3, dtype=torch.float64, device=emb.device)

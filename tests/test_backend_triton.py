@@ -28,6 +28,7 @@ triton = pytest.importorskip("triton")
 import fastalign  # noqa: E402
 from fastalign.kernels.contract import MODES  # noqa: E402
 from fastalign.kernels.triton import TritonKernels, TritonOptions  # noqa: E402
+from backends import parallel_problem  # noqa: E402
 from reference import distill_loss64, hard_loss64, loss_and_grad64, sims64  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -193,44 +194,8 @@ def test_odd_d(d, similarity, grad_mode):
                   combos=[("mean", True, 0.5), ("none", False, 2.0)])
 
 
-def _parallel_problem(d, dtype, seed):
-    """Rows 0..7 with tiny norms and a true cosine gradient of exactly 0;
-    rows 8..11 random with norm ~1, which set the tolerance scale. No triplet
-    mixes the two groups.
-
-    D = 1: any nonzero values (every row is parallel to every other, so the
-    whole gradient is 0). D > 1: rows 0..3 and 4..7 are +-2**k multiples of
-    two rows v, w, so e_b = k e_a holds exactly in every dtype. v, w have
-    small integer entries (times 2**-22), so every sum of products is exact
-    whatever its order, and |v|**2 = 6, |w|**2 = 7 (times 2**-44) are chosen
-    so that fl(sqrt(q))**2 != q in fp32 and fp64: d / (n_a n_b) is then not
-    exactly +-1, which the kernels must handle (``_grad_sims``).
-    """
-    g = torch.Generator().manual_seed(seed)
-    if d == 1:
-        # |x| in [1e-7, 1.1e-6]: tiny, but well above COSINE_EPS (a clamped norm has a nonzero gradient).
-        sign = torch.randint(0, 2, (8, 1), generator=g, dtype=torch.float64) * 2 - 1
-        tiny = sign * (torch.rand(8, 1, generator=g, dtype=torch.float64) + 0.1) * 1e-6
-    else:
-        vw = torch.zeros(2, d, dtype=torch.float64)
-        vw[0, :3] = torch.tensor([1.0, -2.0, 1.0])  # |v|^2 = 6
-        vw[1, :4] = torch.tensor([-2.0, 1.0, 1.0, -1.0])  # |w|^2 = 7
-        vw = vw[:, torch.randperm(d, generator=g)] * 2.0 ** -22
-        k = torch.tensor([1.0, -2.0, 0.5, 4.0, -0.25, 8.0, -1.0, 0.125], dtype=torch.float64)
-        tiny = k[:, None] * vw.repeat_interleave(4, dim=0)
-    emb = torch.cat([tiny, torch.randn(4, d, generator=g, dtype=torch.float64) / d ** 0.5]).to(dtype)
-    trip = torch.cat([torch.randint(0, 4, (12, 3), generator=g), torch.randint(4, 8, (12, 3), generator=g),
-                      torch.randint(8, 12, (8, 3), generator=g)])
-    trip[0] = torch.tensor([2, 2, 1])  # a repeated index
-    trip[1] = torch.tensor([0, 1, 3])  # three distinct rows
-    trip[12] = torch.tensor([4, 6, 7])
-    probs = torch.softmax(torch.randn(trip.shape[0], 3, generator=g, dtype=torch.float64) * 2, dim=1)
-    coef = torch.randn(trip.shape[0], 3, generator=g, dtype=torch.float64)
-    return emb, trip, probs, coef
-
-
 def test_parallel_problem_needs_exact_similarities():
-    """The claim behind _parallel_problem's v, w: n**2 != q after rounding."""
+    """The claim behind backends.parallel_problem's v, w: n**2 != q after rounding."""
     np = pytest.importorskip("numpy")
     for t in (np.float32, np.float64):
         for q in (6.0, 7.0):
@@ -250,7 +215,7 @@ def test_cosine_parallel_rows_with_tiny_norms(d, dtype):
     rounding noise on those rows (~1e-9, above the float64 tolerance), so it
     is checked to be ~0 there and compared with the kernels on the other rows.
     """
-    emb, trip, probs, coef = _parallel_problem(d, dtype, seed=20 + d)
+    emb, trip, probs, coef = parallel_problem(d, dtype, seed=20 + d)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     rtol = LOSS_RTOL[dtype]  # kernel outputs: accumulation only
     _, ref = loss_and_grad64(distill_loss64, emb, trip, target_probs=probs, temperature=0.5, divergence="kl",
