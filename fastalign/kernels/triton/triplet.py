@@ -241,16 +241,18 @@ def _grad_sims(s01, s02, s12):
 
 
 @triton.jit
+def _row_pointers(emb_ptr, stride, grad_ptr, r0, r1, r2, D: tl.constexpr):
+    """The three rows of a tile in ``emb`` and in the gradient buffer, which is
+    contiguous (N, D); the row indices are int64, so r * D cannot overflow."""
+    return (emb_ptr + r0 * stride, emb_ptr + r1 * stride, emb_ptr + r2 * stride,
+            grad_ptr + r0 * D, grad_ptr + r1 * D, grad_ptr + r2 * D)
+
+
+@triton.jit
 def _scatter_rows(emb_ptr, stride, grad_ptr, r0, r1, r2, mask_t, c01, c02, c12,
                   D: tl.constexpr, ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """Dot similarities: second pass over D, atomically add c_ab e_b to dE[a]."""
-    p0 = emb_ptr + r0 * stride
-    p1 = emb_ptr + r1 * stride
-    p2 = emb_ptr + r2 * stride
-    # The gradient buffer is contiguous (N, D); r * D is 64-bit.
-    g0p = grad_ptr + r0 * D
-    g1p = grad_ptr + r1 * D
-    g2p = grad_ptr + r2 * D
+    p0, p1, p2, g0p, g1p, g2p = _row_pointers(emb_ptr, stride, grad_ptr, r0, r1, r2, D)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         m = mask_t[:, None] & (offs_d < D)[None, :]
@@ -302,12 +304,7 @@ def _scatter_rows_cos(emb_ptr, stride, grad_ptr, r0, r1, r2, mask_t, c01, c02, c
     h12_1 = tl.where(l1 >= eps, h12, 0.0)
     h02_2 = tl.where(l2 >= eps, h02, 0.0)
     h12_2 = tl.where(l2 >= eps, h12, 0.0)
-    p0 = emb_ptr + r0 * stride
-    p1 = emb_ptr + r1 * stride
-    p2 = emb_ptr + r2 * stride
-    g0p = grad_ptr + r0 * D
-    g1p = grad_ptr + r1 * D
-    g2p = grad_ptr + r2 * D
+    p0, p1, p2, g0p, g1p, g2p = _row_pointers(emb_ptr, stride, grad_ptr, r0, r1, r2, D)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         m = mask_t[:, None] & (offs_d < D)[None, :]
