@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from fastalign.distill import DecayToInitAdam, FeatureStudent, StepBatch, StepOptions  # noqa: E402
 from fastalign.distill import single_pass_step, two_pass_step  # noqa: E402
+from fastalign.io import atomic_write_text  # noqa: E402
 
 
 def make_cnn(channels: int, out_dim: int = 64) -> nn.Module:
@@ -351,10 +352,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text)
     return 0
 
 

@@ -40,9 +40,8 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -294,21 +293,6 @@ def markdown(cfg: BenchConfig, results: List[Dict[str, object]], peaks: Dict[str
     return "\n".join(lines)
 
 
-def _atomic_write(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--markdown", action="store_true", help="run every case and print the markdown table")
@@ -339,10 +323,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     peaks = machine_peaks(args.quick or cfg.b < 100_000)
     table = markdown(cfg, results, peaks)
     print(table)
+    from fastalign.io import atomic_write_text  # here: the measured subprocesses import nothing extra
+
     if args.out:
-        _atomic_write(args.out, table + "\n")
+        atomic_write_text(args.out, table + "\n")
     if args.json:
-        _atomic_write(args.json, json.dumps({"config": asdict(cfg), "peaks": peaks, "results": results}, indent=1))
+        atomic_write_text(args.json, json.dumps({"config": asdict(cfg), "peaks": peaks, "results": results}, indent=1))
     return 0
 
 

@@ -290,3 +290,4 @@ def test_check_features_names_the_first_non_finite_entry_past_the_first_chunk():
     x[4500, 1] = np.nan
     with pytest.raises(ValueError, match=r"row 4000 has a non-finite value \(inf\) in column 7"):
         check_features(x, "feats.npy")
+

@@ -22,7 +22,8 @@ def register(sub):
 
 def _run(args):
     from ..distill.data import read_file_names
-    from ..distill.export import embed_checkpoint, save_npy_atomic
+    from ..distill.export import embed_checkpoint
+    from ..io import atomic_save_npy
     from .main import CLIError
 
     if args.micro_batch <= 0:
@@ -36,7 +37,7 @@ def _run(args):
         names = read_file_names(args.file_names)
     emb, ok = embed_checkpoint(args.checkpoint, features=args.features, image_root=args.images, file_names=names,
                                micro_batch=args.micro_batch, device=args.device)
-    save_npy_atomic(args.out, emb)
+    atomic_save_npy(args.out, emb)
     bad = int((~ok).sum())
     print(f"wrote {args.out}: {emb.shape[0]} x {emb.shape[1]} float32" +
           (f" ({bad} images failed to load: zero rows)" if bad else ""))

@@ -79,23 +79,3 @@ def embed_student(student: nn.Module, cfg: DistillConfig, *, image_root: Optiona
         items = torch.arange(len(file_names))
     emb, ok = embed_items(student, items, micro_batch, images, amp=cfg.train.amp == "bf16")
     return emb.cpu().numpy().astype(np.float32), ok.numpy()
-
-
-def save_npy_atomic(path: Union[str, Path], array: np.ndarray) -> None:
-    """``np.save`` to a temporary file, fsync, rename."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -30,10 +30,8 @@ rank's stream position is saved).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io import atomic_write_json, atomic_write_text
 from ..ops import odd_one_out_accuracy, triplet_distill_loss
 from .checkpoint import latest_checkpoint, load_checkpoint, load_model_state, save_checkpoint
 from .config import DistillConfig
@@ -421,10 +420,7 @@ def _allreduce_mean(run: _Run, values: List[float]) -> List[float]:
 def _write_report(run: _Run, metrics: Dict[str, Any], ckpt: Path, curves: Optional[Path]) -> Path:
     report = {"steps": run.step, "checkpoint": str(ckpt), "curves": str(curves) if curves else None,
               "metrics": metrics, "config": run.cfg.to_dict()}
-    json_path = run.out_dir / "report.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, json_path)
+    atomic_write_json(run.out_dir / "report.json", report)
     lines = ["# Distillation report", "", f"- steps: {run.step}", f"- final checkpoint: `{ckpt}`"]
     if curves:
         lines.append(f"- curves: `{curves.name}`")
@@ -432,9 +428,7 @@ def _write_report(run: _Run, metrics: Dict[str, Any], ckpt: Path, curves: Option
     for k, v in metrics.items():
         lines.append(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |")
     md = run.out_dir / "report.md"
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, md)
+    atomic_write_text(md, "\n".join(lines) + "\n")
     return md
 
 

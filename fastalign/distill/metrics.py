@@ -7,13 +7,14 @@ import contextlib
 import csv
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import torch
+
+from ..io import atomic_write, atomic_write_text
 
 
 @contextlib.contextmanager
@@ -70,24 +71,18 @@ class MetricsWriter:
                 self.tb = None
 
     def _rewrite(self) -> None:
-        tmp = self.jsonl.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in self.rows:
-                fh.write(json.dumps(row) + "\n")
-        os.replace(tmp, self.jsonl)
+        atomic_write_text(self.jsonl, "".join(json.dumps(row) + "\n" for row in self.rows))
         self._write_csv()
 
     def _write_csv(self) -> None:
         keys: List[str] = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]
-        tmp = self.csv.with_suffix(".csv.tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        with atomic_write(self.csv, "w") as fh:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
             for row in self.rows:
                 writer.writerow(row)
-        os.replace(tmp, self.csv)
 
     def log(self, row: Dict[str, Any]) -> None:
         row = {k: _clean(v) for k, v in row.items()}
@@ -134,10 +129,11 @@ def plot_curves(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 

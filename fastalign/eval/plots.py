@@ -7,7 +7,6 @@ then renamed over the target, so a reader never sees half a PNG.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
@@ -34,22 +33,14 @@ def _pyplot():
 
 def save_figure(fig: Any, path: PathLike, dpi: int = 120) -> Path:
     """Save a matplotlib figure as PNG atomically (temp file, fsync, rename) and close it."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    from ..io import atomic_write
+
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_write(path, "wb") as fh:
             fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     finally:
         _pyplot().close(fig)
-    return p
+    return Path(path)
 
 
 def category_order(categories: Any) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """File I/O: atomic writes, features, triplets and teacher transforms."""
 
-from .atomic import atomic_save_npz, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
+from .atomic import (atomic_save_npy, atomic_save_npz, atomic_write, atomic_write_bytes, atomic_write_json,
+                     atomic_write_text, fsync_dir)
 from .features import FEATURE_FORMATS, check_features, load_features, order_rows, read_file_names
 from .transforms import TRANSFORM_FORMATS, load_transform, save_transform
 from .triplets import (
@@ -17,6 +18,7 @@ __all__ = [
     "TRANSFORM_FORMATS",
     "TRIPLET_FORMATS",
     "TripletTable",
+    "atomic_save_npy",
     "atomic_save_npz",
     "atomic_write",
     "atomic_write_bytes",

@@ -86,6 +86,12 @@ def atomic_write_json(path: PathLike, obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(_json_safe(obj), indent=indent, allow_nan=False) + "\n")
 
 
+def atomic_save_npy(path: PathLike, array: Any) -> None:
+    """``np.save`` to ``path`` atomically (no pickled objects)."""
+    with atomic_write(path, "wb") as fh:
+        np.save(fh, np.asarray(array), allow_pickle=False)
+
+
 def atomic_save_npz(path: PathLike, **arrays: Any) -> None:
     """``np.savez`` to ``path`` atomically (uncompressed; the exact name is kept, no ``.npz`` appended)."""
     buf = io.BytesIO()

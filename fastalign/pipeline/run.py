@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from ..eval.sources import resolve_features, resolve_triplets
-from ..io import atomic_save_npz, atomic_write, atomic_write_json
+from ..io import atomic_save_npy, atomic_save_npz, atomic_write, atomic_write_json
 from .config import RunConfig, split_spec
 from .stages import Stage, StageRunner, digest_files
 
@@ -213,7 +213,7 @@ def _stage_teacher(cfg: RunConfig, inputs: Inputs, out: Path, say):
         figures.append(_plot_lambda_search(report.to_dict(), stage_dir / "lambda_search.png"))
         emb_dir = out / "embeddings"
         emb_dir.mkdir(exist_ok=True)
-        _save_npy(emb_dir / "teacher.npy", z.numpy().astype(np.float32))
+        atomic_save_npy(emb_dir / "teacher.npy", z.numpy().astype(np.float32))
         atomic_write_json(stage_dir / "report.json", metrics)
         outputs = [stage_dir / "transform.npz", emb_dir / "teacher.npy", stage_dir / "report.json"]
         return outputs + [f for f in figures if f is not None], metrics
@@ -327,7 +327,7 @@ def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say):
             torch.manual_seed(dc.train.seed)
             raw, ok = embed_student(Student(build_student(dc.student).backbone), dc, **images,
                                     micro_batch=dc.train.micro_batch, device=device)
-            _save_npy(emb_dir / "student_raw.npy", raw)
+            atomic_save_npy(emb_dir / "student_raw.npy", raw)
             outputs.append(emb_dir / "student_raw.npy")
             metrics["images_failed"] = int((~ok).sum())
             if metrics["images_failed"]:
@@ -337,7 +337,7 @@ def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say):
             emb, _ = embed_checkpoint(result.checkpoint, **images, micro_batch=dc.train.micro_batch, device=device)
         else:
             emb, _ = embed_checkpoint(result.checkpoint, features=str(inputs.student_path))
-        _save_npy(emb_dir / "student.npy", emb.astype(np.float32))
+        atomic_save_npy(emb_dir / "student.npy", emb.astype(np.float32))
         outputs += [emb_dir / "student.npy"] + ([result.curves] if result.curves else [])
         metrics.update({"final": result.metrics, "steps": result.steps,
                         "checkpoint": str(Path(result.checkpoint).relative_to(out))})
@@ -354,11 +354,6 @@ def _stage_evaluate(cfg: RunConfig, inputs: Inputs, out: Path, runner: StageRunn
         return write_report(cfg, inputs, out, stage_dir, runner, say)
 
     return Stage("evaluate", asdict(cfg.eval), ["data", "teacher", "student"], body)
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_write(path) as fh:
-        np.save(fh, arr)
 
 
 def _plot_lambda_search(report: Dict[str, Any], path: Path) -> Optional[Path]:
