@@ -291,3 +291,10 @@ def test_check_features_names_the_first_non_finite_entry_past_the_first_chunk():
     with pytest.raises(ValueError, match=r"row 4000 has a non-finite value \(inf\) in column 7"):
         check_features(x, "feats.npy")
 
+
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
+    from fastalign.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    (tmp_path / "b.txt").write_text("x")
+    assert (tmp_path / "a.txt").stat().st_mode == (tmp_path / "b.txt").stat().st_mode

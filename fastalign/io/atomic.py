@@ -21,6 +21,15 @@ import numpy as np
 PathLike = Union[str, os.PathLike]
 
 
+def _create_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_CREATE_MODE = _create_mode()
+
+
 def fsync_dir(directory: Path) -> None:
     """fsync the directory so the rename itself survives a crash (POSIX only)."""
     try:
@@ -53,6 +62,8 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str = "utf-8") -> I
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp creates the file 0600; give the result the mode a plain open() would.
+        os.fchmod(fd, _CREATE_MODE)
         kwargs = {"encoding": encoding, "newline": ""} if mode == "w" else {}
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
