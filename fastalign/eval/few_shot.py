@@ -35,7 +35,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..kernels.contract import acc_dtype
+from ..ops import acc_dtype
 from ._util import as_emb, as_index, progress
 
 __all__ = ["FewShotOptions", "PROBES", "few_shot_accuracy", "fit_logreg", "single_category_labels"]

@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from ..kernels.contract import acc_dtype
+from ..ops import acc_dtype
 from ._util import as_emb, as_vector
 from .correlation import kendall_tau_a, pearson, spearman
 

@@ -34,6 +34,8 @@ Strategies for ``fused`` (``CpuKernels(strategy=...)``):
 
 from __future__ import annotations
 
+import importlib
+
 import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional, Tuple
@@ -62,7 +64,9 @@ _INDEX_CODES = {torch.int32: 0, torch.int64: 1}
 def load_extension():
     """Import ``fastalign._cpu`` or raise ImportError saying how to build it."""
     try:
-        from .. import _cpu  # type: ignore[attr-defined]
+        # By name: the compiled extension is optional, and kernels must not import the package root
+        # (which imports the layers above them).
+        _cpu = importlib.import_module("fastalign._cpu")
     except ImportError as exc:
         raise ImportError(
             "the compiled extension fastalign._cpu is not built or failed to load "

@@ -2,6 +2,7 @@
 ``torch.library`` registration of the triplet ops."""
 
 from . import backends as _builtin_backends  # noqa: F401  (registers the built-in backends)
+from ..kernels.contract import acc_dtype  # the accumulation-dtype rule, for layers above ops
 from .affine import affine_transform, fold_affine
 from .registry import backends, register_backend
 from .triplet import (
@@ -13,6 +14,7 @@ from .triplet import (
 )
 
 __all__ = [
+    "acc_dtype",
     "affine_transform",
     "backends",
     "fold_affine",
