@@ -66,11 +66,13 @@ def _log(msg: str) -> None:
 
 
 def _run(args):
+    # The command's stack is imported when it runs, so that `fastalign --help` never waits for torch.
     import numpy as np
     import torch
 
     from ..eval import EvalOptions, FewShotOptions, evaluate_representation, format_table, load_level_labels
-    from ..eval.sources import load_categories, load_labels, resolve_features, resolve_triplets
+    from ..io import atomic_write_json, check_triplets_fit, load_transform
+    from ..io.resolve import resolve_categories, resolve_features, resolve_labels, resolve_triplets
     from .main import CLIError
 
     if args.episodes < 2:
@@ -89,14 +91,10 @@ def _run(args):
     feats = resolve_features(args.features, args.file_names)
     n, d = feats.shape
     triplets = resolve_triplets(args.triplets)
-    from ..io import check_triplets_fit
-
     check_triplets_fit(triplets, n, name=args.triplets)
     categories = cat_names = None
     if args.categories:
-        categories, cat_names = load_categories(args.categories)
-        if categories.shape[0] != n:
-            raise CLIError(f"--categories has {categories.shape[0]} rows but the features have {n}")
+        categories, cat_names = resolve_categories(args.categories, n=n)
     levels = None
     if args.levels:
         levels = load_level_labels(args.levels)
@@ -109,15 +107,11 @@ def _run(args):
             raise CLIError(f"--rdm has {human.shape[0]} rows but the features have {n}")
     labels = None
     if args.few_shot:
-        labels, _ = load_labels(args.few_shot)
-        if labels.shape[0] != n:
-            raise CLIError(f"--few-shot has {labels.shape[0]} labels but the features have {n}")
+        labels, _ = resolve_labels(args.few_shot, n=n)
 
     emb = torch.from_numpy(np.ascontiguousarray(feats)).to(device)
     temperature = args.temperature
     if args.transform:
-        from ..io import load_transform
-
         transform = load_transform(args.transform, dim_in=d).to(device)
         with torch.no_grad():
             emb = transform(emb)
@@ -158,8 +152,6 @@ def _run(args):
     }
     print(format_table(report))
     if args.out:
-        from ..io import atomic_write_json
-
         atomic_write_json(args.out, report)
         _log(f"wrote {args.out}")
     return 0

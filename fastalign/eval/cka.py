@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ._util import as_emb
+from ..common.tensors import as_emb
 
 __all__ = ["linear_cka"]
 

@@ -28,7 +28,7 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-from ._util import as_vector
+from ..common.tensors import as_vector
 
 __all__ = ["count_inversions", "dense_rank", "kendall_tau_a", "pearson", "rankdata", "spearman"]
 

@@ -32,11 +32,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
+from ..common.category_levels import single_category_labels
+from ..common.progress import progress
+from ..common.seeds import derive_seed
+from ..common.tensors import as_emb, as_index
 from ..ops import acc_dtype
-from ._util import as_emb, as_index, progress
 
 __all__ = ["FewShotOptions", "PROBES", "few_shot_accuracy", "fit_logreg", "single_category_labels"]
 
@@ -88,18 +90,6 @@ class FewShotOptions:
             raise ValueError(f"episode_batch must be a positive int, got {self.episode_batch!r}")
 
 
-def single_category_labels(categories: Any) -> np.ndarray:
-    """Class label per object from a membership matrix: the category of objects in exactly one, else -1.
-
-    Args:
-        categories: (N, K) 0/1 membership (e.g. ``load_things().categories``).
-    """
-    c = np.asarray(categories) != 0
-    if c.ndim != 2:
-        raise ValueError(f"categories must be 2-D (N, K), got shape {c.shape}")
-    return np.where(c.sum(1) == 1, c.argmax(1), -1).astype(np.int64)
-
-
 def fit_logreg(
     x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1e-3, max_iter: int = 100
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -147,10 +137,6 @@ def _prepare(features: torch.Tensor, mode: str) -> torch.Tensor:
     return x
 
 
-def _episode_seed(seed: int, shots: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(shots)]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 def _run_shot(x: torch.Tensor, y: torch.Tensor, n_classes: int, k: int, opts: FewShotOptions) -> Dict[str, Any]:
     """Episodes for one shot count; ``y`` in [0, n_classes) sorted-friendly ints."""
     counts = torch.bincount(y, minlength=n_classes)
@@ -174,7 +160,7 @@ def _run_shot(x: torch.Tensor, y: torch.Tensor, n_classes: int, k: int, opts: Fe
     support_y = y_sorted[support_pos]
     onehot = torch.nn.functional.one_hot(ys, c).to(xs.dtype)  # (M, C)
     queries_per_class = (cnt - k).to(xs.dtype)
-    gen = torch.Generator(device="cpu").manual_seed(_episode_seed(opts.seed, k))
+    gen = torch.Generator(device="cpu").manual_seed(derive_seed(opts.seed, k))
     accs = []
     batches = range(0, opts.episodes, opts.episode_batch)
     for e0 in progress(batches, len(batches), f"few-shot k={k} ({opts.probe})", opts.show_progress):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from ..common.tensors import as_emb, as_index, as_triplets
 from ..ops import odd_one_out_accuracy
-from ._util import as_emb, as_index, as_triplets
 
 __all__ = ["CHANCE", "DEFAULT_CEILING", "noise_ceiling_normalized", "triplet_accuracy"]
 

@@ -1,8 +1,6 @@
-"""Figures for evaluation results (PNG via matplotlib's Agg backend, imported lazily).
-
-Every figure is written to a temporary file in the target folder, fsynced,
-then renamed over the target, so a reader never sees half a PNG.
-"""
+"""Figures for evaluation results: matplotlib ``Figure`` objects (no pyplot, no global backend),
+written atomically as PNG. Without matplotlib a figure is skipped with one notice and the
+functions return None."""
 
 from __future__ import annotations
 
@@ -13,34 +11,14 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ._util import as_emb
+from ..common.tensors import as_emb
+from ..io.figures import new_figure, save_figure
 from .correlation import rankdata
 from .rsa import rdm
 
 __all__ = ["category_order", "plot_accuracy_by_level", "plot_rdm_panel", "save_figure"]
 
 PathLike = Union[str, os.PathLike]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig: Any, path: PathLike, dpi: int = 120) -> Path:
-    """Save a matplotlib figure as PNG atomically (temp file, fsync, rename) and close it."""
-    from ..io import atomic_write
-
-    try:
-        with atomic_write(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
-    finally:
-        _pyplot().close(fig)
-    return Path(path)
 
 
 def category_order(categories: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -78,7 +56,7 @@ def plot_rdm_panel(
     model_metric: str = "cosine",
     titles: Sequence[str] = ("human", "model"),
     category_names: Optional[Sequence[str]] = None,
-) -> Path:
+) -> Optional[Path]:
     """Human and model RDMs side by side, objects sorted by category, as a PNG.
 
     Colours are percentile ranks of each RDM's dissimilarities, so RDMs of
@@ -103,8 +81,10 @@ def plot_rdm_panel(
     order, primary = category_order(categories)
     idx = torch.from_numpy(order)
     panels = [_rank_matrix(rdm(h[idx.to(h.device)], human_metric)), _rank_matrix(rdm(m[idx.to(m.device)], model_metric))]
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
+    fig = new_figure(11, 5.2, "RDM panel")
+    if fig is None:
+        return None
+    axes = fig.subplots(1, 2)
     bounds = np.flatnonzero(np.diff(primary)) + 0.5
     starts = np.concatenate([[0], np.flatnonzero(np.diff(primary)) + 1])
     ends = np.concatenate([starts[1:], [len(primary)]])
@@ -125,7 +105,7 @@ def plot_rdm_panel(
             ax.set_xticks([])
             ax.set_yticks([])
     fig.colorbar(im, ax=axes, fraction=0.025, label="dissimilarity (percentile rank)")
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=120)
 
 
 def _acc(entry: Any) -> Optional[float]:
@@ -142,7 +122,7 @@ def plot_accuracy_by_level(
     levels: Sequence[str] = ("fine", "class_boundary", "coarse"),
     chance: float = 1.0 / 3.0,
     title: str = "Odd-one-out accuracy by level",
-) -> Path:
+) -> Optional[Path]:
     """Grouped bars: accuracy per level for each representation.
 
     Args:
@@ -153,12 +133,14 @@ def plot_accuracy_by_level(
         chance: where to draw the chance line.
         title: figure title.
     """
-    plt = _pyplot()
     names = list(results)
     if not names:
         raise ValueError("results is empty: nothing to plot")
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(levels), 3.6))
+    fig = new_figure(1.6 + 1.8 * len(levels), 3.6, "accuracy-by-level figure")
+    if fig is None:
+        return None
+    ax = fig.subplots()
     x = np.arange(len(levels))
     for i, name in enumerate(names):
         vals = [_acc(results[name].get(lv)) for lv in levels]
@@ -171,4 +153,4 @@ def plot_accuracy_by_level(
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(fontsize=8, ncol=2)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=120)

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ._util import as_emb, as_index, as_triplets, nan_to_none
+from ..common.jsonsafe import finite_or_none as nan_to_none
+from ..common.tensors import as_emb, as_index, as_triplets
 from .calibration import DEFAULT_BINS, triplet_calibration
 from .cka import linear_cka
 from .few_shot import FewShotOptions, few_shot_accuracy

@@ -25,8 +25,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from ..common.tensors import as_emb, as_vector
 from ..ops import acc_dtype
-from ._util import as_emb, as_vector
 from .correlation import kendall_tau_a, pearson, spearman
 
 __all__ = ["COMPARISONS", "METRICS", "compare_rdms", "rdm", "rdm_upper", "rsa", "upper_triangle"]

@@ -1,16 +1,35 @@
-"""File I/O: atomic writes, features, triplets and teacher transforms."""
+"""File I/O: atomic writes, features, triplets, teacher transforms, figures, and the one resolver of
+``things:KEY`` or a file (``fastalign.io.resolve``)."""
 
-from .atomic import (atomic_save_npy, atomic_save_npz, atomic_write, atomic_write_bytes, atomic_write_json,
-                     atomic_write_text, fsync_dir)
+from .atomic import (
+                     atomic_save_npy,
+                     atomic_save_npz,
+                     atomic_write,
+                     atomic_write_bytes,
+                     atomic_write_json,
+                     atomic_write_text,
+                     fsync_dir,
+)
 from .features import FEATURE_FORMATS, check_features, load_features, order_rows, read_file_names
+from .resolve import (
+                     feature_path,
+                     is_bundled,
+                     resolve_categories,
+                     resolve_features,
+                     resolve_file_names,
+                     resolve_labels,
+                     resolve_triplet_table,
+                     resolve_triplets,
+                     split_spec,
+)
 from .transforms import TRANSFORM_FORMATS, load_transform, save_transform
 from .triplets import (
-    TRIPLET_FORMATS,
-    TripletTable,
-    check_triplets_fit,
-    load_triplets,
-    save_triplets,
-    save_triplets_txt,
+                     TRIPLET_FORMATS,
+                     TripletTable,
+                     check_triplets_fit,
+                     load_triplets,
+                     save_triplets,
+                     save_triplets_txt,
 )
 
 __all__ = [
@@ -27,6 +46,15 @@ __all__ = [
     "check_features",
     "fsync_dir",
     "check_triplets_fit",
+    "feature_path",
+    "is_bundled",
+    "resolve_categories",
+    "resolve_features",
+    "resolve_file_names",
+    "resolve_labels",
+    "resolve_triplet_table",
+    "resolve_triplets",
+    "split_spec",
     "load_features",
     "load_transform",
     "load_triplets",

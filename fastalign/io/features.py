@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
+import torch
 
 PathLike = Union[str, os.PathLike]
 
@@ -44,8 +45,6 @@ def _load_raw(path: Path, key: Optional[str]) -> np.ndarray:
         with np.load(path, allow_pickle=False) as z:
             return np.asarray(_pick(str(path), {k: z[k] for k in z.files}, key))
     if suffix in (".pt", ".pth"):
-        import torch
-
         # weights_only: never unpickle arbitrary objects from a user file.
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(obj, dict):
@@ -57,7 +56,7 @@ def _load_raw(path: Path, key: Optional[str]) -> np.ndarray:
         return obj.detach().numpy()
     if suffix in (".h5", ".hdf5"):
         try:
-            import h5py
+            import h5py  # optional extra: fastalign[io]
         except ImportError:
             raise ValueError(
                 f"{path}: reading HDF5 needs h5py; install it with `pip install h5py` (or fastalign[io])"

@@ -9,7 +9,10 @@ from __future__ import annotations
 import io
 import os
 import sys
+from pathlib import Path
 from typing import Any, Optional, Union
+
+from .atomic import atomic_write_bytes
 
 REPORT_EXTRA = "pip install 'fastalign[report]'"
 _warned = False
@@ -38,10 +41,9 @@ def new_figure(width: float, height: float, what: str = "figure") -> Optional[An
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def save_figure(fig: Any, path: Union[str, os.PathLike], dpi: int = 150) -> None:
-    """Render ``fig`` to PNG bytes in memory, then write them atomically to ``path``."""
-    from .atomic import atomic_write_bytes
-
+def save_figure(fig: Any, path: Union[str, os.PathLike], dpi: int = 150) -> Path:
+    """Render ``fig`` to PNG bytes in memory, then write them atomically to ``path``; returns the path."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -6,6 +6,7 @@ odd one out in column 2. A fourth column, when present, is a participant id.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,8 +140,6 @@ def save_triplets(path: PathLike, triplets: np.ndarray, participants: Optional[n
         return
     table = _as_table(_stack(triplets, participants), str(path))
     if suffix == ".npy":
-        import io
-
         full = table.triplets if table.participants is None else np.column_stack([table.triplets, table.participants])
         buf = io.BytesIO()
         np.save(buf, full)

@@ -35,7 +35,6 @@ Strategies for ``fused`` (``CpuKernels(strategy=...)``):
 from __future__ import annotations
 
 import importlib
-
 import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional, Tuple

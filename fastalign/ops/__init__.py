@@ -1,8 +1,8 @@
 """One contract, one dispatch: validation, the backend registry and the
 ``torch.library`` registration of the triplet ops."""
 
-from . import backends as _builtin_backends  # noqa: F401  (registers the built-in backends)
 from ..kernels.contract import acc_dtype  # the accumulation-dtype rule, for layers above ops
+from . import backends as _builtin_backends  # noqa: F401  (registers the built-in backends)
 from .affine import affine_transform, fold_affine
 from .registry import backends, register_backend
 from .triplet import (

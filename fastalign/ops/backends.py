@@ -9,29 +9,28 @@ from __future__ import annotations
 
 import os
 
+from ..kernels.torch_ref import TorchKernels
 from .registry import register_backend
 
 
 def _torch():
-    from ..kernels.torch_ref import TorchKernels
-
     return TorchKernels()
 
 
 def _cpu():
-    from ..kernels.cpu import CpuKernels
+    from ..kernels.cpu import CpuKernels  # needs the compiled extension fastalign._cpu
 
     return CpuKernels()
 
 
 def _triton():
-    from ..kernels.triton import TritonKernels
+    from ..kernels.triton import TritonKernels  # needs triton (optional), seconds to import
 
     return TritonKernels()
 
 
 def _cuda():
-    from ..kernels.cuda import CudaKernels
+    from ..kernels.cuda import CudaKernels  # needs the optional CUDA extension fastalign._cuda
 
     return CudaKernels()
 

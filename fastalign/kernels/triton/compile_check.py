@@ -39,7 +39,7 @@ class Variant:
 
 
 def _variants(full: bool) -> Iterator[Variant]:
-    import triton.language as tl
+    import triton.language as tl  # optional: this tool needs triton
 
     # The quick set: bf16 rows (the common case) through every kernel.
     emb_dtypes = ("bf16", "fp16", "fp32", "fp64") if full else ("bf16",)
@@ -81,11 +81,12 @@ def compile_variants(arch: int = 90, full: bool = False, verbose: bool = True) -
     """Compile the kernel variants for ``cuda:sm_<arch>``; return (name, error) per failure."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("compile_check needs a process without TRITON_INTERPRET=1")
+    # triton is optional, and the kernels module must be imported without TRITON_INTERPRET (checked above).
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from triton.backends.compiler import GPUTarget  # optional, as above
+    from triton.compiler import ASTSource  # optional, as above
 
-    from . import triplet
+    from . import triplet  # after the TRITON_INTERPRET check: the kernels compile for a real target
 
     target = GPUTarget("cuda", arch, 32)
     failures = []
