@@ -118,3 +118,31 @@ def test_env_var_selects_backend(monkeypatch):
         fastalign.triplet_loss(emb, trip)
     monkeypatch.setenv("FASTALIGN_BACKEND", "torch")
     assert torch.isfinite(fastalign.triplet_loss(emb, trip))
+
+
+# ---------------------------------------------------------------- weights and probability rows
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.5, float("inf")])
+@pytest.mark.parametrize("op", ["hard", "distill"])
+def test_bad_weight_is_refused(op, bad):
+    emb = torch.randn(6, 4)
+    trip = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    w = torch.tensor([1.0, bad])
+    with pytest.raises(ValueError, match=r"weight\[1\]"):
+        if op == "hard":
+            fastalign.triplet_loss(emb, trip, weight=w, backend="torch")
+        else:
+            fastalign.triplet_distill_loss(emb, trip, target_probs=torch.full((2, 3), 1 / 3), weight=w, backend="torch")
+
+
+def test_float32_rounded_probabilities_pass_as_float64():
+    torch.manual_seed(0)
+    p64 = torch.softmax(torch.randn(64, 3), dim=1).double()
+    p64[:, 0] += 5e-8  # what three float32 roundings can do to a row sum: beyond the old 1e-9
+    emb = torch.randn(20, 5, dtype=torch.float64)
+    trip = torch.randint(0, 20, (64, 3))
+    loss = fastalign.triplet_distill_loss(emb, trip, target_probs=p64, backend="torch")
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="probability vector"):
+        fastalign.triplet_distill_loss(emb, trip, target_probs=p64 * (1 + 1e-4), backend="torch")

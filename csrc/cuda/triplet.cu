@@ -47,8 +47,11 @@ __device__ __forceinline__ void loss_and_dsim(A s0, A s1, A s2, int mode, A temp
                                               A& loss, A& ds0, A& ds1, A& ds2) {
   const A z0 = s0 / temp, z1 = s1 / temp, z2 = s2 / temp;
   const A m = nanmax(z0, nanmax(z1, z2));
-  const A lse = m + dlog(dexp(z0 - m) + dexp(z1 - m) + dexp(z2 - m));
-  const A lq0 = z0 - lse, lq1 = z1 - lse, lq2 = z2 - lse;  // log q
+  // log q = (z - m) - log sum: shifting first keeps the digits of z - m when |m| is large;
+  // z - (m + log sum) rounds m + log sum at the magnitude of z and loses log sum (~1) at |z| ~ 1e7.
+  const A d0 = z0 - m, d1 = z1 - m, d2 = z2 - m;
+  const A lsum = dlog(dexp(d0) + dexp(d1) + dexp(d2));
+  const A lq0 = d0 - lsum, lq1 = d1 - lsum, lq2 = d2 - lsum;  // log q
   const A q0 = dexp(lq0), q1 = dexp(lq1), q2 = dexp(lq2);
   A dz0, dz1, dz2;
   if (mode == kHard) {

@@ -112,6 +112,8 @@ def triplet_objective_op(
         validate.check_choice_range("odd", 2 - choice)
     if target is not None:
         validate.check_probs(target, target.dtype)
+    if weight is not None:
+        validate.check_weights(weight)
     if check_finite:
         validate.check_finite("emb", emb)
     kernels = _kernels(backend, emb.device)

@@ -106,7 +106,7 @@ def triplet_loss(
         temperature: softmax temperature, > 0.
         similarity: "dot" or "cosine".
         reduction: "mean" (sum of weighted losses / B), "sum" or "none" (B,).
-        weight: optional (B,) per-triplet weights.
+        weight: optional (B,) per-triplet weights, finite and >= 0 (else ValueError).
         backend: see ``triplet_similarities``.
         check_finite: raise ``ValueError`` on NaN/Inf in ``emb`` instead of
             propagating it to the loss.
@@ -144,7 +144,9 @@ def triplet_distill_loss(
     Args:
         emb: (N, D) student embeddings.
         triplets: (B, 3) row indices.
-        target_probs: (B, 3) teacher probabilities in pair order ``[p01, p02, p12]``.
+        target_probs: (B, 3) teacher probabilities in pair order ``[p01, p02, p12]``: entries >= 0,
+            rows summing to 1 within ``validate.PROB_SUM_TOL`` of their dtype (1e-6 for float64,
+            so float32-rounded probabilities stored as float64 pass; 1e-4 float32; 5e-3 float16; 2e-2 bfloat16).
         target_sims: (B, 3) teacher similarities; then
             ``p = softmax(target_sims / teacher_temperature)``. Give exactly one target.
         teacher_temperature: temperature for ``target_sims``, > 0.

@@ -21,9 +21,11 @@ REDUCTIONS = ("mean", "sum", "none")
 SIMILARITIES = ("dot", "cosine")
 DIVERGENCES = ("kl", "jsd")
 
-# Row-sum tolerance for target probabilities, per dtype (a few ulps times 3 terms).
+# Row-sum tolerance for target probabilities, per dtype: a few ulps times 3 terms, and never
+# below 1e-6, so float32-rounded probabilities passed as float64 are accepted (three float32
+# roundings move a sum by at most ~2e-7).
 PROB_SUM_TOL = {
-    torch.float64: 1e-9,
+    torch.float64: 1e-6,
     torch.float32: 1e-4,
     torch.float16: 5e-3,
     torch.bfloat16: 2e-2,
@@ -128,6 +130,17 @@ def check_probs(target: torch.Tensor, source_dtype: torch.dtype) -> None:
             f"target_probs row {row} = {target[row].tolist()} is not a probability vector "
             f"(entries >= 0, no NaN, sum 1 within {tol})"
         )
+
+
+def check_weights(weight: torch.Tensor) -> None:
+    """Per-triplet weights must be finite and >= 0: a NaN or negative weight would give a NaN
+    or negative loss that looks like a training signal."""
+    if weight.numel() == 0:
+        return
+    bad = ~torch.isfinite(weight) | (weight < 0)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"weight[{row}] = {float(weight[row])} is not a finite, non-negative triplet weight")
 
 
 def check_finite(name: str, value: torch.Tensor) -> None:

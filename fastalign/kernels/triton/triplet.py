@@ -164,10 +164,15 @@ def _objective(s0, s1, s2, offs_t, mask_t, temp, target_ptr, choice_ptr,
     z1 = s1 / temp
     z2 = s2 / temp
     mx = tl.maximum(tl.maximum(z0, z1), z2)
-    lse = mx + tl.log(tl.exp(z0 - mx) + tl.exp(z1 - mx) + tl.exp(z2 - mx))
-    lq0 = z0 - lse
-    lq1 = z1 - lse
-    lq2 = z2 - lse
+    # log q = (z - max) - log sum exp(z - max), shifted first: z - (max + log sum) would round
+    # max + log sum at the magnitude of z and lose log sum (~1) entirely once |z| ~ 1e7 (fp32).
+    d0 = z0 - mx
+    d1 = z1 - mx
+    d2 = z2 - mx
+    lsum = tl.log(tl.exp(d0) + tl.exp(d1) + tl.exp(d2))
+    lq0 = d0 - lsum
+    lq1 = d1 - lsum
+    lq2 = d2 - lsum
     q0 = tl.exp(lq0)
     q1 = tl.exp(lq1)
     q2 = tl.exp(lq2)
