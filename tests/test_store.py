@@ -186,23 +186,23 @@ def test_merge_waits_and_times_out(tmp_path):
 WRITER_SCRIPT = textwrap.dedent(
     """
     import sys, time, numpy as np
-    import fastalign.triplets.store as store
+    import fastalign.triplets.store.writer as writer
+    from fastalign.io.atomic import tmp_name
     from fastalign.triplets.store import TripletStoreWriter
     path, resume, pause_at = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
-    real = store.write_bytes_atomic
+    real = writer.atomic_write_chunks
     calls = [0]
-    def slow(final, chunks):
+    def slow(final, chunks, **kw):
         calls[0] += 1
         if calls[0] == pause_at and "shard-" in str(final):
             # write half of the shard into its temp file, then hang: the parent kills us mid-shard
-            from fastalign.triplets._fs import tmp_name
             data = b"".join(bytes(memoryview(c).cast("B")) for c in chunks)
             with open(tmp_name(final), "wb") as fh:
                 fh.write(data[: len(data) // 2]); fh.flush()
             print("PAUSED", flush=True)
             time.sleep(600)
-        return real(final, chunks)
-    store.write_bytes_atomic = slow
+        return real(final, chunks, **kw)
+    writer.atomic_write_chunks = slow
     rng = np.random.default_rng(0)
     n, shard = 1000, 128
     idx = rng.integers(0, 50, (n, 3)); sims = rng.normal(size=(n, 3)).astype(np.float32)
@@ -226,7 +226,7 @@ def run_writer(tmp_path, path, resume, pause_at):
 def test_resume_after_sigkill_mid_shard_equals_uninterrupted(tmp_path):
     ref = run_writer(tmp_path, tmp_path / "ref", False, -1)
     assert ref.communicate(timeout=120)[0].strip().endswith("DONE")
-    # the patched function sees shard writes only (manifests go through _fs directly): pause in the third
+    # the patched function sees shard writes only (manifests go through layout.write_manifest): pause in the third
     p = run_writer(tmp_path, tmp_path / "crash", False, 3)
     assert p.stdout.readline().strip() == "PAUSED"
     p.send_signal(signal.SIGKILL)

@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_triplets_io import cli, ref_sims
 
 from fastalign.triplets import TripletStore
 from fastalign.triplets.generate import GenerateOptions, generate
 from fastalign.triplets.label import softmax_np
-
-from test_triplets_io import cli, ref_sims
 
 REPO = Path(__file__).resolve().parents[1]
 N, D = 240, 8
@@ -134,11 +133,11 @@ def test_ranks_equal_one_process(inputs, tmp_path):
 CRASH_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    import fastalign.triplets.store as store
-    from fastalign.triplets._fs import tmp_name
+    import fastalign.triplets.store.writer as writer
+    from fastalign.io.atomic import tmp_name
     from fastalign.triplets.generate import GenerateOptions, generate
-    real, calls = store.write_bytes_atomic, [0]
-    def slow(final, chunks):
+    real, calls = writer.atomic_write_chunks, [0]
+    def slow(final, chunks, **kw):
         calls[0] += 1
         if calls[0] == 3:  # the third shard: write half of it, then hang until killed
             data = b"".join(bytes(memoryview(c).cast("B")) for c in chunks)
@@ -146,8 +145,8 @@ CRASH_SCRIPT = textwrap.dedent(
                 fh.write(data[: len(data) // 2]); fh.flush()
             print("PAUSED", flush=True)
             time.sleep(600)
-        return real(final, chunks)
-    store.write_bytes_atomic = slow
+        return real(final, chunks, **kw)
+    writer.atomic_write_chunks = slow
     kw = eval(sys.argv[1])
     generate(GenerateOptions(**kw))
     """

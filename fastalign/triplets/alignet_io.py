@@ -29,8 +29,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from ..io.atomic import atomic_write
-from ._fs import write_bytes_atomic
+from ..io.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from ..io.triplets import load_triplets
 from .store import TripletStore, TripletStoreWriter
 
 PathLike = Union[str, os.PathLike]
@@ -143,7 +143,8 @@ def import_alignet_npz(
     _check_new(out)
     out.mkdir(parents=True, exist_ok=True)
     if item_names is not None:
-        write_bytes_atomic(out / "file_names.txt", [("\n".join(item_names.tolist()) + "\n").encode("utf-8")])
+        # a .tmp- temp name: the store writer's resume deletes it if this write is killed
+        atomic_write_text(out / "file_names.txt", "\n".join(item_names.tolist()) + "\n", named_tmp=True)
     with TripletStoreWriter(out, num_items=n_items, sim_dtype=sim_dtype, with_probs=temperature is not None,
                             shard_size=shard_size, meta=meta) as w:
         for a in range(0, n, _ROWS):
@@ -160,8 +161,6 @@ def import_alignet_npz(
 def import_things_txt(path: PathLike, out: PathLike, *, num_items: Optional[int] = None,
                       shard_size: int = 1_000_000) -> TripletStore:
     """Import THINGS text triplets (odd one out in column 2) as a hard-label store (see module docstring)."""
-    from ..io import load_triplets
-
     table = load_triplets(path)
     idx = table.triplets
     n = idx.shape[0]
@@ -203,7 +202,7 @@ def export_alignet_npz(store: TripletStore, out: PathLike) -> int:
     table = np.array(names if names is not None else [str(i) for i in range(store.num_items)])
     buf = _io.BytesIO()
     np.savez(buf, indices=idx, similarities=sims, filenames=table[idx])
-    write_bytes_atomic(out, [buf.getbuffer()])
+    atomic_write_bytes(out, buf.getbuffer())
     return int(idx.shape[0])
 
 
