@@ -249,3 +249,38 @@ def test_torchrun_style_processes_equal_one_process(inputs, tmp_path):
         assert p.returncode == 0, err
     assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "multi")
     assert not (tmp_path / "multi" / "parts").exists() and not (tmp_path / "multi" / "val" / "parts").exists()
+
+
+def test_without_matplotlib_the_figure_is_skipped_and_the_summary_written(inputs, tmp_path, monkeypatch, capsys):
+    import fastalign.io.figures as figures
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # a core install: `import matplotlib` fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setattr(figures, "_warned", False)
+    generate(opts(inputs, tmp_path / "s", histogram=True, val_num=0, num=300, transform=None))
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "fastalign[report]" in line] == [
+        "note: teacher-entropy histogram skipped (matplotlib is not installed; pip install 'fastalign[report]')"]
+    assert not (tmp_path / "s" / "teacher_entropy.png").exists()
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert sum(summary["entropy_hist"]["train"]["counts"]) == 300
+
+
+def test_cli_takes_bundled_things_inputs(tmp_path, capsys):
+    """``--embeddings things:KEY``, ``--labels things`` and ``--file-names things`` go through fastalign.io.resolve."""
+    from fastalign.datasets.things import load_things
+    from fastalign.io.resolve import resolve_labels
+
+    out = tmp_path / "things"
+    assert cli(["make-triplets", "--embeddings", "things:spose49", "--labels", "things", "--file-names", "things",
+                "--strategy", "class_border", "--num", "200", "--shard-size", "100", "--chunk-size", "100",
+                "--out", str(out), "--quiet", "--no-histogram"]) == 0, capsys.readouterr().err
+    st = TripletStore.open(out)
+    assert len(st) == 200 and st.num_items == 1854 and st.item_names == list(load_things().unique_id)
+    lab = resolve_labels("things")[0][st.indices[:].astype(np.int64)]
+    assert (lab >= 0).all()
+    same = (lab[:, 0] == lab[:, 1]).astype(int) + (lab[:, 0] == lab[:, 2]) + (lab[:, 1] == lab[:, 2])
+    assert (same == 1).all()  # class_border: exactly one pair shares a class
+    assert cli(["make-triplets", "--embeddings", "things:nope", "--num", "10", "--out", str(tmp_path / "bad"),
+                "--quiet", "--strategy", "random"]) == 2
+    assert "unknown bundled features" in capsys.readouterr().err

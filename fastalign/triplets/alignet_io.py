@@ -79,22 +79,8 @@ def _names_for(n_items: int, idx: np.ndarray, names: np.ndarray, src: str) -> np
     return table
 
 
-def import_alignet_npz(
-    path: PathLike, out: PathLike, *, num_items: Optional[int] = None, sim_dtype: str = "float32",
-    temperature: Optional[float] = None, shard_size: int = 1_000_000, allow_pickle: bool = False,
-) -> TripletStore:
-    """Import AligNet's ``.npz`` into a new store at ``out`` (see the module docstring).
-
-    Args:
-        path: the ``.npz`` file.
-        out: the store directory to create (must not hold a store).
-        num_items: number of items (default: largest index + 1).
-        sim_dtype: storage dtype of the similarities ("float32" keeps them exactly).
-        temperature: also store ``softmax(s / T)`` with this T.
-        shard_size: triplets per shard.
-        allow_pickle: let numpy unpickle object arrays (only for files you trust; the
-            released ``filenames`` may be stored as objects).
-    """
+def _read_npz(path: PathLike, allow_pickle: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """(indices int64, similarities float64, filenames or None) of an AligNet ``.npz``, every row checked."""
     src = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"{src}: file not found")
@@ -125,6 +111,28 @@ def import_alignet_npz(
     rep = (idx[:, 0] == idx[:, 1]) | (idx[:, 0] == idx[:, 2]) | (idx[:, 1] == idx[:, 2])
     if rep.any():
         raise ValueError(f"{src}: row {int(np.flatnonzero(rep)[0])} repeats an item")
+    return idx, sims, names
+
+
+def import_alignet_npz(
+    path: PathLike, out: PathLike, *, num_items: Optional[int] = None, sim_dtype: str = "float32",
+    temperature: Optional[float] = None, shard_size: int = 1_000_000, allow_pickle: bool = False,
+) -> TripletStore:
+    """Import AligNet's ``.npz`` into a new store at ``out`` (see the module docstring).
+
+    Args:
+        path: the ``.npz`` file.
+        out: the store directory to create (must not hold a store).
+        num_items: number of items (default: largest index + 1).
+        sim_dtype: storage dtype of the similarities ("float32" keeps them exactly).
+        temperature: also store ``softmax(s / T)`` with this T.
+        shard_size: triplets per shard.
+        allow_pickle: let numpy unpickle object arrays (only for files you trust; the
+            released ``filenames`` may be stored as objects).
+    """
+    src = str(path)
+    idx, sims, names = _read_npz(path, allow_pickle)
+    n = idx.shape[0]
     n_items = int(idx.max()) + 1 if n else 1
     if num_items is not None:
         if num_items < n_items:
