@@ -64,6 +64,48 @@ def test_atomic_json_and_npz(tmp_path):
             pass
 
 
+def test_atomic_write_chunks_checksums_the_bytes_it_writes(tmp_path):
+    import hashlib
+
+    from fastalign.io.atomic import HASH_NAME, atomic_write_chunks, file_checksum
+
+    parts = [np.arange(6, dtype="<i4").reshape(2, 3), np.ones((2, 3), "<f2"), b"tail"]
+    digest = atomic_write_chunks(tmp_path / "f.bin", parts)
+    raw = (tmp_path / "f.bin").read_bytes()
+    assert raw == b"".join(bytes(memoryview(p).cast("B")) for p in parts)
+    # blake2b-256, the checksum every triplet-store manifest records
+    assert HASH_NAME == "blake2b" and digest == hashlib.blake2b(raw, digest_size=32).hexdigest()
+    assert file_checksum(tmp_path / "f.bin") == digest
+
+
+def test_named_tmp_uses_the_recognisable_name_and_cleans_up(tmp_path, monkeypatch):
+    from fastalign.io.atomic import TMP_PREFIX, atomic_write_chunks, tmp_name
+
+    target = tmp_path / "shard-00000001.bin"
+    assert tmp_name(target) == tmp_path / f"{TMP_PREFIX}shard-00000001.bin.{os.getpid()}"
+    seen = []
+
+    def chunks():
+        seen.extend(p.name for p in tmp_path.iterdir())  # the temp file exists while the data streams
+        yield b"abc"
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_chunks(target, chunks(), named_tmp=True)
+    assert seen == [tmp_name(target).name] and list(tmp_path.iterdir()) == []
+    atomic_write_json(tmp_path / "m.json", {"b": 1, "a": [1, 2]}, indent=1, sort_keys=True, named_tmp=True)
+    assert (tmp_path / "m.json").read_text() == '{\n "a": [\n  1,\n  2\n ],\n "b": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_read_json_names_a_damaged_file(tmp_path):
+    from fastalign.io.atomic import read_json
+
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        read_json(tmp_path / "bad.json")
+
+
 # ------------------------------------------------------------------ features
 
 

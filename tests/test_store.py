@@ -186,23 +186,23 @@ def test_merge_waits_and_times_out(tmp_path):
 WRITER_SCRIPT = textwrap.dedent(
     """
     import sys, time, numpy as np
-    import fastalign.triplets.store as store
+    import fastalign.triplets.store.writer as writer
+    from fastalign.io.atomic import tmp_name
     from fastalign.triplets.store import TripletStoreWriter
     path, resume, pause_at = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
-    real = store.write_bytes_atomic
+    real = writer.atomic_write_chunks
     calls = [0]
-    def slow(final, chunks):
+    def slow(final, chunks, **kw):
         calls[0] += 1
         if calls[0] == pause_at and "shard-" in str(final):
             # write half of the shard into its temp file, then hang: the parent kills us mid-shard
-            from fastalign.triplets._fs import tmp_name
             data = b"".join(bytes(memoryview(c).cast("B")) for c in chunks)
             with open(tmp_name(final), "wb") as fh:
                 fh.write(data[: len(data) // 2]); fh.flush()
             print("PAUSED", flush=True)
             time.sleep(600)
-        return real(final, chunks)
-    store.write_bytes_atomic = slow
+        return real(final, chunks, **kw)
+    writer.atomic_write_chunks = slow
     rng = np.random.default_rng(0)
     n, shard = 1000, 128
     idx = rng.integers(0, 50, (n, 3)); sims = rng.normal(size=(n, 3)).astype(np.float32)
@@ -226,7 +226,7 @@ def run_writer(tmp_path, path, resume, pause_at):
 def test_resume_after_sigkill_mid_shard_equals_uninterrupted(tmp_path):
     ref = run_writer(tmp_path, tmp_path / "ref", False, -1)
     assert ref.communicate(timeout=120)[0].strip().endswith("DONE")
-    # the patched function sees shard writes only (manifests go through _fs directly): pause in the third
+    # the patched function sees shard writes only (manifests go through layout.write_manifest): pause in the third
     p = run_writer(tmp_path, tmp_path / "crash", False, 3)
     assert p.stdout.readline().strip() == "PAUSED"
     p.send_signal(signal.SIGKILL)
@@ -254,3 +254,67 @@ def test_resume_drops_and_rewrites_a_corrupt_committed_shard(tmp_path):
     w2.write_shard(2, idx[200:], sims[200:])
     w2.close()
     assert np.array_equal(TripletStore.open(tmp_path / "s").indices[:], idx)
+
+
+def golden_data(n=50, num_items=17):
+    """Arithmetic data (no RNG), so the expected bytes below hold on every platform."""
+    k = np.arange(n * 3)
+    idx = ((k * 7 + 3) % num_items).reshape(n, 3)
+    sims = (np.sin(k * 0.37) * 4).reshape(n, 3).astype(np.float32)
+    probs = (np.abs(np.cos(k * 0.11)) + 0.1).reshape(n, 3)
+    return idx, sims, (probs / probs.sum(1, keepdims=True)).astype(np.float32)
+
+
+# sha256 of every file of the golden stores as the writer before the store/ split wrote them (issue 13):
+# the split must not change a byte on disk.
+GOLDEN = {
+    ("float16", True): {
+        "manifest.json": "5e6114e19a7d06cee4a4f0c2cc659e8bd17efce0aa716a0312db0d0fe5ac962a",
+        "shards/shard-00000000.bin": "8ea2a5404093e4e0fe867baaff51c5027fd98a950ec5c15996b3a3acffa60cef",
+        "shards/shard-00000001.bin": "45b712429048248b5fa821319da45a34a1fa1608bc98141586b17b9579d43b38",
+        "shards/shard-00000002.bin": "065cc46f2cd483a12b5ee3a98ab6b2416c116c4dcf17881fd1b0172b01831f35",
+    },
+    ("float32", False): {
+        "manifest.json": "ae9bcdd4a597896318270638dd413c2c4f06b0d1edb10ad95d2edb6ec8e04aeb",
+        "shards/shard-00000000.bin": "291ad3ddd71c54fba1319109bb288421d8626579bb93b926efa83cf33aec4bfc",
+        "shards/shard-00000001.bin": "f281e7ca650f05dff66c5d80ca7fca0756a0fc1b64e4916f3606a6d9ca477571",
+        "shards/shard-00000002.bin": "ea34469da6f2e8de44a39b9a3e4713642ea3612635aa598516d854f0a29019d4",
+    },
+}
+
+
+@pytest.mark.parametrize("sim_dtype,with_probs", list(GOLDEN))
+def test_store_bytes_equal_those_written_before_the_split(tmp_path, sim_dtype, with_probs):
+    import hashlib
+
+    idx, sims, probs = golden_data()
+    d = tmp_path / "s"
+    with TripletStoreWriter(d, num_items=17, sim_dtype=sim_dtype, with_probs=with_probs, shard_size=20,
+                            meta={"seed": 3, "name": "golden"}) as w:
+        w.write(idx, sims, probs if with_probs else None)
+    files = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+    assert {f: hashlib.sha256((d / f).read_bytes()).hexdigest() for f in files} == GOLDEN[(sim_dtype, with_probs)]
+
+
+def test_reads_a_store_built_by_hand_in_the_documented_format(tmp_path):
+    """A store written without the writer (raw column bytes + manifest JSON) opens and reads back."""
+    import hashlib
+
+    idx, sims, probs = golden_data(30)
+    d = tmp_path / "old"
+    (d / "shards").mkdir(parents=True)
+    shards = []
+    for s, a in enumerate(range(0, 30, 16)):
+        b = min(30, a + 16)
+        raw = (idx[a:b].astype("<i4").tobytes() + sims[a:b].astype("<f2").tobytes() + probs[a:b].astype("<f4").tobytes())
+        name = f"shards/shard-{s:08d}.bin"
+        (d / name).write_bytes(raw)
+        shards.append({"id": s, "file": name, "count": b - a, "bytes": len(raw),
+                       "checksum": hashlib.blake2b(raw, digest_size=32).hexdigest()})
+    doc = {"format": "fastalign-triplet-store", "version": 1, "num_items": 17, "sim_dtype": "float16",
+           "index_dtype": "int32", "prob_dtype": "float32", "with_probs": True, "shard_size": 16,
+           "checksum": "blake2b", "meta": {}, "complete": True, "count": 30, "shards": shards}
+    (d / MANIFEST).write_text(json.dumps(doc))
+    st = TripletStore.open(d)
+    assert np.array_equal(st.indices[:], idx) and np.array_equal(st.sims[:], sims.astype(np.float16))
+    assert np.array_equal(st.probs[:], probs) and [s.count for s in st.shards] == [16, 14]

@@ -91,3 +91,24 @@ def test_dataloader_workers_cover_the_epoch(store):
     ids1 = row_ids(list(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0)))
     assert np.array_equal(np.sort(ids1), np.arange(len(store)))
     assert not np.array_equal(ids1, ids)
+
+
+def test_store_stream_method_equals_stream_function(store):
+    from fastalign.triplets import stream
+
+    a = list(store.stream(64, seed=2, epoch=1, rank=1, world_size=2, start_batch=1))
+    b = list(stream(store, 64, seed=2, epoch=1, rank=1, world_size=2, start_batch=1))
+    assert len(a) == len(b) > 0 and all(torch.equal(x.triplets, y.triplets) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="batch_size"):
+        store.stream(0)
+    with pytest.raises(TypeError, match="TripletStore"):
+        stream(object(), 4)
+
+
+def test_store_does_not_import_stream():
+    """The reader serves ``TripletStore.stream`` through ``epoch``; nothing in the store imports ``stream``."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("fastalign")
+    for mod in ("layout", "writer", "reader", "merge"):
+        assert graph.find_shortest_chain(importer=f"fastalign.triplets.store.{mod}",
+                                         imported="fastalign.triplets.stream") is None

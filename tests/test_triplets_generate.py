@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_triplets_io import cli, ref_sims
 
 from fastalign.triplets import TripletStore
 from fastalign.triplets.generate import GenerateOptions, generate
 from fastalign.triplets.label import softmax_np
-
-from test_triplets_io import cli, ref_sims
 
 REPO = Path(__file__).resolve().parents[1]
 N, D = 240, 8
@@ -134,11 +133,11 @@ def test_ranks_equal_one_process(inputs, tmp_path):
 CRASH_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    import fastalign.triplets.store as store
-    from fastalign.triplets._fs import tmp_name
+    import fastalign.triplets.store.writer as writer
+    from fastalign.io.atomic import tmp_name
     from fastalign.triplets.generate import GenerateOptions, generate
-    real, calls = store.write_bytes_atomic, [0]
-    def slow(final, chunks):
+    real, calls = writer.atomic_write_chunks, [0]
+    def slow(final, chunks, **kw):
         calls[0] += 1
         if calls[0] == 3:  # the third shard: write half of it, then hang until killed
             data = b"".join(bytes(memoryview(c).cast("B")) for c in chunks)
@@ -146,8 +145,8 @@ CRASH_SCRIPT = textwrap.dedent(
                 fh.write(data[: len(data) // 2]); fh.flush()
             print("PAUSED", flush=True)
             time.sleep(600)
-        return real(final, chunks)
-    store.write_bytes_atomic = slow
+        return real(final, chunks, **kw)
+    writer.atomic_write_chunks = slow
     kw = eval(sys.argv[1])
     generate(GenerateOptions(**kw))
     """
@@ -250,3 +249,38 @@ def test_torchrun_style_processes_equal_one_process(inputs, tmp_path):
         assert p.returncode == 0, err
     assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "multi")
     assert not (tmp_path / "multi" / "parts").exists() and not (tmp_path / "multi" / "val" / "parts").exists()
+
+
+def test_without_matplotlib_the_figure_is_skipped_and_the_summary_written(inputs, tmp_path, monkeypatch, capsys):
+    import fastalign.io.figures as figures
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # a core install: `import matplotlib` fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setattr(figures, "_warned", False)
+    generate(opts(inputs, tmp_path / "s", histogram=True, val_num=0, num=300, transform=None))
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "fastalign[report]" in line] == [
+        "note: teacher-entropy histogram skipped (matplotlib is not installed; pip install 'fastalign[report]')"]
+    assert not (tmp_path / "s" / "teacher_entropy.png").exists()
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert sum(summary["entropy_hist"]["train"]["counts"]) == 300
+
+
+def test_cli_takes_bundled_things_inputs(tmp_path, capsys):
+    """``--embeddings things:KEY``, ``--labels things`` and ``--file-names things`` go through fastalign.io.resolve."""
+    from fastalign.datasets.things import load_things
+    from fastalign.io.resolve import resolve_labels
+
+    out = tmp_path / "things"
+    assert cli(["make-triplets", "--embeddings", "things:spose49", "--labels", "things", "--file-names", "things",
+                "--strategy", "class_border", "--num", "200", "--shard-size", "100", "--chunk-size", "100",
+                "--out", str(out), "--quiet", "--no-histogram"]) == 0, capsys.readouterr().err
+    st = TripletStore.open(out)
+    assert len(st) == 200 and st.num_items == 1854 and st.item_names == list(load_things().unique_id)
+    lab = resolve_labels("things")[0][st.indices[:].astype(np.int64)]
+    assert (lab >= 0).all()
+    same = (lab[:, 0] == lab[:, 1]).astype(int) + (lab[:, 0] == lab[:, 2]) + (lab[:, 1] == lab[:, 2])
+    assert (same == 1).all()  # class_border: exactly one pair shares a class
+    assert cli(["make-triplets", "--embeddings", "things:nope", "--num", "10", "--out", str(tmp_path / "bad"),
+                "--quiet", "--strategy", "random"]) == 2
+    assert "unknown bundled features" in capsys.readouterr().err

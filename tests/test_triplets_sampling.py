@@ -177,3 +177,11 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="at least 3 items"):
         singletons.sample("within_class", 1, np.random.default_rng(0))
     assert s.sample("random", 0, np.random.default_rng(0)).shape == (0, 3)
+
+
+def test_chunk_rng_is_the_seed_sequence_stream_of_earlier_stores():
+    """``chunk_rng`` (now ``derive_rng``) must draw what ``Generator(PCG64(SeedSequence(...)))`` drew,
+    or stores generated before would not resume into the same bytes."""
+    for key in [(0, 0, 0), (5, 1, 3), (2**40, 2, 7)]:
+        old = np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(key))))
+        assert np.array_equal(chunk_rng(*key).integers(0, 1 << 30, 64), old.integers(0, 1 << 30, 64))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..triplets.generate import GenerateOptions, format_summary, generate
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -12,10 +14,12 @@ def register(sub) -> None:
         "Rerun the same command with --resume after an interruption. Under torchrun each rank writes its own "
         "shards; the result equals a single-process run with the same seed.",
     )
-    p.add_argument("--embeddings", required=True, help="(N, D) features: .npy/.npz/.pt/.h5/.txt")
+    p.add_argument("--embeddings", required=True,
+                   help="(N, D) teacher features: things:KEY (e.g. things:clip) or a .npy/.npz/.pt/.h5/.txt file")
     p.add_argument("--transform", help="teacher transform (.npz/.safetensors); its calibrated T sets the probabilities")
-    p.add_argument("--labels", help="per-item class labels (.npy/.npz/.txt; negative = no label)")
-    p.add_argument("--file-names", help="file_names.txt naming the N items (copied into the store)")
+    p.add_argument("--labels", help="per-item class labels: things (THINGS objects in one category) or "
+                                    ".npy/.npz/.txt (negative = no label)")
+    p.add_argument("--file-names", help="file_names.txt naming the N items, or things (copied into the store)")
     p.add_argument("--strategy", default="cluster_border",
                    help="random|between_class|within_class|class_border|cluster_border, or a mix such as "
                         "cluster_border:0.8,random:0.2 (default: cluster_border)")
@@ -41,14 +45,13 @@ def register(sub) -> None:
     p.add_argument("--emb-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="dtype of the teacher embeddings on the device (default float32)")
     p.add_argument("--backend", help="similarity kernel backend (default: automatic)")
-    p.add_argument("--no-histogram", action="store_true", help="skip the teacher-entropy histogram PNG")
+    p.add_argument("--no-histogram", action="store_true", help="skip the teacher-entropy histogram PNG (skipped anyway without matplotlib: "
+                        "pip install 'fastalign[report]')")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    from ..triplets.generate import GenerateOptions, format_summary, generate
-
     opts = GenerateOptions(
         embeddings=args.embeddings, out=args.out, num=args.num, strategy=args.strategy, clusters=args.clusters,
         labels=args.labels, transform=args.transform, file_names=args.file_names, val_num=args.val_num,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..triplets.alignet_io import export_store, import_store
+
 FORMATS = ("alignet-npz", "things-txt")
 
 
@@ -37,16 +39,12 @@ def register(sub) -> None:
 
 
 def _export(args) -> int:
-    from ..triplets.alignet_io import export_store
-
     n = export_store(args.store, args.out, args.format, verify=not args.no_verify)
     print(f"wrote {n:,} triplets to {args.out} ({args.format})")
     return 0
 
 
 def _import(args) -> int:
-    from ..triplets.alignet_io import import_store
-
     if args.num_items is not None and args.num_items < 1:
         raise ValueError(f"--num-items must be >= 1, got {args.num_items}")
     if args.shard_size < 1:

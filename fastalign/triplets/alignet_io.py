@@ -29,8 +29,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from ..io.atomic import atomic_write
-from ._fs import write_bytes_atomic
+from ..io.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from ..io.triplets import load_triplets
 from .store import TripletStore, TripletStoreWriter
 
 PathLike = Union[str, os.PathLike]
@@ -79,22 +79,8 @@ def _names_for(n_items: int, idx: np.ndarray, names: np.ndarray, src: str) -> np
     return table
 
 
-def import_alignet_npz(
-    path: PathLike, out: PathLike, *, num_items: Optional[int] = None, sim_dtype: str = "float32",
-    temperature: Optional[float] = None, shard_size: int = 1_000_000, allow_pickle: bool = False,
-) -> TripletStore:
-    """Import AligNet's ``.npz`` into a new store at ``out`` (see the module docstring).
-
-    Args:
-        path: the ``.npz`` file.
-        out: the store directory to create (must not hold a store).
-        num_items: number of items (default: largest index + 1).
-        sim_dtype: storage dtype of the similarities ("float32" keeps them exactly).
-        temperature: also store ``softmax(s / T)`` with this T.
-        shard_size: triplets per shard.
-        allow_pickle: let numpy unpickle object arrays (only for files you trust; the
-            released ``filenames`` may be stored as objects).
-    """
+def _read_npz(path: PathLike, allow_pickle: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """(indices int64, similarities float64, filenames or None) of an AligNet ``.npz``, every row checked."""
     src = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"{src}: file not found")
@@ -125,6 +111,28 @@ def import_alignet_npz(
     rep = (idx[:, 0] == idx[:, 1]) | (idx[:, 0] == idx[:, 2]) | (idx[:, 1] == idx[:, 2])
     if rep.any():
         raise ValueError(f"{src}: row {int(np.flatnonzero(rep)[0])} repeats an item")
+    return idx, sims, names
+
+
+def import_alignet_npz(
+    path: PathLike, out: PathLike, *, num_items: Optional[int] = None, sim_dtype: str = "float32",
+    temperature: Optional[float] = None, shard_size: int = 1_000_000, allow_pickle: bool = False,
+) -> TripletStore:
+    """Import AligNet's ``.npz`` into a new store at ``out`` (see the module docstring).
+
+    Args:
+        path: the ``.npz`` file.
+        out: the store directory to create (must not hold a store).
+        num_items: number of items (default: largest index + 1).
+        sim_dtype: storage dtype of the similarities ("float32" keeps them exactly).
+        temperature: also store ``softmax(s / T)`` with this T.
+        shard_size: triplets per shard.
+        allow_pickle: let numpy unpickle object arrays (only for files you trust; the
+            released ``filenames`` may be stored as objects).
+    """
+    src = str(path)
+    idx, sims, names = _read_npz(path, allow_pickle)
+    n = idx.shape[0]
     n_items = int(idx.max()) + 1 if n else 1
     if num_items is not None:
         if num_items < n_items:
@@ -143,7 +151,8 @@ def import_alignet_npz(
     _check_new(out)
     out.mkdir(parents=True, exist_ok=True)
     if item_names is not None:
-        write_bytes_atomic(out / "file_names.txt", [("\n".join(item_names.tolist()) + "\n").encode("utf-8")])
+        # a .tmp- temp name: the store writer's resume deletes it if this write is killed
+        atomic_write_text(out / "file_names.txt", "\n".join(item_names.tolist()) + "\n", named_tmp=True)
     with TripletStoreWriter(out, num_items=n_items, sim_dtype=sim_dtype, with_probs=temperature is not None,
                             shard_size=shard_size, meta=meta) as w:
         for a in range(0, n, _ROWS):
@@ -160,8 +169,6 @@ def import_alignet_npz(
 def import_things_txt(path: PathLike, out: PathLike, *, num_items: Optional[int] = None,
                       shard_size: int = 1_000_000) -> TripletStore:
     """Import THINGS text triplets (odd one out in column 2) as a hard-label store (see module docstring)."""
-    from ..io import load_triplets
-
     table = load_triplets(path)
     idx = table.triplets
     n = idx.shape[0]
@@ -203,7 +210,7 @@ def export_alignet_npz(store: TripletStore, out: PathLike) -> int:
     table = np.array(names if names is not None else [str(i) for i in range(store.num_items)])
     buf = _io.BytesIO()
     np.savez(buf, indices=idx, similarities=sims, filenames=table[idx])
-    write_bytes_atomic(out, [buf.getbuffer()])
+    atomic_write_bytes(out, buf.getbuffer())
     return int(idx.shape[0])
 
 

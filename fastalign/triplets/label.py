@@ -27,6 +27,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from ..ops import triplet_similarities
+
 # For the pair p with the largest similarity: new item order and new sim order.
 ITEM_ORDER = torch.tensor([[0, 1, 2], [0, 2, 1], [1, 2, 0]])
 SIM_ORDER = torch.tensor([[0, 1, 2], [1, 0, 2], [2, 0, 1]])
@@ -78,8 +80,6 @@ def label_triplets(
     Returns ``(triplets (B, 3) int64, sims (B, 3) float32, probs (B, 3) float32 or None)``
     on the CPU, rows reordered so item 2 is the teacher's odd one out.
     """
-    from ..ops import triplet_similarities
-
     t = float(opts.temperature)
     if not (t > 0 and np.isfinite(t)):
         raise ValueError(f"temperature must be finite and > 0, got {opts.temperature!r}")

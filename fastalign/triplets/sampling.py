@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..common.seeds import derive_rng
+
 STRATEGIES = ("random", "between_class", "within_class", "class_border", "cluster_border")
 WEIGHTINGS = ("size", "uniform")
 
@@ -336,7 +338,7 @@ def _skip_ranges(r: np.ndarray, starts: List[np.ndarray], counts: List[np.ndarra
 
 def chunk_rng(seed: int, stream_id: int, chunk_id: int) -> np.random.Generator:
     """The generator for one chunk: a pure function of (seed, stream, chunk)."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(stream_id), int(chunk_id)])))
+    return derive_rng(seed, stream_id, chunk_id)
 
 
 def sample_chunk(
