@@ -276,7 +276,7 @@ def test_ece_and_entropy_match_numpy():
     conf, pred = p.max(1), p.argmax(1)
     idx = np.minimum((conf * bins).astype(int), bins - 1)
     ece = sum(abs((pred[idx == b] == choice[idx == b]).sum() - conf[idx == b].sum()) for b in range(bins)) / 500
-    got = expected_calibration_error(torch.from_numpy(p), torch.from_numpy(choice), bins=bins)
+    got = expected_calibration_error(torch.from_numpy(p), torch.from_numpy(choice), n_bins=bins)
     assert got == pytest.approx(ece, rel=1e-10)
     assert mean_entropy(torch.from_numpy(p)) == pytest.approx(-(p * np.log(p)).sum(1).mean(), rel=1e-10)
 
@@ -328,15 +328,17 @@ def test_model_targets_are_softmax_of_dots():
 
 def test_scale_init_finds_the_best_scaled_identity():
     """init_scale='auto' starts from the c I that minimises the training loss over c."""
-    from fastalign.teacher.fit import _Data, _new_transform, _scale_init
+    from fastalign.teacher.inputs import FitStart
+    from fastalign.teacher.problems import Problem
+    from fastalign.teacher.train import scale_init
 
     x, trip = _planted_problem(k=500, seed=4)
     cfg = FitConfig(progress=False)
     xt = torch.from_numpy(x)
     stats = AffineTransform.from_features(x)
-    data = _Data(xt, torch.from_numpy(trip), torch.from_numpy(trip[:10]), None, None, None)
-    t = _new_transform(xt, cfg, stats)
-    _scale_init(t, data, cfg)
+    data = Problem(xt, torch.from_numpy(trip), torch.from_numpy(trip[:10]), None, None, None)
+    t = FitStart(stats).new_transform(xt, cfg)
+    scale_init(t, data, cfg)
     w = t.weight.detach().numpy()
     c = float(w[0, 0])
     np.testing.assert_allclose(w, c * np.eye(8), rtol=1e-6, atol=1e-9)  # still a scaled identity

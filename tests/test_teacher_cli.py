@@ -7,8 +7,7 @@ import json
 import numpy as np
 
 from fastalign.cli.main import main
-from fastalign.io import load_transform, save_transform
-from fastalign.teacher import AffineTransform
+from fastalign.teacher import AffineTransform, load_transform, save_transform
 
 
 def _data(tmp_path, n=40, d=6, k=600, seed=0):

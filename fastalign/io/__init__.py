@@ -1,21 +1,26 @@
-"""File I/O: atomic writes, features, triplets and teacher transforms."""
+"""File I/O: atomic writes, features and triplets (teacher transforms: ``fastalign.teacher``)."""
 
-from .atomic import (atomic_save_npy, atomic_save_npz, atomic_write, atomic_write_bytes, atomic_write_json,
-                     atomic_write_text, fsync_dir)
+from .atomic import (
+                     atomic_save_npy,
+                     atomic_save_npz,
+                     atomic_write,
+                     atomic_write_bytes,
+                     atomic_write_json,
+                     atomic_write_text,
+                     fsync_dir,
+)
 from .features import FEATURE_FORMATS, check_features, load_features, order_rows, read_file_names
-from .transforms import TRANSFORM_FORMATS, load_transform, save_transform
 from .triplets import (
-    TRIPLET_FORMATS,
-    TripletTable,
-    check_triplets_fit,
-    load_triplets,
-    save_triplets,
-    save_triplets_txt,
+                     TRIPLET_FORMATS,
+                     TripletTable,
+                     check_triplets_fit,
+                     load_triplets,
+                     save_triplets,
+                     save_triplets_txt,
 )
 
 __all__ = [
     "FEATURE_FORMATS",
-    "TRANSFORM_FORMATS",
     "TRIPLET_FORMATS",
     "TripletTable",
     "atomic_save_npy",
@@ -28,11 +33,9 @@ __all__ = [
     "fsync_dir",
     "check_triplets_fit",
     "load_features",
-    "load_transform",
     "load_triplets",
     "order_rows",
     "read_file_names",
-    "save_transform",
     "save_triplets",
     "save_triplets_txt",
 ]
