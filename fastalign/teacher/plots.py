@@ -46,15 +46,18 @@ def _span(values: Sequence[float], min_span: float, lo_bound: float = -math.inf,
     return lo, hi
 
 
-def _x_axis(ax: Any, lams: Sequence[float]) -> None:
-    """Log axis (symlog when lambda = 0 was searched), ticks at the searched values when they fit."""
+def _x_axis(ax: Any, lams: Sequence[float]) -> str:
+    """Log axis (symlog when lambda = 0 was searched), ticks at the searched values when they fit;
+    returns how the scale is described in the axis label."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # optional extra
 
     positive = [v for v in lams if v > 0]
     if len(positive) == len(lams):
         ax.set_xscale("log")
+        scale = "log scale"
     else:
         ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-4)
+        scale = "log scale, linear near 0"
     ratios = [b / a for a, b in zip(positive, positive[1:])]
     if len(lams) <= _MAX_LABELLED_TICKS and all(r >= 2.5 for r in ratios):
         # Searched values 2.5x apart or more never crowd each other at this width.
@@ -63,6 +66,9 @@ def _x_axis(ax: Any, lams: Sequence[float]) -> None:
         ax.xaxis.set_minor_locator(NullLocator())
     if len(lams) == 1:
         ax.set_xlim(lams[0] / 3 if lams[0] > 0 else -1, lams[0] * 3 if lams[0] > 0 else 1)
+    else:
+        ax.margins(x=0.06)  # keep the end points (often the chosen one) off the frame
+    return scale
 
 
 def plot_lambda_search(report: Mapping[str, Any], path: Union[str, os.PathLike]) -> Optional[Path]:
@@ -102,8 +108,7 @@ def plot_lambda_search(report: Mapping[str, Any], path: Union[str, os.PathLike])
         ax2.tick_params(axis="y", colors=_ACC_COLOUR)
     handles.append(ax.axvline(chosen, color=_CHOSEN_COLOUR, ls=":", lw=1.2,
                               label=f"chosen lambda = {chosen:g} (lowest {held_out} loss)"))
-    _x_axis(ax, lams)
-    ax.set_xlabel("regulariser weight lambda (log scale)")
+    ax.set_xlabel(f"regulariser weight lambda ({_x_axis(ax, lams)})")
     ax.set_title("Teacher: search over lambda" + (" (best alpha, tau per lambda)" if extra else ""))
     ax.grid(True, which="major", axis="x", color="0.9", lw=0.8)
     fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False, fontsize="small")

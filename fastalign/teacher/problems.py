@@ -53,7 +53,8 @@ class FitProblems:
     dropped: int
 
 
-def _problem(inputs: FitInputs, train_idx: np.ndarray, val: torch.Tensor, val_target: Optional[torch.Tensor]) -> Problem:
+def _problem(inputs: FitInputs, train_idx: np.ndarray, val: torch.Tensor,
+             val_target: Optional[torch.Tensor]) -> Problem:
     if len(train_idx) == 0 or val.shape[0] == 0:
         raise ValueError(
             f"split left {len(train_idx)} training and {val.shape[0]} validation triplets; "

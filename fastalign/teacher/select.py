@@ -26,7 +26,8 @@ def search_grid(cfg: FitConfig, local: bool) -> List[ObjectiveConfig]:
     """Every (lambda, alpha, tau) to score; alpha and tau only matter with local features."""
     alphas = [float(a) for a in cfg.alphas] if local else [0.0]
     taus = [float(t) for t in cfg.taus] if local else [1.0]
-    return [ObjectiveConfig(float(lam), cfg.reg, a, tau) for lam, a, tau in itertools.product(cfg.lambdas, alphas, taus)]
+    grid = itertools.product(cfg.lambdas, alphas, taus)
+    return [ObjectiveConfig(float(lam), cfg.reg, a, tau) for lam, a, tau in grid]
 
 
 @dataclass

@@ -198,7 +198,8 @@ def _transformed(model: AffineTransform, x: torch.Tensor) -> torch.Tensor:
         return model(x.to(model.weight.dtype))
 
 
-def _calibrated(model: AffineTransform, z: torch.Tensor, val: torch.Tensor, backend: Optional[str]) -> CalibrationResult:
+def _calibrated(model: AffineTransform, z: torch.Tensor, val: torch.Tensor,
+                backend: Optional[str]) -> CalibrationResult:
     """Fit the temperature on the validation triplets and store it in ``model``."""
     cal = calibrate_temperature(z, val, backend=backend)
     model.set_temperature(cal.temperature)
