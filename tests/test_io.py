@@ -16,14 +16,12 @@ from fastalign.io import (
     atomic_write_text,
     check_triplets_fit,
     load_features,
-    load_transform,
     load_triplets,
     order_rows,
-    save_transform,
     save_triplets,
     save_triplets_txt,
 )
-from fastalign.teacher import AffineTransform
+from fastalign.teacher import AffineTransform, load_transform, save_transform
 
 
 def _rng(seed=0):

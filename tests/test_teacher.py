@@ -276,7 +276,7 @@ def test_ece_and_entropy_match_numpy():
     conf, pred = p.max(1), p.argmax(1)
     idx = np.minimum((conf * bins).astype(int), bins - 1)
     ece = sum(abs((pred[idx == b] == choice[idx == b]).sum() - conf[idx == b].sum()) for b in range(bins)) / 500
-    got = expected_calibration_error(torch.from_numpy(p), torch.from_numpy(choice), bins=bins)
+    got = expected_calibration_error(torch.from_numpy(p), torch.from_numpy(choice), n_bins=bins)
     assert got == pytest.approx(ece, rel=1e-10)
     assert mean_entropy(torch.from_numpy(p)) == pytest.approx(-(p * np.log(p)).sum(1).mean(), rel=1e-10)
 
@@ -328,15 +328,17 @@ def test_model_targets_are_softmax_of_dots():
 
 def test_scale_init_finds_the_best_scaled_identity():
     """init_scale='auto' starts from the c I that minimises the training loss over c."""
-    from fastalign.teacher.fit import _Data, _new_transform, _scale_init
+    from fastalign.teacher.inputs import FitStart
+    from fastalign.teacher.problems import Problem
+    from fastalign.teacher.train import scale_init
 
     x, trip = _planted_problem(k=500, seed=4)
     cfg = FitConfig(progress=False)
     xt = torch.from_numpy(x)
     stats = AffineTransform.from_features(x)
-    data = _Data(xt, torch.from_numpy(trip), torch.from_numpy(trip[:10]), None, None, None)
-    t = _new_transform(xt, cfg, stats)
-    _scale_init(t, data, cfg)
+    data = Problem(xt, torch.from_numpy(trip), torch.from_numpy(trip[:10]), None, None, None)
+    t = FitStart(stats).new_transform(xt, cfg)
+    scale_init(t, data, cfg)
     w = t.weight.detach().numpy()
     c = float(w[0, 0])
     np.testing.assert_allclose(w, c * np.eye(8), rtol=1e-6, atol=1e-9)  # still a scaled identity
@@ -355,3 +357,63 @@ def test_uncertainty_accuracy_ignores_temperature_and_ties():
     assert uncertainty_metrics(z, t).accuracy == 0.0
     assert uncertainty_metrics(z, t, temperature=0.01).accuracy == 0.0
     assert uncertainty_metrics(z, t).nll == pytest.approx(math.log(3), rel=1e-6)
+
+
+# ------------------------------------------------------------------ shared pieces
+
+
+def test_one_calibration_and_choice_definition():
+    import fastalign.common.calibration as cc
+    import fastalign.common.choices as ch
+    import fastalign.teacher as teacher
+
+    assert teacher.expected_calibration_error is cc.expected_calibration_error
+    assert teacher.mean_entropy is cc.mean_entropy
+    assert teacher.choice_distributions is ch.choice_distributions
+
+
+def test_early_stopper_keeps_best_state_and_counts_patience():
+    from fastalign.teacher.train import EarlyStopper
+
+    model = torch.nn.Linear(2, 1)
+    stop = EarlyStopper(model, patience=2, min_delta=0.01)
+    stop.record(1.0, 2.0, iteration=1)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    stop.record(0.995, 1.5, iteration=2)  # not better by more than min_delta
+    assert not stop.exhausted and stop.best_evaluation == 1
+    stop.record(1.2, 1.4, iteration=3)
+    assert stop.exhausted and stop.evaluations == 3
+    stop.restore()
+    assert torch.equal(model.weight, best["weight"])
+    assert (stop.best_loss, stop.best_train_loss, stop.best_iteration) == (1.0, 2.0, 1)
+
+
+def test_soft_targets_sources():
+    from fastalign.datasets.things import load_things
+    from fastalign.teacher import soft_targets
+
+    trip = np.array(load_things().triplets["test_10"][:50])
+    bare = soft_targets("spose49", 1854, trip[:40], trip[40:])
+    named = soft_targets("things:spose49", 1854, trip[:40], trip[40:])
+    assert bare.source == named.source == "spose49"
+    np.testing.assert_array_equal(bare.train_targets, named.train_targets)
+    emb = soft_targets("things:word2vec", 1854, trip[:40], trip[40:])
+    assert emb.source == "embedding:things:word2vec" and emb.val_targets.shape == (10, 3)
+    with pytest.raises(ValueError, match="THINGS objects"):
+        soft_targets("spose49", 10, trip[:4] % 10, trip[4:8] % 10)
+    with pytest.raises(FileNotFoundError, match="repeats"):
+        soft_targets("no/such/file.npy", 1854, trip, trip)
+
+
+def test_plot_lambda_search(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastalign.teacher import plot_lambda_search
+
+    x, trip = _planted_problem(k=400, seed=5)
+    _, report = fit_transform(x, trip, lambdas=(0.0, 0.01, 1.0), folds=2, max_iter=5, progress=False)
+    path = plot_lambda_search(report.to_dict(), tmp_path / "search.png")
+    assert path == tmp_path / "search.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_lambda_search({"candidates": [], "chosen": {"lam": 1.0}}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

@@ -7,8 +7,7 @@ import json
 import numpy as np
 
 from fastalign.cli.main import main
-from fastalign.io import load_transform, save_transform
-from fastalign.teacher import AffineTransform
+from fastalign.teacher import AffineTransform, load_transform, save_transform
 
 
 def _data(tmp_path, n=40, d=6, k=600, seed=0):
@@ -120,3 +119,27 @@ def test_cli_soft_targets_from_files(tmp_path, capsys):
     code, _, err = _run(capsys, "--features", tmp_path / "features.npy", "--triplets", tmp_path / "train.txt",
                         "--soft-targets", tmp_path / "wrong.npy", "--quiet", "--out", tmp_path / "c")
     assert code == 2 and "neither" in err
+
+
+def test_fit_teacher_python_api(tmp_path):
+    """The CLI's flow is callable from Python: options in, result (transforms, reports, metrics) out."""
+    from fastalign.teacher import FitConfig, TeacherOptions, fit_teacher, write_outputs
+
+    _data(tmp_path)
+    options = TeacherOptions(
+        features=str(tmp_path / "features.npy"), triplets=str(tmp_path / "train.txt"),
+        test_triplets=str(tmp_path / "test.txt"), calibrate=True, soft_targets="repeats",
+        fit=FitConfig(lambdas=(0.01, 1.0), val_fraction=0.2, max_iter=10, progress=False),
+    )
+    messages = []
+    result = fit_teacher(options, say=messages.append)
+    assert result.metrics_on == "test" and result.metrics["teacher"]["n"] == 150
+    assert set(result.metrics) == {"raw (cosine)", "teacher", "teacher + calibration", "teacher (soft targets)",
+                                   "teacher (soft targets) + calibration"}
+    assert result.transform is not result.hard_transform and result.soft.source == "repeats"
+    assert result.split["n_train"] + result.split["n_val"] == 450 and result.fit.split == "given"
+    assert any("chosen lambda" in m for m in messages)
+    report = write_outputs(result, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert load_transform(tmp_path / "out").dim_in == 6
+    assert (tmp_path / "out" / "transform_hard.npz").is_file()

@@ -30,7 +30,7 @@ def inputs(tmp_path_factory):
     feats = rng.normal(size=(N, D)).astype(np.float32)
     np.save(d / "emb.npy", feats)
     np.save(d / "labels.npy", rng.integers(0, 6, N))
-    from fastalign.io import save_transform
+    from fastalign.teacher import save_transform
     from fastalign.teacher.transform import AffineTransform
 
     tr = AffineTransform.from_features(feats)
@@ -60,7 +60,7 @@ def tree_bytes(root: Path):
 
 
 def teacher(inputs):
-    from fastalign.io import load_transform
+    from fastalign.teacher import load_transform
 
     tr = load_transform(inputs / "t.npz")
     return tr.transform(np.load(inputs / "emb.npy")).astype(np.float64), float(tr.temperature)

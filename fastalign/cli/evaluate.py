@@ -71,7 +71,8 @@ def _run(args):
     import torch
 
     from ..eval import EvalOptions, FewShotOptions, evaluate_representation, format_table, load_level_labels
-    from ..io import atomic_write_json, check_triplets_fit, load_transform
+    from ..io import atomic_write_json, check_triplets_fit
+    from ..teacher import load_transform
     from ..io.resolve import resolve_categories, resolve_features, resolve_labels, resolve_triplets
     from .main import CLIError
 

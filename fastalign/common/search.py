@@ -41,5 +41,7 @@ def golden_section_minimize(f: Callable[[float], float], lo: float, hi: float, t
         else:
             a, c = c, d
             d = a + _INV_PHI * (b - a)
+    if not seen:  # the bracket was already narrower than tol: its midpoint is the answer
+        ev((a + b) / 2)
     best = min(seen, key=seen.get)
     return best, seen[best], seen

@@ -1,5 +1,5 @@
-"""File I/O: atomic writes, features, triplets, teacher transforms, figures, and the one resolver of
-``things:KEY`` or a file (``fastalign.io.resolve``)."""
+"""File I/O: atomic writes, features, triplets, figures, and the one resolver of ``things:KEY`` or a
+file (``fastalign.io.resolve``). Teacher transforms on disk live with the teacher (``fastalign.teacher``)."""
 
 from .atomic import (
                      atomic_save_npy,
@@ -22,7 +22,6 @@ from .resolve import (
                      resolve_triplets,
                      split_spec,
 )
-from .transforms import TRANSFORM_FORMATS, load_transform, save_transform
 from .triplets import (
                      TRIPLET_FORMATS,
                      TripletTable,
@@ -34,7 +33,6 @@ from .triplets import (
 
 __all__ = [
     "FEATURE_FORMATS",
-    "TRANSFORM_FORMATS",
     "TRIPLET_FORMATS",
     "TripletTable",
     "atomic_save_npy",
@@ -56,11 +54,9 @@ __all__ = [
     "resolve_triplets",
     "split_spec",
     "load_features",
-    "load_transform",
     "load_triplets",
     "order_rows",
     "read_file_names",
-    "save_transform",
     "save_triplets",
     "save_triplets_txt",
 ]

@@ -11,7 +11,7 @@ Bundled shorthands (rows in the bundled ``unique_id`` order, 1,854 objects):
 - categories: ``things`` (the 27-category membership matrix; also ``things:categories``);
 - labels: ``things`` (objects in exactly one of the 27 categories; the rest unlabelled).
 
-File formats: features, triplets and transforms as in ``fastalign.io``;
+File formats: features and triplets as in ``fastalign.io`` (transforms: ``fastalign.teacher``);
 
 - categories: ``.npy`` (N, K) 0/1, or a text table (tab, comma or space
   separated) with an optional header row of category names, one row per object;

@@ -182,7 +182,7 @@ def _stage_teacher(cfg: RunConfig, inputs: Inputs, out: Path, say):
         import torch
 
         from ..eval.calibration import plot_reliability, reliability
-        from ..io import save_transform
+        from ..teacher import save_transform
         from ..teacher import calibrate_temperature, fit_transform
 
         split = _load_split(out)

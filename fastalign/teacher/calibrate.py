@@ -7,56 +7,34 @@
   equal-width bins of the max probability; "correct" means the chosen pair has
   the largest probability) and mean entropy (nats).
 
-ECE comes from ``fastalign.eval.calibration`` (one definition for the package).
+ECE, NLL and entropy come from ``fastalign.common.calibration`` (one definition for the package).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from ..ops import odd_one_out_accuracy, odd_one_out_probs, triplet_loss
+from ..common.calibration import DEFAULT_BINS, expected_calibration_error, mean_entropy
+from ..ops import odd_one_out_accuracy, odd_one_out_probs, triplet_loss, triplet_similarities
+from .search1d import bracket_midpoint
+
+__all__ = [
+    "LOG_T_BOUNDS",
+    "CalibrationResult",
+    "UncertaintyMetrics",
+    "calibrate_temperature",
+    "expected_calibration_error",
+    "mean_entropy",
+    "uncertainty_metrics",
+]
 
 # Golden-section search on log T over this bracket; T outside it is never useful for
 # triplet softmaxes (0.01: essentially argmax, 100: essentially uniform).
 LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))
-_GOLDEN = (math.sqrt(5) - 1) / 2
-
-
-def expected_calibration_error(probs: torch.Tensor, choice: Optional[torch.Tensor] = None, bins: int = 15) -> float:
-    """ECE over ``bins`` equal-width bins of the max probability.
-
-    Delegates to ``fastalign.eval.calibration.expected_calibration_error`` so the
-    package has one definition (bins ``(b/n, (b+1)/n]``; a row is correct when
-    the chosen pair's probability is strictly the largest, ties wrong).
-
-    Args:
-        probs: (B, 3) probabilities in pair order ``[p01, p02, p12]``.
-        choice: (B,) index of the human-chosen pair (``2 - odd``); None means 0
-            (column 2 of the triplet is the odd one out).
-        bins: number of bins in [0, 1].
-
-    Returns ``sum_b (n_b / B) |acc_b - conf_b|``; NaN when B = 0.
-    """
-    # Imported here: fastalign.eval imports the teacher/io layer for its report helpers.
-    from ..eval.calibration import expected_calibration_error as _ece
-
-    if probs.dim() != 2 or probs.shape[1] != 3:
-        raise ValueError(f"probs must have shape (B, 3), got {tuple(probs.shape)}")
-    if probs.shape[0] == 0:
-        return float("nan")
-    return float(_ece(probs.detach(), None if choice is None else choice.long(), n_bins=bins))
-
-
-def mean_entropy(probs: torch.Tensor) -> float:
-    """Mean Shannon entropy (nats) of the rows of ``probs``; NaN when empty."""
-    if probs.shape[0] == 0:
-        return float("nan")
-    p = probs.detach().double()
-    return float(-(torch.xlogy(p, p)).sum(1).mean())
 
 
 @dataclass
@@ -77,7 +55,7 @@ def uncertainty_metrics(
     z: torch.Tensor,
     triplets: torch.Tensor,
     temperature: float = 1.0,
-    bins: int = 15,
+    bins: int = DEFAULT_BINS,
     backend: Optional[str] = None,
 ) -> UncertaintyMetrics:
     """NLL of the human choices, ECE and mean entropy of ``softmax(s / T)``, and the
@@ -95,7 +73,7 @@ def uncertainty_metrics(
         nll = float(triplet_loss(z, triplets, temperature=temperature, backend=backend))
         # Accuracy from the similarities (ties wrong), so it never depends on the temperature.
         acc = float(odd_one_out_accuracy(z, triplets, backend=backend))
-    return UncertaintyMetrics(nll=nll, ece=expected_calibration_error(q, bins=bins),
+    return UncertaintyMetrics(nll=nll, ece=expected_calibration_error(q, n_bins=bins),
                               entropy=mean_entropy(q), accuracy=acc, n=int(triplets.shape[0]))
 
 
@@ -120,8 +98,15 @@ class CalibrationResult:
         return asdict(self)
 
 
-def _nll(z: torch.Tensor, triplets: torch.Tensor, log_t: float, backend: Optional[str]) -> float:
-    return float(triplet_loss(z, triplets, temperature=math.exp(log_t), backend=backend))
+def _nll_of_log_t(z: torch.Tensor, triplets: torch.Tensor, backend: Optional[str]) -> Callable[[float], float]:
+    """NLL of the choices as a function of log T.
+
+    One fused pass gives the similarities; each trial T then costs a float64 (B, 3)
+    log-softmax. In float64 the NLL is smooth in T: float32 rounding would make it
+    flat near the minimum, and the search would end anywhere on that plateau.
+    """
+    sims = triplet_similarities(z, triplets, backend=backend).double()
+    return lambda log_t: float(-torch.log_softmax(sims / math.exp(log_t), dim=1)[:, 0].mean())
 
 
 def calibrate_temperature(
@@ -147,21 +132,10 @@ def calibrate_temperature(
         raise ValueError("temperature calibration needs at least one held-out triplet")
     z = z.detach()
     with torch.no_grad():
-        nll1 = _nll(z, triplets, 0.0, backend)
-        a, b = bounds
-        c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
-        fc, fd = _nll(z, triplets, c, backend), _nll(z, triplets, d, backend)
-        while b - a > tol:
-            if fc < fd:
-                b, d, fd = d, c, fc
-                c = b - _GOLDEN * (b - a)
-                fc = _nll(z, triplets, c, backend)
-            else:
-                a, c, fc = c, d, fd
-                d = a + _GOLDEN * (b - a)
-                fd = _nll(z, triplets, d, backend)
-        log_t = (a + b) / 2
-        fit = _nll(z, triplets, log_t, backend)
+        nll = _nll_of_log_t(z, triplets, backend)
+        nll1 = nll(0.0)
+        log_t = bracket_midpoint(nll, *bounds, tol=tol)
+        fit = nll(log_t)
     t_fit = math.exp(log_t)
     # Never make the calibration set worse than the uncalibrated model.
     if fit < nll1:

@@ -1,11 +1,13 @@
 """Soft targets for uncertainty distillation: per-triplet human choice distributions.
 
-Two sources:
+Three sources:
 
 - repeated human responses to the same object set (in any order), aggregated
-  by ``choice_distributions``;
+  by ``choice_distributions`` (``fastalign.common.choices``; the evaluation uses
+  the same function);
 - a human similarity model's probabilities (e.g. softmax of SPoSE-49 dot
-  products), from ``model_targets``.
+  products), from ``model_targets``;
+- a (k, 3) table of probabilities aligned with the training triplets.
 
 Targets are in pair order ``[p01, p02, p12]`` of the returned triplet rows:
 ``p01`` = P(item 2 is the odd one out), ``p02`` = P(item 1), ``p12`` = P(item 0).
@@ -13,38 +15,22 @@ Targets are in pair order ``[p01, p02, p12]`` of the returned triplet rows:
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
+from ..common.choices import choice_distributions
+from ..io.resolve import is_bundled, resolve_features
 from ..ops import odd_one_out_probs
 
+__all__ = ["SOFT_TARGET_SOURCES", "SoftTargets", "choice_distributions", "model_targets", "soft_targets"]
 
-def choice_distributions(triplets: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Aggregate repeated responses into per-object-set choice distributions.
-
-    Args:
-        triplets: (k, 3) responses, column 2 the odd one out chosen by a person.
-
-    Returns:
-        ``unique`` (U, 3): each object set once, objects sorted ascending;
-        ``probs`` (U, 3) float64 in pair order of ``unique`` (rows sum to 1);
-        ``counts`` (U,) number of responses per set.
-    """
-    t = np.asarray(triplets, dtype=np.int64)
-    if t.ndim != 2 or t.shape[1] != 3:
-        raise ValueError(f"triplets must have shape (k, 3), got {t.shape}")
-    key = np.sort(t, axis=1)
-    unique, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    # Position of the chosen odd object inside the sorted row: 0, 1 or 2.
-    pos = (unique[inverse] == t[:, 2:3]).argmax(axis=1)
-    # Odd object at sorted position 2 -> pair (0, 1) = column 0; at 1 -> column 1; at 0 -> column 2.
-    col = 2 - pos
-    hist = np.zeros((len(unique), 3), dtype=np.float64)
-    np.add.at(hist, (inverse, col), 1.0)
-    return unique, hist / counts[:, None], counts
+# The bare names ``--soft-targets`` has always taken (``things:spose49`` means the same as ``spose49``).
+SOFT_TARGET_SOURCES = ("spose49", "repeats")
+_SPOSE = "things:spose49"
 
 
 def model_targets(
@@ -65,3 +51,77 @@ def model_targets(
     t = torch.as_tensor(np.asarray(triplets, dtype=np.int64))
     with torch.no_grad():
         return odd_one_out_probs(e, t, temperature=temperature, backend=backend).numpy()
+
+
+@dataclass
+class SoftTargets:
+    """Soft targets for the train and validation triplets.
+
+    ``repeats`` re-aggregates the triplets (one row per object set), so the
+    triplets the soft fit trains and validates on are part of the result.
+
+    Attributes:
+        source: ``repeats``, ``spose49``, ``probs:SPEC`` or ``embedding:SPEC``.
+        train, train_targets: (k, 3) triplets and their (k, 3) target distributions.
+        val, val_targets: validation triplets and their targets (None: hard validation choices).
+        info: counts worth reporting (object sets and how many were repeated, for ``repeats``).
+    """
+
+    source: str
+    train: np.ndarray
+    train_targets: np.ndarray
+    val: np.ndarray
+    val_targets: Optional[np.ndarray]
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+def _is_probability_table(arr: np.ndarray, k: int) -> bool:
+    return arr.shape == (k, 3) and bool(np.allclose(arr.sum(1), 1.0, atol=1e-4)) and bool((arr >= 0).all())
+
+
+def soft_targets(spec: str, n_objects: int, train: np.ndarray, val: np.ndarray,
+                 backend: Optional[str] = None) -> SoftTargets:
+    """Build the soft targets that ``spec`` names for the given train and validation triplets.
+
+    Args:
+        spec: ``repeats`` (choice distributions of repeated triplets), ``spose49`` /
+            ``things:spose49`` (bundled SPoSE-49 probabilities), or ``things:KEY`` / a file holding
+            either (k, 3) probabilities aligned with ``train`` or an (N, d) embedding whose dot
+            products give the targets.
+        n_objects: N, the feature rows the triplets index into.
+        train, val: (k, 3) triplets, column 2 the odd one out.
+        backend: triplet-op backend for the embedding softmaxes.
+    """
+    spec = str(spec)
+    if spec == "repeats":
+        return _repeats(train, val)
+    if spec in ("spose49", _SPOSE):
+        emb = resolve_features(_SPOSE)
+        if emb.shape[0] != n_objects:
+            raise ValueError(f"soft targets {spec}: need features of the {emb.shape[0]} THINGS objects, "
+                             f"got N={n_objects}")
+        return SoftTargets("spose49", train, model_targets(emb, train, backend=backend),
+                           val, model_targets(emb, val, backend=backend))
+    if not is_bundled(spec) and not Path(spec).is_file():
+        raise FileNotFoundError(f"soft targets {spec}: not {', '.join(SOFT_TARGET_SOURCES)}, things:KEY "
+                                "or an existing file")
+    arr = resolve_features(spec)
+    if _is_probability_table(arr, len(train)):
+        # Per-triplet probabilities of the training triplets; validate on hard choices.
+        return SoftTargets(f"probs:{spec}", train, arr.astype(np.float64), val, None)
+    if arr.shape[0] != n_objects:
+        raise ValueError(
+            f"soft targets {spec}: shape {arr.shape} is neither ({len(train)}, 3) probabilities for the "
+            f"triplets nor an embedding with one row per feature row (N={n_objects})"
+        )
+    return SoftTargets(f"embedding:{spec}", train, model_targets(arr, train, backend=backend),
+                       val, model_targets(arr, val, backend=backend))
+
+
+def _repeats(train: np.ndarray, val: np.ndarray) -> SoftTargets:
+    tu, tp, tc = choice_distributions(train)
+    vu, vp, vc = choice_distributions(val)
+    return SoftTargets("repeats", tu, tp, vu, vp, {
+        "train_sets": int(len(tu)), "train_sets_repeated": int((tc > 1).sum()),
+        "val_sets": int(len(vu)), "val_sets_repeated": int((vc > 1).sum()),
+    })

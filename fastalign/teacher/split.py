@@ -13,6 +13,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..common.seeds import derive_rng
+
 SPLITS = ("triplet", "object")
 
 
@@ -69,7 +71,7 @@ def train_val_split(
     _check_split(split)
     if not (0.0 < val_fraction < 1.0):
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    rng = np.random.default_rng(seed)
+    rng = derive_rng(seed)
     if split == "triplet":
         perm = rng.permutation(len(t))
         n_val = max(1, int(round(val_fraction * len(t)))) if len(t) > 1 else 0
@@ -100,7 +102,7 @@ def kfold_splits(
     _check_split(split)
     if not isinstance(k, (int, np.integer)) or k < 2:
         raise ValueError(f"folds must be an int >= 2, got {k!r}")
-    rng = np.random.default_rng(seed)
+    rng = derive_rng(seed)
     if split == "triplet":
         if len(t) < k:
             raise ValueError(f"{len(t)} triplets cannot make {k} folds")

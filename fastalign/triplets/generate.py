@@ -38,7 +38,7 @@ import torch
 
 from ..common.seeds import derive_rng
 from ..common.timing import StageTimer
-from ..io import load_transform
+from ..teacher import load_transform
 from ..io.atomic import atomic_save_npy, atomic_write_text, read_json
 from ..io.resolve import resolve_features, resolve_file_names, resolve_labels
 from .kmeans import KMeansOptions, check_finite, kmeans

@@ -1,4 +1,4 @@
-"""Save and load ``AffineTransform`` files.
+"""Save and load ``AffineTransform`` files (the teacher's own format, so it lives with the teacher).
 
 ``.npz`` files are compatible with gLocal's ``transform.npz``: keys
 ``weights`` (D, D'), ``bias`` (D',), ``mean``, ``std`` (scalars, or (D,) when
@@ -11,12 +11,13 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
+from safetensors.numpy import load_file, save
 
-from ..teacher.transform import AffineTransform
-from .atomic import atomic_write_bytes
+from ..io.atomic import atomic_write_bytes
+from .transform import AffineTransform
 
 PathLike = Union[str, os.PathLike]
 
@@ -35,10 +36,6 @@ def save_transform(path: PathLike, transform: AffineTransform) -> None:
         np.savez(buf, **arrays)
         atomic_write_bytes(p, buf.getvalue())
     elif suffix == ".safetensors":
-        try:
-            from safetensors.numpy import save
-        except ImportError:
-            raise ValueError(f"{p}: writing safetensors needs `pip install safetensors` (or fastalign[io])") from None
         atomic_write_bytes(p, save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
                                    metadata={"format": "fastalign.AffineTransform"}))
     else:
@@ -67,17 +64,13 @@ def _read_arrays(p: Path) -> Dict[str, np.ndarray]:
         return out
     if suffix == ".safetensors":
         try:
-            from safetensors.numpy import load_file
-        except ImportError:
-            raise ValueError(f"{p}: reading safetensors needs `pip install safetensors` (or fastalign[io])") from None
-        try:
             return dict(load_file(str(p)))
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"{p}: not a readable .safetensors file ({exc})") from None
     raise ValueError(f"{p}: unknown transform file format {p.suffix!r}; supported: {', '.join(TRANSFORM_FORMATS)}")
 
 
-def load_transform(path: PathLike, dim_in: int = None) -> AffineTransform:
+def load_transform(path: PathLike, dim_in: Optional[int] = None) -> AffineTransform:
     """Load a transform saved by ``save_transform`` or by gLocal.
 
     Args:
