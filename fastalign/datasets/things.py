@@ -16,6 +16,8 @@ FEATURES = {
     "clip": "model-features/clip-vit-base-p32-embeddings.npy",
     "word2vec": "model-features/word2vec-embeddings.npy",
     "spose49": "embeddings/spose49-embeddings.npy",
+    # VICE (variational SPoSE, 42-d), fitted to the 1.46 M THINGS 2020 triplets.
+    "vice": "embeddings/vice42-embeddings.npy",
 }
 TRIPLETS = {
     "test_10": "triplets/test_10.txt",
@@ -33,7 +35,7 @@ class ThingsData:
         names: the concept names (``Word`` column of ``item_names.tsv``).
         category_names: the 27 high-level category names.
         categories: (1854, 27) uint8 membership (an object may be in 0 or several).
-        features: ``{"clip": (1854, 512), "word2vec": (1854, 300), "spose49": (1854, 49)}``.
+        features: ``{"clip": (1854, 512), "word2vec": (1854, 300), "spose49": (1854, 49), "vice": (1854, 42)}``.
         triplets: ``{"test_10": (50000, 3), "train_90_ID_smallsample": (21616, 3), ...}``
             int64, column 2 the odd one out.
         participants: participant id per row for the ``*_ID_smallsample`` files.
