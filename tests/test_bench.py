@@ -449,11 +449,15 @@ def test_headline_judges_the_issue_targets():
 def test_report_without_matplotlib_skips_only_the_plot(tiny_run, tmp_path, monkeypatch, capsys):
     import sys
 
+    from fastalign.io import figures
+
     _, results = tiny_run
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes "import matplotlib" raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setattr(figures, "_warned", False)  # the notice is printed once per process
     paths = report.write_all(tmp_path, results)
     assert set(paths) == {"json", "table"} and not (tmp_path / "plot.png").exists()
-    assert "no plot" in capsys.readouterr().err
+    assert "matplotlib is not installed" in capsys.readouterr().err
     assert json.loads((tmp_path / "results.json").read_text())["results"]
 
 

@@ -8,7 +8,6 @@ a note instead of ending the run.
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
@@ -16,7 +15,8 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from .config import BenchOptions
-from .timing import PeakMemory, free_memory, nvtx_range, synchronize, time_call, wall_ms
+from .memory import PeakMemory, free_memory, release
+from .timing import nvtx_range, synchronize, time_call, wall_ms
 
 # A measurement callable returns (value, grad); either may be None. ``value``
 # is the loss / similarities / output, ``grad`` the gradient, both used only
@@ -72,14 +72,6 @@ class Context:
 def skip_note(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     return (str(exc) or type(exc).__name__).splitlines()[0]
-
-
-def release(device: str) -> None:
-    """Drop cached blocks so the next measurement's peak and free memory are its own."""
-    if device == "cuda":
-        gc.collect()  # graphs held by reference cycles keep device memory alive
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
 
 
 # Elements per block of the float64 error computation (bounds its extra memory).
