@@ -478,3 +478,17 @@ def test_vit_student_benchmark_runs_at_smoke_sizes():
     for r in body:
         triplets_per_s = float(r.split(" | ")[3].replace(",", ""))
         assert triplets_per_s > 0
+
+
+def test_eval_bench_smoke(tmp_path, capsys):
+    """The evaluation benchmark (moved from ``fastalign.eval.bench``) writes its table and JSON."""
+    from fastalign.bench import eval_bench
+
+    out, js = tmp_path / "bench.md", tmp_path / "bench.json"
+    assert eval_bench.main(["--items", "40", "--dim", "4", "--no-things", "--out", str(out), "--json", str(js)]) == 0
+    table = out.read_text()
+    assert table.count("\n| ") == 4  # header + 3 rows
+    assert "Kendall tau-a" in table and "Kendall tau-a" in capsys.readouterr().out
+    rows = json.loads(js.read_text())["rows"]
+    assert len(rows) == 3 and all(r["ours_s"] > 0 for r in rows)
+    assert all("diff" in r["agree"] for r in rows if r["ref_s"] is not None)

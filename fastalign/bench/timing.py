@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ QUANTILES = (0.5, 0.2, 0.8)
 HIGH_VARIANCE = 0.5
 
 Device = Union[str, torch.device]
+T = TypeVar("T")
 
 
 def device_kind(device: Device) -> str:
@@ -161,12 +162,26 @@ def time_call(
     return stats_from_samples(samples, "perf_counter")
 
 
+def timed(fn: Callable[[], T], device: Device = "cpu", warmup_ms: float = 25.0, rep_ms: float = 100.0,
+          slow_ms: float = 400.0, slow_reps: int = 3) -> Tuple[Stats, T]:
+    """Warm up with one call, size the run with a second, then :func:`time_call`.
+
+    Returns the statistics and the first call's output (for a correctness check).
+    A call slower than ``slow_ms`` is not repeated more than needed: the sizing
+    call counts as the first of its ``slow_reps`` samples (timer "wall").
+    """
+    value = fn()
+    estimate = wall_ms(fn, device)
+    if estimate > slow_ms:
+        samples = [estimate] + [wall_ms(fn, device) for _ in range(slow_reps - 1)]
+        return stats_from_samples(samples, "wall"), value
+    return time_call(fn, device, estimate, warmup_ms, rep_ms, slow_ms, slow_reps), value
+
+
 def benchmark(fn: Callable[[], object], device: Device = "cpu", warmup_ms: float = 25.0, rep_ms: float = 100.0,
               slow_ms: float = 400.0, slow_reps: int = 3) -> Stats:
-    """Warm up with one call (its wall time sizes the run), then :func:`time_call`."""
-    fn()
-    estimate = wall_ms(fn, device)
-    return time_call(fn, device, estimate, warmup_ms, rep_ms, slow_ms, slow_reps)
+    """:func:`timed` without the output: the statistics of ``fn`` on ``device``."""
+    return timed(fn, device, warmup_ms, rep_ms, slow_ms, slow_reps)[0]
 
 
 def time_interleaved(fns: Sequence[Callable[[], object]], repeats: int, device: Device = "cpu") -> List[Stats]:
