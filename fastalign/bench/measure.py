@@ -16,7 +16,7 @@ import torch
 
 from .config import BenchOptions
 from .memory import PeakMemory, free_memory, release
-from .timing import nvtx_range, synchronize, time_call, wall_ms
+from .timing import nvtx_range, time_call, wall_ms, wall_ms_and_value
 
 # A measurement callable returns (value, grad); either may be None. ``value``
 # is the loss / similarities / output, ``grad`` the gradient, both used only
@@ -121,11 +121,7 @@ def measure(ctx: Context, tag: str, build: Callable[[], Call]) -> dict:
             fn = build()
         with nvtx_range(f"{tag}/warmup", device):
             # The first call includes compilation / autotuning; its output is checked.
-            synchronize(device)
-            t0 = time.perf_counter()
-            value, grad = fn()
-            synchronize(device)
-        row["first_call_ms"] = (time.perf_counter() - t0) * 1e3
+            row["first_call_ms"], (value, grad) = wall_ms_and_value(fn, device)
         with nvtx_range(f"{tag}/peak", device), PeakMemory(device) as peak:
             estimate = wall_ms(fn, device)
         row["peak_mem_bytes"] = peak.bytes

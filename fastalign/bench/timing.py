@@ -88,13 +88,18 @@ def synchronize(device: Device) -> None:
         torch.cuda.synchronize()
 
 
-def wall_ms(fn: Callable[[], object], device: Device) -> float:
-    """One call's wall time in ms, with the device synchronised around it."""
+def wall_ms_and_value(fn: Callable[[], T], device: Device) -> Tuple[float, T]:
+    """One call's wall time in ms, with the device synchronised around it, and its output."""
     synchronize(device)
     t0 = time.perf_counter()
-    fn()
+    value = fn()
     synchronize(device)
-    return (time.perf_counter() - t0) * 1e3
+    return (time.perf_counter() - t0) * 1e3, value
+
+
+def wall_ms(fn: Callable[[], object], device: Device) -> float:
+    """One call's wall time in ms, with the device synchronised around it."""
+    return wall_ms_and_value(fn, device)[0]
 
 
 def _event_samples(fn: Callable[[], object], reps: int) -> List[float]:
