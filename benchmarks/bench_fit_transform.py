@@ -38,6 +38,7 @@ import fastalign  # noqa: E402
 from fastalign.common.seeds import derive_rng  # noqa: E402
 from fastalign.common.timing import StageTimer  # noqa: E402
 from fastalign.datasets.things import load_things  # noqa: E402
+from fastalign.io import atomic_write_text  # noqa: E402
 from fastalign.teacher import fit_transform  # noqa: E402
 
 
@@ -112,7 +113,7 @@ def evaluate(z: torch.Tensor, test: np.ndarray) -> Tuple[float, float]:
         return float(fastalign.odd_one_out_accuracy(z, t)), float(fastalign.triplet_loss(z, t))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lam", type=float, default=0.1, help="regulariser weight for both fits")
     ap.add_argument("--test-fraction", type=float, default=0.2)
@@ -130,6 +131,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     if args.smoke:
         args.limit, args.max_epochs = args.limit or 5000, min(args.max_epochs, 3)
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -182,8 +188,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.out:
-        from fastalign.io import atomic_write_text
-
         atomic_write_text(args.out, table + "\n")
     return 0
 

@@ -110,6 +110,8 @@ def transform_rows(ctx: Context, case: AffineCase, matmul_tflops: Optional[float
 
 def teacher_fit_rows(ctx: Context, case: AffineCase) -> List[dict]:
     """Time composed / halves / eager of a "teacher-fit" case (forward + backward in W, b)."""
+    # Longer than most: the four implementations are closures over the same inputs and
+    # parameters, defined side by side so that it is plain they compute the same step.
     device, opts = ctx.device, ctx.options
     try:
         ctx.check_budget()

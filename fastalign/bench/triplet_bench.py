@@ -156,6 +156,9 @@ def _memory_need(case: TripletCase, impl: str, phase: str, chunk: int) -> int:
 
 def run_case(ctx: Context, case: TripletCase, backends: Dict[str, Optional[str]]) -> List[dict]:
     """Measure every implementation and phase of ``case``; one row each."""
+    # Longer than most: the nested helpers share this case's inputs, its rows and the eager
+    # reference the later implementations are checked against; split out, each would take
+    # all of them as arguments and the order (eager first, compile last) would be less visible.
     opts, device = ctx.options, ctx.device
     wanted_baselines = case.baselines if opts.baselines is None else tuple(
         b for b in case.baselines if b in opts.baselines)
