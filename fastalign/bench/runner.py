@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import platform
 import sys
 import time
@@ -57,7 +58,17 @@ def _device_meta(device: str) -> dict:
                     # fp32 GEMMs run in full fp32 unless TF32 is allowed: say which.
                     matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     meta["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    meta["cpu_count"] = os.cpu_count()
+    meta["load_average"] = _load_average()
     return meta
+
+
+def _load_average() -> Optional[float]:
+    """The 1-minute load average at the start (``None`` where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def _versions() -> dict:
@@ -127,6 +138,11 @@ def _run_notes(opts: BenchOptions, device: str, backends: Dict[str, Optional[str
     notes.append("library backends are timed through the public ops, input checks (index range, "
                  "probabilities) included; 'bwd' of a reduced fused loss only scales the gradient computed "
                  "in the forward")
+    load, cores = _load_average(), os.cpu_count() or 1
+    if load is not None and load > cores:
+        notes.append(f"load average {load:.1f} on {cores} cores when the run started: other work shared the "
+                     "machine, so times are upper bounds (a busy CPU can stall thread pools for many "
+                     "consecutive calls, which the noisy flag does not catch)")
     notes.append("every implementation ran untimed at tiny sizes before the first case, so no case pays "
                  "the process's cold start")
     return notes
