@@ -37,7 +37,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Dict, List
 
 import torch
@@ -46,8 +45,16 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from fastalign.distill import DecayToInitAdam, FeatureStudent, StepBatch, StepOptions  # noqa: E402
-from fastalign.distill import single_pass_step, two_pass_step  # noqa: E402
+from fastalign.bench.memory import PeakMemory, PeakRSS  # noqa: E402
+from fastalign.bench.timing import time_interleaved  # noqa: E402
+from fastalign.distill import (  # noqa: E402
+    DecayToInitAdam,
+    FeatureStudent,
+    StepBatch,
+    StepOptions,
+    single_pass_step,
+    two_pass_step,
+)
 from fastalign.io import atomic_write_text  # noqa: E402
 
 
@@ -100,14 +107,6 @@ def model_out_dim(model: nn.Module) -> int:
 STEP_FNS = {"two_pass": two_pass_step, "single_pass": single_pass_step, "plain": None}
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
 def measure_memory(mode: str, n_triplets: int, micro: int, channels: int, pool: int) -> Dict[str, float]:
     """Run one step of ``mode`` and return its peak extra memory (bytes)."""
     torch.manual_seed(0)
@@ -122,24 +121,15 @@ def measure_memory(mode: str, n_triplets: int, micro: int, channels: int, pool: 
     else:
         STEP_FNS[mode](model, small, opts)
     model.zero_grad(set_to_none=True)
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if cuda:
         model.cuda()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # reset VmHWM to the current RSS
-        base = _status("VmRSS")
-    if mode == "plain":
-        plain_step(model, batch, opts)
-    else:
-        STEP_FNS[mode](model, batch, opts)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _status("VmHWM") - base
+    with (PeakMemory("cuda") if cuda else PeakRSS()) as meter:
+        if mode == "plain":
+            plain_step(model, batch, opts)
+        else:
+            STEP_FNS[mode](model, batch, opts)
+    peak = meter.bytes
     return {"peak_bytes": float(peak), "items": int(batch.inputs.shape[0])}
 
 
@@ -173,20 +163,11 @@ def memory_table(quick: bool) -> List[str]:
     return rows
 
 
-def _time_interleaved(fns: List, repeats: int) -> List[float]:
-    """Best-of-``repeats`` seconds per call for each function, the calls
-    interleaved so that a change in machine load hits every contender alike."""
-    for fn in fns:
-        fn()  # warm-up
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best
+def _best_seconds(fns: List, repeats: int) -> List[float]:
+    """Best-of-``repeats`` seconds per call, the calls interleaved so that a change in
+    machine load hits every contender alike (the harness's ``time_interleaved``)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return [st.min_ms / 1e3 for st in time_interleaved(fns, repeats, device)]
 
 
 def throughput_table(quick: bool) -> List[str]:
@@ -237,7 +218,7 @@ def throughput_table(quick: bool) -> List[str]:
             single_pass_step(model, batch, opts)
             opt.step()
 
-        t_ours, t_single, t_plain = _time_interleaved([ours, single, plain], repeats)
+        t_ours, t_single, t_plain = _best_seconds([ours, single, plain], repeats)
         share = sum(shares[1:]) / max(1, len(shares) - 1)
         rows.append(f"| {name} | fastalign two-pass | {n} | {n / t_ours:,.0f} | {100 * share:.1f}% |")
         rows.append(f"| {name} | fastalign single-pass (fused loss) | {n} | {n / t_single:,.0f} | - |")
@@ -314,7 +295,7 @@ def vit_table(quick: bool) -> List[str]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         try:
-            (t,) = _time_interleaved([fn], repeats)
+            (t,) = _best_seconds([fn], repeats)
         except torch.OutOfMemoryError:
             rows.append(f"| {name} | - | - | out of memory | - | - | - |")
             continue

@@ -25,7 +25,6 @@ import argparse
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -36,7 +35,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fastalign  # noqa: E402
+from fastalign.common.seeds import derive_rng  # noqa: E402
+from fastalign.common.timing import StageTimer  # noqa: E402
 from fastalign.datasets.things import load_things  # noqa: E402
+from fastalign.io import atomic_write_text  # noqa: E402
 from fastalign.teacher import fit_transform  # noqa: E402
 
 
@@ -51,7 +53,7 @@ class Result:
 
 
 def split_data(n_triplets: int, test_fraction: float, val_fraction: float, seed: int, limit: Optional[int]):
-    rng = np.random.default_rng(seed)
+    rng = derive_rng(seed)  # == np.random.default_rng(seed)
     perm = rng.permutation(n_triplets)
     if limit:
         perm = perm[:limit]
@@ -111,7 +113,7 @@ def evaluate(z: torch.Tensor, test: np.ndarray) -> Tuple[float, float]:
         return float(fastalign.odd_one_out_accuracy(z, t)), float(fastalign.triplet_loss(z, t))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lam", type=float, default=0.1, help="regulariser weight for both fits")
     ap.add_argument("--test-fraction", type=float, default=0.2)
@@ -129,6 +131,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     if args.smoke:
         args.limit, args.max_epochs = args.limit or 5000, min(args.max_epochs, 3)
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -141,10 +148,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     raw_acc = float(fastalign.odd_one_out_accuracy(xt, torch.from_numpy(test), similarity="cosine"))
 
     results: List[Result] = []
-    t0 = time.perf_counter()
-    model, report = fit_transform(x, train, val_triplets=val, lambdas=(args.lam,), max_iter=300 if not args.smoke else 20,
-                                  progress=False, seed=args.seed)
-    t_fast = time.perf_counter() - t0
+    timer = StageTimer()
+    with timer("fastalign"):
+        model, report = fit_transform(x, train, val_triplets=val, lambdas=(args.lam,),
+                                      max_iter=300 if not args.smoke else 20, progress=False, seed=args.seed)
+    t_fast = timer.seconds["fastalign"]
     with torch.no_grad():
         acc, nll = evaluate(model(xt), test)
     results.append(Result("fastalign fit_transform (L-BFGS, fused)", t_fast,
@@ -153,9 +161,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"fastalign: {t_fast:.1f} s, test accuracy {100 * acc:.2f}%", file=sys.stderr, flush=True)
 
     if not args.skip_baseline:
-        t0 = time.perf_counter()
-        z, info = glocal_baseline(x, train, val, args.lam, args.lr, args.batch, args.max_epochs, args.patience, args.seed)
-        t_base = time.perf_counter() - t0
+        with timer("baseline"):
+            z, info = glocal_baseline(x, train, val, args.lam, args.lr, args.batch, args.max_epochs, args.patience,
+                                      args.seed)
+        t_base = timer.seconds["baseline"]
         acc, nll = evaluate(z, test)
         results.insert(0, Result(f"plain PyTorch gLocal loop (Adam lr {args.lr:g}, batch {args.batch})", t_base,
                                  f"{info['epochs']} epochs", info["val_loss"], acc, nll))
@@ -179,8 +188,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.out:
-        from fastalign.io import atomic_write_text
-
         atomic_write_text(args.out, table + "\n")
     return 0
 

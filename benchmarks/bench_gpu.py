@@ -10,8 +10,11 @@ identical to ``fastalign bench``; ``--help`` lists every option.
 """
 
 import sys
+from pathlib import Path
 
-from fastalign.cli.bench import standalone_main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fastalign
+
+from fastalign.cli.bench import standalone_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(standalone_main(prog="bench_gpu.py", description=__doc__.splitlines()[0]))

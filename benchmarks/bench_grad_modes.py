@@ -14,11 +14,19 @@ Needs a CUDA device. Prints a markdown table (and writes it to --out).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import List
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fastalign
+
+import fastalign  # noqa: E402
+from fastalign.bench.timing import benchmark  # noqa: E402
+from fastalign.common.jsonsafe import json_safe  # noqa: E402
+from fastalign.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 CASES = [
     # name, N, D, B, dtype
@@ -30,10 +38,46 @@ QUICK = [("alignet-small", 262_144, 1152, 2_000_000, torch.bfloat16), ("things-t
                                                                        torch.float32)]
 
 
-def _time(fn, reps_ms=400):
-    from triton.testing import do_bench
+# The harness's timer budgets (ms): do_bench warm-up and repetitions.
+WARMUP_MS, REP_MS = 100.0, 400.0
 
-    return do_bench(fn, warmup=100, rep=reps_ms, quantiles=[0.5, 0.2, 0.8])
+
+def time_case(name: str, n: int, d: int, b: int, dtype: torch.dtype, backends: List[str]) -> List[dict]:
+    """fwd+bwd of the KL loss per backend and gradient mode, as raw rows (ms are NaN on out of memory)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    emb = torch.randn(n, d, device="cuda", dtype=dtype, generator=g).requires_grad_(True)
+    trip = torch.randint(0, n, (b, 3), device="cuda", generator=g, dtype=torch.int32)
+    sims = torch.randn(b, 3, device="cuda", generator=g)
+    raw = []
+    for backend in backends:
+        for det in (False, True):
+            def step():
+                emb.grad = None
+                fastalign.triplet_distill_loss(emb, trip, target_sims=sims, backend=backend).backward()
+
+            torch.use_deterministic_algorithms(det)
+            try:
+                stats = benchmark(step, "cuda", WARMUP_MS, REP_MS)
+                med, p20, p80 = stats.median_ms, stats.p20_ms, stats.p80_ms
+                note = "noisy" if stats.noisy else ""
+            except torch.cuda.OutOfMemoryError:
+                med = p20 = p80 = float("nan")
+                note = "out of memory"
+            finally:
+                torch.use_deterministic_algorithms(False)
+            torch.cuda.empty_cache()
+            raw.append({"case": name, "N": n, "D": d, "B": b, "dtype": str(dtype), "backend": backend,
+                        "mode": "deterministic" if det else "atomic", "ms": med, "p20": p20, "p80": p80,
+                        "note": note, "gathered_gb": 3 * b * d * emb.element_size() / 1e9})
+            print(table_row(raw[-1]), flush=True)
+    return raw
+
+
+def table_row(r: dict) -> str:
+    # One forward gathers 3 rows per triplet; fwd+bwd reads them at least twice.
+    return (f"| {r['case']} N={r['N']} D={r['D']} B={r['B']} {r['dtype'][6:]} | {r['backend']} | {r['mode']} "
+            f"| {r['ms']:.3f} ({r['p20']:.3f}-{r['p80']:.3f}) | {2 * r['gathered_gb'] / (r['ms'] / 1e3):.0f} "
+            f"| {r['note']} |")
 
 
 def main(argv=None) -> int:
@@ -45,55 +89,21 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("bench_grad_modes needs a CUDA device", file=sys.stderr)
         return 2
-    import fastalign
-
     avail = [b for b in ("triton", "cuda") if fastalign.backends()["backends"][b]["available"]]
-    rows, raw = [], []
-    for name, n, d, b, dtype in (QUICK if args.quick else CASES):
-        g = torch.Generator(device="cuda").manual_seed(0)
-        emb = torch.randn(n, d, device="cuda", dtype=dtype, generator=g).requires_grad_(True)
-        trip = torch.randint(0, n, (b, 3), device="cuda", generator=g, dtype=torch.int32)
-        sims = torch.randn(b, 3, device="cuda", generator=g)
-        gathered_gb = 3 * b * d * emb.element_size() / 1e9
-        for backend in avail:
-            for det in (False, True):
-                torch.use_deterministic_algorithms(det)
-
-                def step():
-                    emb.grad = None
-                    fastalign.triplet_distill_loss(emb, trip, target_sims=sims, backend=backend).backward()
-
-                try:
-                    med, p20, p80 = _time(step)
-                    note = ""
-                except torch.cuda.OutOfMemoryError:
-                    med = p20 = p80 = float("nan")
-                    note = "out of memory"
-                finally:
-                    torch.use_deterministic_algorithms(False)
-                torch.cuda.empty_cache()
-                mode = "deterministic" if det else "atomic"
-                raw.append({"case": name, "N": n, "D": d, "B": b, "dtype": str(dtype), "backend": backend,
-                            "mode": mode, "ms": med, "p20": p20, "p80": p80, "note": note})
-                # One forward gathers 3 rows per triplet; fwd+bwd reads them at least twice.
-                rows.append(f"| {name} N={n} D={d} B={b} {str(dtype)[6:]} | {backend} | {mode} | {med:.3f} "
-                            f"({p20:.3f}-{p80:.3f}) | {2 * gathered_gb / (med / 1e3):.0f} | {note} |")
-                print(rows[-1], flush=True)
-        del emb, trip, sims
-        torch.cuda.empty_cache()
+    raw = []
+    for case in (QUICK if args.quick else CASES):
+        raw += time_case(*case, avail)
     head = [f"# Gradient modes, {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
             "KL distillation loss, forward+backward through the public op; GB/s counts the gathered rows "
             "read twice (forward and backward), 3 rows per triplet.", "",
             "| case | backend | gradient | ms (p20-p80) | gathered GB/s | note |", "|---|---|---|---|---|---|"]
-    table = "\n".join(head + rows) + "\n"
+    table = "\n".join(head + [table_row(r) for r in raw]) + "\n"
     print(table)
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(table)
+        atomic_write_text(args.out, table)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(raw, fh, indent=1)
+        atomic_write_json(args.json, json_safe(raw), indent=1)
     return 0
 
 

@@ -16,66 +16,26 @@ generated on the fly (seeded); nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fastalign
+
+from fastalign.bench.memory import PeakMemory, peak_rss_bytes, pin_mmap_threshold, reset_peak_rss, rss_bytes  # noqa: E402
+from fastalign.common.seeds import derive_rng  # noqa: E402
+from fastalign.common.timing import StageTimer  # noqa: E402
+from fastalign.io import atomic_write_text  # noqa: E402
+from fastalign.triplets.generate import GenerateOptions, generate  # noqa: E402
+
+MIB = 2 ** 20
 
 
-def rss_mib() -> float:
-    """Current resident set size (MiB), from /proc when available."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def peak_mib() -> float:
-    """Peak resident set size of this process so far (MiB)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0: write 5 to clear_refs); False if unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def pin_mmap_threshold(nbytes: int = 1 << 20) -> bool:
-    """Fix glibc's mmap threshold so freed large buffers go back to the OS.
-
-    glibc raises the threshold dynamically after big frees, after which freed
-    buffers stay in the heap and inflate RSS; the peak would then measure the
-    allocator's retention rather than live memory. Returns False off glibc.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, nbytes))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
-
-
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000, help="items N")
     ap.add_argument("--d", type=int, default=256, help="embedding dim D")
@@ -92,35 +52,43 @@ def main(argv=None) -> int:
     ap.add_argument("--out-md", help="also write the markdown table to this file")
     ap.add_argument("--workdir", help="where to write the embeddings and the store (default: a temp dir, removed)")
     args = ap.parse_args(argv)
-    pinned = pin_mmap_threshold()
     if args.quick:
         args.n, args.d, args.k, args.num = 20_000, 64, 20, 100_000
         args.shard_size, args.kmeans_iters = 50_000, 10
+    return args
 
-    import torch
 
-    from fastalign.triplets.generate import GenerateOptions, generate
-
-    torch.manual_seed(0)
-    tmp = tempfile.TemporaryDirectory() if not args.workdir else None
-    work = Path(args.workdir or tmp.name)
-    work.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    # clustered data (k blobs) so that cluster_border is meaningful
+def write_inputs(args: argparse.Namespace, work: Path) -> float:
+    """Clustered random embeddings (k blobs, so that cluster_border is meaningful) and a tiny
+    warm-up set; returns the embeddings' MiB."""
+    rng = derive_rng(0)  # == np.random.default_rng(0)
     centers = rng.standard_normal((args.k, args.d), dtype=np.float32) * 2
     emb = centers[rng.integers(0, args.k, args.n)] + rng.standard_normal((args.n, args.d), dtype=np.float32)
     np.save(work / "emb.npy", emb)
-    emb_mib = emb.nbytes / 2**20  # the float32 file is loaded whole before any dtype conversion
-    del emb, centers
-    # Warm up on a tiny problem: the first kernel call probes backends, and lazy imports, BLAS
-    # workspaces and allocator pools are fixed costs that must not be billed to a stage or to memory.
     np.save(work / "warm.npy", rng.standard_normal((300, args.d), dtype=np.float32))
+    return emb.nbytes / MIB  # the float32 file is loaded whole before any dtype conversion
+
+
+def memory_budget_mib(args: argparse.Namespace, emb_mib: float) -> Dict[str, float]:
+    """The budget "embeddings + 2 x one shard + cluster state" (MiB)."""
+    shard_mib = min(args.shard_size, args.num) * 3 * (4 + 2 + 4) / MIB
+    # cluster state: centroids + float64 sums, labels, one chunk of points and its (chunk x k) distances
+    chunk = 16384
+    cluster_mib = (args.k * args.d * (4 + 8) + args.n * 8 + chunk * args.d * 4 + chunk * args.k * 4 * 2) / MIB
+    return {"emb": emb_mib, "shard": shard_mib, "cluster": cluster_mib, "total": emb_mib + 2 * shard_mib + cluster_mib}
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    """Warm up on a tiny problem, then time one generate() and record its memory."""
+    torch.manual_seed(0)
+    emb_mib = write_inputs(args, work)
+    # The first kernel call probes backends, and lazy imports, BLAS workspaces and allocator
+    # pools are fixed costs that must not be billed to a stage or to memory.
     generate(GenerateOptions(embeddings=str(work / "warm.npy"), out=str(work / "warm"), num=2000, clusters=min(args.k, 30),
                              shard_size=1000, chunk_size=500, kmeans_iters=2, device=args.device, progress=False,
                              histogram=False), say=lambda s: None)
-    base = rss_mib()
-    peak_reset = reset_peak()
-
+    base = rss_bytes() / MIB
+    peak_reset = reset_peak_rss()
     opts = GenerateOptions(
         embeddings=str(work / "emb.npy"), out=str(work / "store"), num=args.num, strategy=args.strategy,
         clusters=args.k, shard_size=args.shard_size, chunk_size=args.chunk_size, kmeans_iters=args.kmeans_iters,
@@ -128,24 +96,19 @@ def main(argv=None) -> int:
         histogram=False,
     )
     cuda = torch.cuda.is_available() and (args.device is None or str(args.device).startswith("cuda"))
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        gpu_base = torch.cuda.memory_allocated() / 2**20
-    t0 = time.perf_counter()
-    summary = generate(opts, say=lambda s: None)
-    if cuda:
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
-    peak = peak_mib()
+    timer = StageTimer()
+    with PeakMemory("cuda" if cuda else "cpu") as gpu_peak, timer("end to end"):
+        summary = generate(opts, say=lambda s: None)
+    peak = peak_rss_bytes() / MIB
+    return {"summary": summary, "wall": timer.seconds["end to end"], "base": base, "peak": peak,
+            "peak_reset": peak_reset, "gpu_peak_mib": gpu_peak.bytes / MIB if cuda else None,
+            "budget": memory_budget_mib(args, emb_mib)}
 
-    sec = summary.seconds
-    shard_mib = min(args.shard_size, args.num) * 3 * (4 + 2 + 4) / 2**20
-    # cluster state: centroids + float64 sums, labels, one chunk of points and its (chunk x k) distances
-    chunk = 16384
-    cluster_mib = (args.k * args.d * (4 + 8) + args.n * 8 + chunk * args.d * 4 + chunk * args.k * 4 * 2) / 2**20
-    budget = emb_mib + 2 * shard_mib + cluster_mib
-    used = peak - base if peak_reset or peak > base else float("nan")
+
+def table(args: argparse.Namespace, res: dict, pinned: bool) -> str:
+    summary, sec, wall, budget = res["summary"], res["summary"].seconds, res["wall"], res["budget"]
+    base, peak = res["base"], res["peak"]
+    used = peak - base if res["peak_reset"] or peak > base else float("nan")
     rows = [
         ("cluster (k-means)", sec["kmeans"], args.n * summary.kmeans["n_iter"] / sec["kmeans"] if sec["kmeans"] else 0,
          "points x iters/s"),
@@ -170,25 +133,33 @@ def main(argv=None) -> int:
         f"| baseline RSS (after imports) | {base:,.1f} |",
         f"| peak RSS | {peak:,.1f} |",
         f"| peak above baseline | {used:,.1f} |",
-        f"| budget: embeddings {emb_mib:,.1f} + 2 x shard {shard_mib:,.1f} + cluster state {cluster_mib:,.1f} | {budget:,.1f} |",
-        f"| within budget | {'yes' if used <= budget else 'NO'} |",
+        f"| budget: embeddings {budget['emb']:,.1f} + 2 x shard {budget['shard']:,.1f} + cluster state "
+        f"{budget['cluster']:,.1f} | {budget['total']:,.1f} |",
+        f"| within budget | {'yes' if used <= budget['total'] else 'NO'} |",
     ]
-    if cuda:
-        lines += [f"| GPU peak allocated above baseline | {torch.cuda.max_memory_allocated() / 2**20 - gpu_base:,.1f} |"]
+    if res["gpu_peak_mib"] is not None:
+        lines += [f"| GPU peak allocated above baseline | {res['gpu_peak_mib']:,.1f} |"]
     lines += [
         "",
-        f"(peak RSS via VmHWM{' after resetting it' if peak_reset else ''}; glibc mmap threshold "
+        f"(peak RSS via VmHWM{' after resetting it' if res['peak_reset'] else ''}; glibc mmap threshold "
         f"{'pinned at 1 MiB' if pinned else 'not pinned'}; fixed costs are warmed up before the baseline)",
     ]
     if summary.kmeans:
         lines += ["", f"k-means: {summary.kmeans['n_iter']} iterations, inertia {summary.kmeans['inertia'][0]:.4g} -> "
                       f"{summary.kmeans['inertia'][-1]:.4g}, re-seeded {sum(summary.kmeans['reseeded'])}"]
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    pinned = pin_mmap_threshold()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        text = table(args, run(args, work), pinned)
     print(text)
     if args.out_md:
-        Path(args.out_md).write_text(text + "\n")
-    if tmp is not None:
-        tmp.cleanup()
+        atomic_write_text(args.out_md, text + "\n")
     return 0
 
 

@@ -11,23 +11,39 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import distill_loss64, hard_loss64, loss_and_grad64, sims64
 
 import fastalign
-from fastalign.bench import BenchOptions, TripletCase, AffineCase, run_bench
-from fastalign.bench import baselines, measure, metrics, presets, report, timing
+from fastalign.bench import (
+    AffineCase,
+    BenchOptions,
+    TripletCase,
+    baselines,
+    measure,
+    memory,
+    metrics,
+    presets,
+    report,
+    run_bench,
+    timing,
+)
 from fastalign.bench.measure import Context, Skip
-from reference import distill_loss64, hard_loss64, loss_and_grad64, sims64
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROW_FIELDS = {"group", "case", "label", "op", "n", "d", "b", "dtype", "impl", "kind", "phase", "status", "note"}
 OK_FIELDS = {"ms", "ms_p20", "ms_p80", "reps", "timer", "bytes", "flops", "GBps", "TFLOPs", "frac_copy_bw",
              "peak_mem_bytes", "first_call_ms"}
+
+
+def _png_width(png: bytes) -> int:
+    return int.from_bytes(png[16:20], "big")  # IHDR: width, then height
 
 
 def _problem(n=11, d=7, b=40, dtype=torch.float64, seed=0):
@@ -138,6 +154,59 @@ def test_cpu_timer_reports_a_positive_median():
     s = timing.time_call(lambda: calls.append(1), "cpu", estimate_ms=0.01, warmup_ms=0.1, rep_ms=1.0,
                          slow_ms=100.0, slow_reps=1)
     assert s.timer == "perf_counter" and s.reps >= 3 and len(calls) >= s.reps and s.median_ms >= 0
+
+
+def test_benchmark_warms_up_and_counts_a_slow_call_once():
+    calls = []
+    s = timing.benchmark(lambda: calls.append(1), "cpu", warmup_ms=0.1, rep_ms=1.0)
+    assert s.timer == "perf_counter" and s.min_ms <= s.median_ms and len(calls) >= s.reps + 2
+    slow_calls = []
+
+    def slow():
+        slow_calls.append(1)
+        time.sleep(0.005)
+        return "out"
+
+    stats, value = timing.timed(slow, "cpu", slow_ms=1.0, slow_reps=2)
+    # warm-up + sizing call (its time is the first sample) + one more sample
+    assert value == "out" and stats.timer == "wall" and stats.reps == 2 and len(slow_calls) == 3
+    assert stats.min_ms >= 4.0
+
+
+def test_time_interleaved_gives_one_stats_per_function():
+    counts = [0, 0]
+
+    def bump(i):
+        counts[i] += 1
+
+    a, b = timing.time_interleaved([lambda: bump(0), lambda: bump(1)], repeats=4)
+    assert counts == [5, 5] and a.reps == b.reps == 4 and a.min_ms <= a.median_ms
+    with pytest.raises(ValueError, match="repeats"):
+        timing.time_interleaved([lambda: None], repeats=0)
+
+
+def test_high_variance_is_flagged():
+    tight = timing.Stats(1.0, 0.9, 1.2, 10, "t")
+    wide = timing.Stats(1.0, 0.9, 1.6, 10, "t")
+    assert not tight.noisy and wide.noisy and wide.spread == pytest.approx(0.7)
+    assert wide.as_dict()["high_variance"] is True
+    # rows from before the flag existed are judged from their percentiles
+    assert timing.is_noisy({"status": "ok", "ms": 1.0, "ms_p20": 0.5, "ms_p80": 2.0})
+    assert not timing.is_noisy({"status": "skipped"})
+    row = {"group": "triplet", "case": "c", "label": "c", "op": "kl", "n": 1, "d": 1, "b": 1, "dtype": "fp32",
+           "impl": "eager", "kind": "baseline", "phase": "fwd", "status": "ok", **wide.as_dict()}
+    text = report.markdown({"meta": {}, "results": [row]})
+    assert "1 (0.9-1.6) noisy" in text and "1 of 1 measurements are marked noisy" in text
+
+
+@pytest.mark.skipif(not memory.reset_peak_rss(), reason="needs Linux /proc/self/clear_refs")
+def test_peak_rss_sees_an_allocation():
+    with memory.PeakRSS() as meter:
+        block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, touched
+        del block
+    assert meter.reset and meter.bytes > 32 << 20
+    assert memory.rss_bytes() > 0 and memory.peak_rss_bytes() >= memory.rss_bytes()
+    memory.trim_heap()
 
 
 @pytest.mark.parametrize("dtype,elt", [("fp32", 4), ("bf16", 2)])
@@ -253,6 +322,10 @@ def test_cpu_tiny_writes_json_table_and_png(tiny_run):
     assert "## Triplet ops" in table and "## Affine teacher transform" in table and "| torch |" in table
     png = (out / "plot.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 5000
+    assert _png_width(png) < 1000  # the time panel alone: peak memory is GPU-only
+    # Every implementation ran once before the first case, so no case pays the cold start.
+    assert meta["warm_up_s"] > 0 and any("cold start" in n for n in meta["notes"])
+    assert all("high_variance" in r and "spread" in r for r in rows if r["status"] == "ok")
 
 
 def test_cpu_tiny_results_are_correct(tiny_run):
@@ -419,7 +492,8 @@ def test_harness_on_cuda_tiny(tmp_path):
             assert r.get(key) is None or r[key] < 3e-2, (r["impl"], r["phase"], key, r[key])
     assert {r["impl"] for r in ok} >= {"eager", "torch", "affine_transform", "gemm"}
     assert results["meta"]["copy_bandwidth"]["GBps"] > 100
-    assert (tmp_path / "plot.png").read_bytes().startswith(PNG_MAGIC)
+    png = (tmp_path / "plot.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and _png_width(png) > 1000  # time and peak-memory panels
 
 
 def test_headline_judges_the_issue_targets():
@@ -449,11 +523,15 @@ def test_headline_judges_the_issue_targets():
 def test_report_without_matplotlib_skips_only_the_plot(tiny_run, tmp_path, monkeypatch, capsys):
     import sys
 
+    from fastalign.io import figures
+
     _, results = tiny_run
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes "import matplotlib" raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setattr(figures, "_warned", False)  # the notice is printed once per process
     paths = report.write_all(tmp_path, results)
     assert set(paths) == {"json", "table"} and not (tmp_path / "plot.png").exists()
-    assert "no plot" in capsys.readouterr().err
+    assert "matplotlib is not installed" in capsys.readouterr().err
     assert json.loads((tmp_path / "results.json").read_text())["results"]
 
 
@@ -474,3 +552,17 @@ def test_vit_student_benchmark_runs_at_smoke_sizes():
     for r in body:
         triplets_per_s = float(r.split(" | ")[3].replace(",", ""))
         assert triplets_per_s > 0
+
+
+def test_eval_bench_smoke(tmp_path, capsys):
+    """The evaluation benchmark (moved from ``fastalign.eval.bench``) writes its table and JSON."""
+    from fastalign.bench import eval_bench
+
+    out, js = tmp_path / "bench.md", tmp_path / "bench.json"
+    assert eval_bench.main(["--items", "40", "--dim", "4", "--no-things", "--out", str(out), "--json", str(js)]) == 0
+    table = out.read_text()
+    assert table.count("\n| ") == 4  # header + 3 rows
+    assert "Kendall tau-a" in table and "Kendall tau-a" in capsys.readouterr().out
+    rows = json.loads(js.read_text())["rows"]
+    assert len(rows) == 3 and all(r["ours_s"] > 0 for r in rows)
+    assert all("diff" in r["agree"] for r in rows if r["ref_s"] is not None)

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from .. import ops
+from ..common.seeds import derive_seed
 from . import baselines
 from .config import AffineCase, dtype_of
 from .measure import Context, Skip, measure, rel_err, skip_note
@@ -33,10 +34,12 @@ from .metrics import Work, affine_work, elt_bytes, rates, triplet_work
 
 # Rows of the float64 check of the transform (a sample keeps it cheap at N=1.28M).
 _CHECK_ROWS = 4096
+# Seed stream of the affine group's inputs (the triplet group has its own).
+_AFFINE_STREAM = 2
 
 
 def _params(case: AffineCase, device: str, seed: int):
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(derive_seed(seed, _AFFINE_STREAM))
     d, k = case.d, case.cols
     x = torch.randn(case.n, d, device=device, generator=gen).to(dtype_of(case.dtype))
     W = torch.randn(d, k, device=device, generator=gen) * d ** -0.5
@@ -107,6 +110,8 @@ def transform_rows(ctx: Context, case: AffineCase, matmul_tflops: Optional[float
 
 def teacher_fit_rows(ctx: Context, case: AffineCase) -> List[dict]:
     """Time composed / halves / eager of a "teacher-fit" case (forward + backward in W, b)."""
+    # Longer than most: the four implementations are closures over the same inputs and
+    # parameters, defined side by side so that it is plain they compute the same step.
     device, opts = ctx.device, ctx.options
     try:
         ctx.check_budget()

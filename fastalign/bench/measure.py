@@ -8,7 +8,6 @@ a note instead of ending the run.
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
@@ -16,7 +15,8 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from .config import BenchOptions
-from .timing import PeakMemory, free_memory, nvtx_range, synchronize, time_call, wall_ms
+from .memory import PeakMemory, free_memory, release
+from .timing import nvtx_range, time_call, wall_ms, wall_ms_and_value
 
 # A measurement callable returns (value, grad); either may be None. ``value``
 # is the loss / similarities / output, ``grad`` the gradient, both used only
@@ -74,14 +74,6 @@ def skip_note(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__).splitlines()[0]
 
 
-def release(device: str) -> None:
-    """Drop cached blocks so the next measurement's peak and free memory are its own."""
-    if device == "cuda":
-        gc.collect()  # graphs held by reference cycles keep device memory alive
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-
-
 # Elements per block of the float64 error computation (bounds its extra memory).
 _ERR_BLOCK = 1 << 24
 
@@ -129,11 +121,7 @@ def measure(ctx: Context, tag: str, build: Callable[[], Call]) -> dict:
             fn = build()
         with nvtx_range(f"{tag}/warmup", device):
             # The first call includes compilation / autotuning; its output is checked.
-            synchronize(device)
-            t0 = time.perf_counter()
-            value, grad = fn()
-            synchronize(device)
-        row["first_call_ms"] = (time.perf_counter() - t0) * 1e3
+            row["first_call_ms"], (value, grad) = wall_ms_and_value(fn, device)
         with nvtx_range(f"{tag}/peak", device), PeakMemory(device) as peak:
             estimate = wall_ms(fn, device)
         row["peak_mem_bytes"] = peak.bytes

@@ -1,4 +1,4 @@
-"""Benchmark outputs: ``results.json``, ``table.md`` and ``plot.png``.
+"""Benchmark outputs: ``results.json``, ``table.md`` and ``plot.png`` (drawn by ``plot.py``).
 
 All three are written atomically (temp file, fsync, rename), so a run killed
 mid-way leaves the last complete version. ``report.main([DIR])`` (or
@@ -8,6 +8,9 @@ does this when the benchmark ran out of time.
 
 Speed-ups: every ok row gets ``vs_eager`` / ``vs_compile`` = baseline time /
 this time for the same case and phase (> 1 is faster than the baseline).
+A measurement whose (p80 - p20) / median exceeds ``timing.HIGH_VARIANCE`` is
+marked "noisy" in the table: the machine's load moved it, so rerun it before
+quoting it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from ..io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..common.jsonsafe import json_safe
+from ..io.atomic import atomic_write_json, atomic_write_text
+from .plot import plot_results
+from .timing import HIGH_VARIANCE, is_noisy
 
 RESULTS, TABLE, PLOT = "results.json", "table.md", "plot.png"
 
@@ -143,7 +149,16 @@ def _err(r: dict) -> str:
 def _ms(r: dict) -> str:
     if r.get("status") != "ok":
         return r.get("status", "?")
-    return f"{r['ms']:.4g} ({r['ms_p20']:.4g}-{r['ms_p80']:.4g})"
+    return f"{r['ms']:.4g} ({r['ms_p20']:.4g}-{r['ms_p80']:.4g})" + (" noisy" if is_noisy(r) else "")
+
+
+def _variance_note(rows: List[dict]) -> List[str]:
+    ok = [r for r in rows if r.get("status") == "ok"]
+    noisy = [r for r in ok if is_noisy(r)]
+    if not noisy:
+        return []
+    return [f"- note: {len(noisy)} of {len(ok)} measurements are marked noisy: (p80 - p20) / median > "
+            f"{HIGH_VARIANCE * 100:.0f}%, so the machine's load moved them; rerun those before quoting them"]
 
 
 def _note(r: dict) -> str:
@@ -166,6 +181,7 @@ def markdown(results: dict) -> str:
     out += [f"- {k}: {v}" for k, v in facts if v is not None]
     for note in meta.get("notes", []):
         out.append(f"- note: {note}")
+    out += _variance_note(rows)
     out.append("")
     out += headline(results)
     out += affine_verdict(results)
@@ -173,7 +189,8 @@ def markdown(results: dict) -> str:
     if trip:
         out += ["## Triplet ops", "",
                 "ms = median (p20-p80); GB/s over minimal bytes (unique rows once + indices + targets + outputs "
-                "[+ gradient]); check = rel. error of loss / gradient vs the eager baseline.", "",
+                "[+ gradient]); check = rel. error of loss / gradient vs the eager baseline; noisy = p20-p80 wider "
+                "than half the median.", "",
                 "| case | op | dtype | impl | phase | ms | GB/s | % copy BW | TFLOP/s | peak mem GB | vs eager "
                 "| vs compile | check | note |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -203,74 +220,17 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
-def _series(rows: Sequence[dict], value: str) -> Dict[str, List[Tuple[float, float]]]:
-    series: Dict[str, List[Tuple[float, float]]] = {}
-    for r in rows:
-        if r.get("status") == "ok" and r.get(value) is not None and r.get("bytes"):
-            series.setdefault(f"{r['impl']} {r['dtype']}", []).append((r["bytes"] / 1e9, float(r[value])))
-    return {k: sorted(v) for k, v in sorted(series.items())}
-
-
-def plot_png(results: dict) -> bytes:
-    """PNG bytes: time and peak memory against size (minimal GB) per implementation.
-
-    Plots the forward + backward rows of the KL distillation loss (the training
-    step; every preset measures it at several sizes, so each implementation's
-    points form one curve); memory is left empty (with a note) on CPU, where it
-    is not recorded.
-    """
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in results.get("results", []) if r.get("group") == "triplet" and r.get("phase") == "fwd+bwd"
-            and r.get("op") == "kl" and r.get("similarity", "dot") == "dot"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, value, ylabel in ((axes[0], "ms", "time (ms, median)"), (axes[1], "peak_mem_bytes", "peak memory (bytes)")):
-        series = _series(rows, value)
-        for name, pts in series.items():
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", label=name)
-        if series:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.legend(fontsize=7)
-        else:
-            ax.text(0.5, 0.5, "not recorded on this device" if value != "ms" else "no timings",
-                    ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("problem size (minimal GB moved)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-    meta = results.get("meta", {})
-    fig.suptitle(f"fastalign KL distillation loss, fwd+bwd - {meta.get('device_name', '?')} "
-                 f"({meta.get('preset', '?')})")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def write_all(out_dir, results: dict, plot: bool = True) -> Dict[str, Path]:
     """Write results.json, table.md and (when ``plot`` and matplotlib is installed) plot.png
-    to ``out_dir``; return the paths written."""
+    to ``out_dir``; return the paths written (without the plot when it was skipped)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     add_speedups(results.get("results", []))
     paths = {"json": out / RESULTS, "table": out / TABLE}
-    atomic_write_json(paths["json"], results)
+    atomic_write_json(paths["json"], json_safe(results))
     atomic_write_text(paths["table"], markdown(results) + "\n")
-    if plot:
-        try:
-            png = plot_png(results)
-        except ImportError as exc:  # matplotlib is optional (the "bench" extra)
-            print(f"fastalign bench: no plot ({exc}); pip install matplotlib", file=sys.stderr)
-        else:
-            paths["plot"] = out / PLOT
-            atomic_write_bytes(paths["plot"], png)
+    if plot and plot_results(results, out / PLOT):
+        paths["plot"] = out / PLOT
     return paths
 
 

@@ -1,13 +1,16 @@
 """``fastalign bench``: measure the triplet kernels and the teacher transform on this machine.
 
 Writes ``results.json``, ``table.md`` and ``plot.png`` to ``--out`` and prints
-the table. The same harness runs ``benchmarks/bench_gpu.py`` and the device
-check.
+the table. The same harness (``fastalign.bench``) runs ``benchmarks/bench_gpu.py``,
+``benchmarks/bench_affine_transform.py`` and the device check.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
+from pathlib import Path
 from typing import List, Optional
 
 
@@ -18,7 +21,7 @@ def _csv(value: str):
 
 def add_arguments(p) -> None:
     """The bench options (shared with ``benchmarks/bench_gpu.py``)."""
-    from ..bench.presets import PRESETS  # light: dataclasses only
+    from ..bench.presets import PRESETS  # heavy (torch): CLI modules import on use, so --help stays quick
 
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="case list: " + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
@@ -44,7 +47,7 @@ def add_arguments(p) -> None:
 
 def options_from_args(args):
     """``BenchOptions`` from parsed arguments (ValueError on a bad value)."""
-    import torch
+    import torch  # heavy: CLI modules import on use, so --help stays quick
 
     from ..bench.config import BenchOptions
 
@@ -73,9 +76,7 @@ def register(sub):
 
 
 def _run(args):
-    from pathlib import Path
-
-    from ..bench import run_bench
+    from ..bench import run_bench  # heavy (torch, ops): imported when the command runs
     from ..bench.report import TABLE
 
     options = options_from_args(args)
@@ -97,9 +98,6 @@ def standalone_main(argv: Optional[List[str]] = None, prog: str = "bench", descr
 
     Returns the exit status: 0, or 2 with a one-line message for a bad value.
     """
-    import argparse
-    import sys
-
     parser = argparse.ArgumentParser(prog=prog, description=description or __doc__.splitlines()[0])
     add_arguments(parser)
     parser.set_defaults(**defaults)
