@@ -173,13 +173,3 @@ def test_cli_errors(run_cli, tmp_path, case):
     assert rc == 2
     lines = err.strip().splitlines()
     assert lines[-1].startswith("fastalign evaluate: error:") and "Traceback" not in err
-
-
-def test_bench_smoke(tmp_path, capsys):
-    from fastalign.eval import bench
-
-    out = tmp_path / "bench.md"
-    assert bench.main(["--items", "40", "--dim", "4", "--no-things", "--out", str(out)]) == 0
-    table = out.read_text()
-    assert table.count("\n| ") == 4  # header + 3 rows
-    assert "Kendall tau-a" in table and "Kendall tau-a" in capsys.readouterr().out
