@@ -68,7 +68,7 @@ def plot_levels_dataset(results: Mapping[str, Mapping[str, Any]], path: PathLike
                   label="human agreement with majority" if j == 0 else None)
     ax.axhline(chance, color="0.5", ls="--", lw=1, label="chance")
     ax.set_xticks(x)
-    ax.set_xticklabels([lv.replace("_", " ") for lv in levels])
+    ax.set_xticklabels([f"{lv.replace('_', ' ')}\n({first[lv]['n_triplets']} triplets)" for lv in levels])
     ax.set_ylabel("odd-one-out accuracy")
     ax.set_ylim(0, 1)
     ax.set_title("Levels dataset: accuracy by level")

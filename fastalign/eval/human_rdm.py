@@ -31,7 +31,7 @@ counts the pairs used and ``n_pairs_masked`` those left out.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from .correlation import rankdata
 from .rsa import COMPARISONS, rdm
 
 __all__ = ["HUMAN_RDM_MEASURES", "POOLING", "compare_to_subjects", "human_rdm_report", "noise_ceiling",
-           "pool_rdms"]
+           "pool_rdms", "resampled_pairs"]
 
 HUMAN_RDM_MEASURES = ("spearman", "pearson", "kendall_tau_a")
 POOLING = {"spearman": "mean of ranks", "pearson": "mean of z-scores", "kendall_tau_a": "mean of ranks"}
@@ -108,6 +108,24 @@ def noise_ceiling(vectors: torch.Tensor, method: str) -> Optional[Dict[str, floa
     return {"lower": float(np.mean(lower)), "upper": float(np.mean(upper))}
 
 
+def resampled_pairs(idx: torch.Tensor, valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of every pair compared in one stimulus resample (rsatoolbox's convention).
+
+    Args:
+        idx: (N,) sampled stimulus indices (with repeats), in any order; they are sorted, as
+            rsatoolbox's ``subsample_pattern`` sorts them.
+        valid: (N, N) bool, the pairs measured in every subject.
+
+    Returns ``(a, b)``: the pairs ``i < j`` of the sorted sample whose stimuli differ
+    (a stimulus paired with its own copy is trivially 0, so dropped) and are valid.
+    """
+    idx = torch.sort(idx).values
+    iu = torch.triu_indices(idx.numel(), idx.numel(), offset=1)
+    a, b = idx[iu[0]], idx[iu[1]]
+    keep = (a != b) & valid[a, b]
+    return a[keep], b[keep]
+
+
 def _bootstrap(model: torch.Tensor, human: torch.Tensor, valid: torch.Tensor, methods: Sequence[str],
                n_boot: int, seed: int) -> Dict[str, Dict[str, Any]]:
     """Percentile intervals of ``pooled`` and ``subject_mean`` over stimulus resamples.
@@ -117,15 +135,11 @@ def _bootstrap(model: torch.Tensor, human: torch.Tensor, valid: torch.Tensor, me
     """
     n = model.shape[0]
     rng = derive_rng(seed, _BOOT_STREAM)
-    iu = torch.triu_indices(n, n, offset=1)
     draws: Dict[str, Dict[str, List[float]]] = {m: {"pooled": [], "subject_mean": []} for m in methods}
     for _ in range(n_boot):
-        idx = torch.from_numpy(np.sort(rng.integers(0, n, n)))
-        a, b = idx[iu[0]], idx[iu[1]]
-        keep = (a != b) & valid[a, b]  # a stimulus paired with its own copy is trivially 0: dropped
-        if int(keep.sum()) < 3:
+        a, b = resampled_pairs(torch.from_numpy(rng.integers(0, n, n)), valid)
+        if a.numel() < 3:
             continue
-        a, b = a[keep], b[keep]
         mv, hv = model[a, b], human[:, a, b]
         for m in methods:
             res = compare_to_subjects(mv, hv, m)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -288,7 +289,7 @@ def _rows(report: Mapping[str, Any]) -> List[Tuple[str, str]]:
 def _human_rows(report: Mapping[str, Any]) -> List[Tuple[str, str]]:
     rows: List[Tuple[str, str]] = []
     for h in report.get("human_rdms") or []:
-        tag = f"{h['source']} (N={h['n_stimuli']}, S={h['n_subjects']})"
+        tag = f"{Path(str(h['source'])).name} (N={h['n_stimuli']}, S={h['n_subjects']})"
         for m in COMPARISONS:
             if m not in h:
                 continue
