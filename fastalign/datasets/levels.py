@@ -59,12 +59,11 @@ NO_RESPONSE = ("", "No image selected")
 _BY_CLASS_COUNT = {1: "within_class", 2: "class_border", 3: "between_class"}
 
 # Plain containers whose pickled form calls a constructor (defaultdict(list) is what the
-# notebook builds). Calling these on plain data cannot run anything else.
-_SAFE_GLOBALS = {
-    ("collections", "defaultdict"), ("collections", "OrderedDict"),
-    ("builtins", "list"), ("builtins", "dict"), ("builtins", "set"), ("builtins", "frozenset"),
-    ("builtins", "tuple"),
-}
+# notebook builds). Calling these on plain data cannot run anything else. Protocols 0-2
+# name the builtins module by its Python 2 name.
+_CONTAINERS = ("list", "dict", "set", "frozenset", "tuple")
+_SAFE_GLOBALS = {("collections", "defaultdict"), ("collections", "OrderedDict")} | {
+    (module, name) for module in ("builtins", "__builtin__") for name in _CONTAINERS}
 
 
 class PlainDataUnpickler(pickle.Unpickler):
