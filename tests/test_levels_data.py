@@ -157,7 +157,7 @@ def reference(lv, emb, names, min_resp=4):
         groups[tuple(sorted(rows))].append((rows[ch], level, odd_row))
         per_trial[level].append(odd_row == rows[ch])
     out = defaultdict(lambda: defaultdict(list))
-    for key, resp in groups.items():
+    for resp in groups.values():
         if len(resp) != min_resp:
             continue
         choices = [r[0] for r in resp]
