@@ -9,13 +9,23 @@ bundled THINGS data (1,854 objects) by name instead of a path:
   --features things:clip | things:word2vec | things:spose49
   --triplets things:test_10 | things:train_90_ID_smallsample | things:test_10_ID_smallsample
   --categories things        the 27-category membership matrix
-  --rdm things               SPoSE-49 (human similarity embedding); or things:KEY
+  --human-embedding things   SPoSE-49 (a human similarity embedding; --rdm is an alias); or things:KEY
   --few-shot things          objects in exactly one of the 27 categories
+
+measured human data:
+  --human-rdm FILE[:VAR]     measured RDMs (.npy/.npz/.mat; one or S subjects); repeatable.
+                             Spearman, Pearson and Kendall tau-a against the pooled RDM and
+                             averaged over subjects, noise ceiling, bootstrap 95 % interval
+                             (JSON key "human_rdms"). --rdm-items maps RDM rows to feature rows.
+  --levels-data levels.pkl   the Levels dataset (AligNet); images matched by stem to
+                             --file-names (JSON key "levels_dataset")
 
 examples:
   fastalign evaluate --features things:spose49 --triplets things:test_10 --categories things
   fastalign evaluate --features things:clip --similarity cosine --triplets things:test_10 \\
-      --categories things --rdm things --few-shot things --out clip.json
+      --categories things --human-embedding things --few-shot things --out clip.json
+  fastalign evaluate --features feats.npy --triplets test.txt --human-rdm meadows.mat \\
+      --rdm-items stimuli.txt --file-names file_names.txt --figures figs/ --out report.json
   fastalign evaluate --features feats.npy --transform run/teacher/transform.npz \\
       --triplets test.txt --out report.json
 """
@@ -40,11 +50,16 @@ def register(sub):
     p.add_argument("--uncategorized", choices=("distinct", "exclude"), default="distinct",
                    help="objects with no category: share nothing (distinct), or drop their triplets (exclude)")
     p.add_argument("--levels", help="per-triplet level labels (Levels-style; .npy or one label per line)")
-    p.add_argument("--rdm", help="human reference embedding for RSA and CKA (features file, 'things' or things:KEY)")
+    p.add_argument("--human-embedding", "--rdm", dest="human_embedding", metavar="EMBEDDING",
+                   help="human similarity embedding for RSA and CKA (features file, 'things' or things:KEY); "
+                   "--rdm is the old name")
     p.add_argument("--rdm-metric", choices=("cosine", "correlation", "euclidean", "dot"),
                    help="RDM metric of the evaluated representation (default: dot for --similarity dot, else cosine)")
-    p.add_argument("--human-rdm-metric", choices=("cosine", "correlation", "euclidean", "dot"), default="dot",
-                   help="RDM metric of the --rdm embedding (default dot: SPoSE is a dot-product model)")
+    p.add_argument("--human-embedding-metric", "--human-rdm-metric", dest="human_embedding_metric",
+                   choices=("cosine", "correlation", "euclidean", "dot"), default="dot",
+                   help="RDM metric of the --human-embedding (default dot: SPoSE is a dot-product model); "
+                   "--human-rdm-metric is the old name")
+    _add_measured(p)
     p.add_argument("--few-shot", metavar="LABELS", help="class per object for few-shot probes (.npy or text), or 'things'")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10], help="support examples per class (default 1 5 10)")
     p.add_argument("--episodes", type=int, default=100, help="seeded episodes per shot count (default 100)")
@@ -58,7 +73,28 @@ def register(sub):
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--backend", help="kernel backend (see `fastalign info`); default auto")
     p.add_argument("--out", help="write the full report as JSON here")
+    p.add_argument("--figures", metavar="DIR", help="write human_rdms.png / levels_dataset.png here")
     p.set_defaults(func=_run)
+
+
+def _add_measured(p) -> None:
+    p.add_argument("--human-rdm", action="append", metavar="FILE[:VAR]",
+                   help="measured human RDMs: .npy (N,N)/(S,N,N)/vectors, .npz, .mat (FILE:VAR; Meadows "
+                   "exports and struct arrays); repeat for several files")
+    p.add_argument("--rdm-items", action="append", metavar="FILE",
+                   help="feature row of each RDM row: one index or file name per line (names need --file-names); "
+                   "once for all --human-rdm files, or once per file")
+    p.add_argument("--rdm-mask-nan", action="store_true",
+                   help="accept NaN pairs in --human-rdm and leave them out of every comparison (default: refuse)")
+    p.add_argument("--rdm-bootstrap", type=int, default=1000,
+                   help="stimulus resamples for the 95%% interval of the --human-rdm correlations (0: none; 1000)")
+    p.add_argument("--levels-data", metavar="PKL", help="the Levels dataset pickle (dict participant -> trials)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score the Levels trials whose images all have features; the rest are counted (default: error)")
+    p.add_argument("--levels-seeds", type=int, default=10,
+                   help="random draws of the Levels response subsampling; the report gives their spread (10)")
+    p.add_argument("--levels-ties", choices=("half", "exclude", "wrong"), default="half",
+                   help="Levels majority ties (2-2): credit 1/k for one of k tied answers (half), drop, or 0")
 
 
 def _log(msg: str) -> None:
@@ -70,14 +106,23 @@ def _run(args):
     import numpy as np
     import torch
 
-    from ..eval import EvalOptions, FewShotOptions, evaluate_representation, format_table, load_level_labels
-    from ..io import atomic_write_json, check_triplets_fit
+    from ..eval import (
+        EvalOptions,
+        FewShotOptions,
+        LevelsOptions,
+        evaluate_representation,
+        format_table,
+        load_level_labels,
+    )
+    from ..io import atomic_write_json, check_triplets_fit, read_file_names
     from ..teacher import load_transform
     from ..io.resolve import resolve_categories, resolve_features, resolve_labels, resolve_triplets
     from .main import CLIError
 
     if args.episodes < 2:
         raise CLIError("--episodes must be >= 2")
+    if args.rdm_bootstrap < 0 or args.levels_seeds < 1:
+        raise CLIError("--rdm-bootstrap must be >= 0 and --levels-seeds >= 1")
     if any(k < 1 for k in args.shots):
         raise CLIError("--shots must be positive")
     try:
@@ -102,10 +147,13 @@ def _run(args):
         if levels.shape[0] != triplets.shape[0]:
             raise CLIError(f"--levels has {levels.shape[0]} labels but there are {triplets.shape[0]} triplets")
     human = None
-    if args.rdm:
-        human = resolve_features(args.rdm, default="spose49")
+    if args.human_embedding:
+        human = resolve_features(args.human_embedding, default="spose49")
         if human.shape[0] != n:
-            raise CLIError(f"--rdm has {human.shape[0]} rows but the features have {n}")
+            raise CLIError(f"--human-embedding has {human.shape[0]} rows but the features have {n}")
+    file_names = read_file_names(args.file_names) if args.file_names else None
+    human_rdms, rdm_items = _load_human_rdms(args, n, file_names)
+    levels_data = _load_levels_data(args, file_names)
     labels = None
     if args.few_shot:
         labels, _ = resolve_labels(args.few_shot, n=n)
@@ -123,15 +171,21 @@ def _run(args):
         temperature = 1.0
 
     probes = ("centroid", "logreg") if args.probe == "both" else (args.probe,)
+    category_name = "THINGS category levels" if args.categories in ("things", "things:categories") else "category levels"
     opts = EvalOptions(
         ceiling=args.ceiling,
         min_repeats=args.min_repeats,
         uncategorized=args.uncategorized,
         rdm_metric=args.rdm_metric,
-        human_rdm_metric=args.human_rdm_metric,
+        human_rdm_metric=args.human_embedding_metric,
         few_shot_probes=probes,
         few_shot=FewShotOptions(shots=tuple(args.shots), episodes=args.episodes, seed=args.seed),
         show_progress=True,
+        category_levels_name=category_name,
+        rdm_bootstrap=args.rdm_bootstrap,
+        rdm_seed=args.seed,
+        levels_data=LevelsOptions(n_seeds=args.levels_seeds, seed=args.seed, ties=args.levels_ties,
+                                  allow_missing=args.allow_missing),
     )
     _log(f"evaluating {n} objects x {emb.shape[1]} dims on {triplets.shape[0]} triplets")
     report = evaluate_representation(
@@ -141,6 +195,10 @@ def _run(args):
         levels=levels,
         human_rdm_emb=human,
         few_shot_labels=labels,
+        human_rdms=human_rdms,
+        human_rdm_items=rdm_items,
+        levels_data=levels_data,
+        file_names=file_names,
         similarity=args.similarity,
         temperature=temperature,
         options=opts,
@@ -149,10 +207,69 @@ def _run(args):
     report["inputs"] = {
         "features": args.features, "transform": args.transform, "triplets": args.triplets,
         "categories": args.categories, "category_names": cat_names, "levels": args.levels,
-        "rdm": args.rdm, "few_shot": args.few_shot,
+        "human_embedding": args.human_embedding, "human_rdm": args.human_rdm, "rdm_items": args.rdm_items,
+        "levels_data": args.levels_data, "few_shot": args.few_shot,
     }
     print(format_table(report))
     if args.out:
         atomic_write_json(args.out, report)
         _log(f"wrote {args.out}")
+    if args.figures:
+        _write_figures(report, args.figures, args.features)
     return 0
+
+
+def _load_human_rdms(args, n: int, file_names):
+    """Read every --human-rdm and its --rdm-items before any long work starts."""
+    from ..io.rdm import read_human_rdm, read_rdm_items
+    from .main import CLIError
+
+    specs = args.human_rdm or []
+    items = args.rdm_items or []
+    if items and not specs:
+        raise CLIError("--rdm-items needs --human-rdm")
+    if len(items) not in (0, 1, len(specs)):
+        raise CLIError(f"give --rdm-items once, or once per --human-rdm ({len(specs)}), not {len(items)} times")
+    rdms, maps = [], []
+    for i, spec in enumerate(specs):
+        _log(f"loading human RDM {spec}")
+        try:
+            h = read_human_rdm(spec, allow_nan=args.rdm_mask_nan)
+        except ImportError as exc:  # scipy (for .mat) is optional: say so in one line
+            raise CLIError(str(exc)) from None
+        item = items[0] if len(items) == 1 else (items[i] if items else None)
+        maps.append(None if item is None else read_rdm_items(item, h.n_stimuli, n, file_names))
+        if item is None and h.n_stimuli != n:
+            raise CLIError(f"--human-rdm {spec} is over {h.n_stimuli} stimuli but the features have {n} rows; "
+                           "map them with --rdm-items")
+        rdms.append(h)
+    return rdms, maps
+
+
+def _load_levels_data(args, file_names):
+    from ..datasets.levels import load_levels
+    from .main import CLIError
+
+    if not args.levels_data:
+        return None
+    if file_names is None:
+        raise CLIError("--levels-data matches images to feature rows by file stem: give --file-names")
+    _log(f"loading the Levels dataset {args.levels_data}")
+    return load_levels(args.levels_data)
+
+
+def _write_figures(report, folder: str, model_name: str) -> None:
+    from pathlib import Path
+
+    from ..eval import plot_human_rdms, plot_levels_dataset
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    if report.get("human_rdms"):
+        p = plot_human_rdms(report["human_rdms"], out / "human_rdms.png", model_name=Path(model_name).name)
+        if p:
+            _log(f"wrote {p}")
+    if report.get("levels_dataset"):
+        p = plot_levels_dataset({Path(model_name).name: report["levels_dataset"]}, out / "levels_dataset.png")
+        if p:
+            _log(f"wrote {p}")

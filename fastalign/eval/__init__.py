@@ -1,4 +1,5 @@
-"""Evaluation: odd-one-out accuracy, levels, human uncertainty, calibration, RSA, CKA, few-shot probes.
+"""Evaluation: odd-one-out accuracy, levels, human uncertainty, calibration, RSA, CKA, few-shot probes,
+RSA against measured human RDMs with noise ceilings, and the Levels dataset.
 
 Everything is torch and runs on the device of its inputs; triplet work goes
 through the fused ops (``fastalign.odd_one_out_accuracy``,
@@ -20,7 +21,10 @@ from .calibration import (
 from .cka import linear_cka
 from .correlation import count_inversions, kendall_tau_a, pearson, rankdata, spearman
 from .few_shot import FewShotOptions, few_shot_accuracy, fit_logreg, single_category_labels
+from .human_plots import plot_human_rdms, plot_levels_dataset
+from .human_rdm import HUMAN_RDM_MEASURES, compare_to_subjects, human_rdm_report, noise_ceiling, pool_rdms
 from .levels import LEVELS, accuracy_by_level, encode_levels, load_level_labels, triplet_levels
+from .levels_data import LEVELS_DATASET_NAME, LevelsOptions, levels_report
 from .odd_one_out import CHANCE, DEFAULT_CEILING, noise_ceiling_normalized, triplet_accuracy
 from .plots import category_order, plot_accuracy_by_level, plot_rdm_panel
 from .report import EvalOptions, evaluate_representation, format_table
@@ -33,7 +37,10 @@ __all__ = [
     "DEFAULT_CEILING",
     "EvalOptions",
     "FewShotOptions",
+    "HUMAN_RDM_MEASURES",
     "LEVELS",
+    "LEVELS_DATASET_NAME",
+    "LevelsOptions",
     "METRICS",
     "Reliability",
     "RepeatedTriplets",
@@ -42,6 +49,7 @@ __all__ = [
     "calibration_metrics",
     "category_order",
     "compare_rdms",
+    "compare_to_subjects",
     "count_inversions",
     "encode_levels",
     "evaluate_representation",
@@ -49,17 +57,23 @@ __all__ = [
     "few_shot_accuracy",
     "fit_logreg",
     "format_table",
+    "human_rdm_report",
     "human_uncertainty",
     "kendall_tau_a",
+    "levels_report",
     "linear_cka",
     "load_level_labels",
     "mean_entropy",
     "nll",
+    "noise_ceiling",
     "noise_ceiling_normalized",
     "pearson",
     "plot_accuracy_by_level",
+    "plot_human_rdms",
+    "plot_levels_dataset",
     "plot_rdm_panel",
     "plot_reliability",
+    "pool_rdms",
     "rankdata",
     "rdm",
     "rdm_upper",

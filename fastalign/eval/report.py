@@ -3,12 +3,25 @@
 ``evaluate_representation`` returns a JSON-serialisable dict (floats, ints,
 strings, lists, dicts; ``None`` where a number is undefined) used by the CLI
 and by the pipeline.
+
+Report keys for human data beyond the odd-one-out triplets:
+
+- ``levels``: accuracy by level derived from object categories, named by
+  ``EvalOptions.category_levels_name`` ("THINGS category levels" for the bundled
+  THINGS categories): a proxy, not the Levels dataset;
+- ``rsa``: RSA and CKA against a human similarity *embedding*;
+- ``human_rdms``: a list, one entry per measured human RDM file
+  (``fastalign.eval.human_rdm.human_rdm_report``: Spearman, Pearson and Kendall
+  tau-a against the pooled RDM and averaged over subjects, noise ceiling,
+  bootstrap interval, with n of stimuli, subjects and pairs);
+- ``levels_dataset``: the Levels dataset (``fastalign.eval.levels_data.levels_report``).
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -16,10 +29,14 @@ import torch
 
 from ..common.jsonsafe import finite_or_none as nan_to_none
 from ..common.tensors import as_emb, as_index, as_triplets
+from ..datasets.levels import LevelsData
+from ..io.rdm import HumanRDMs
 from .calibration import DEFAULT_BINS, triplet_calibration
 from .cka import linear_cka
 from .few_shot import FewShotOptions, few_shot_accuracy
+from .human_rdm import human_rdm_report
 from .levels import LEVELS, accuracy_by_level, encode_levels, triplet_levels
+from .levels_data import LevelsOptions, levels_report
 from .odd_one_out import DEFAULT_CEILING, noise_ceiling_normalized, triplet_accuracy
 from .rsa import COMPARISONS, rsa
 from .uncertainty import human_uncertainty
@@ -44,6 +61,11 @@ class EvalOptions:
         few_shot: episode options (its ``probe`` is overridden by each of ``few_shot_probes``).
         chunk_size: rows per block when building RDMs.
         show_progress: print one line per stage to stderr (and few-shot progress bars).
+        category_levels_name: what the category-derived ``levels`` are called in the report
+            ("THINGS category levels" for the bundled THINGS categories).
+        rdm_bootstrap: stimulus resamples for the measured-RDM intervals (0: none).
+        rdm_seed: seed of that bootstrap.
+        levels_data: options of the Levels dataset scoring.
     """
 
     ceiling: float = DEFAULT_CEILING
@@ -57,6 +79,10 @@ class EvalOptions:
     few_shot: FewShotOptions = field(default_factory=FewShotOptions)
     chunk_size: int = 2048
     show_progress: bool = False
+    category_levels_name: str = "category levels"
+    rdm_bootstrap: int = 1000
+    rdm_seed: int = 0
+    levels_data: LevelsOptions = field(default_factory=LevelsOptions)
 
 
 def _level_dict(acc: Mapping[str, Tuple[float, int]]) -> Dict[str, Dict[str, Any]]:
@@ -73,6 +99,10 @@ def evaluate_representation(
     level_names: Optional[Sequence[str]] = None,
     human_rdm_emb: Optional[Any] = None,
     few_shot_labels: Optional[Any] = None,
+    human_rdms: Sequence[HumanRDMs] = (),
+    human_rdm_items: Optional[Sequence[Optional[Any]]] = None,
+    levels_data: Optional[LevelsData] = None,
+    file_names: Optional[Sequence[str]] = None,
     similarity: str = "dot",
     temperature: float = 1.0,
     options: Optional[EvalOptions] = None,
@@ -90,6 +120,11 @@ def evaluate_representation(
         level_names: names of integer ``levels`` codes.
         human_rdm_emb: optional (N, D_h) human similarity embedding for RSA and CKA.
         few_shot_labels: optional (N,) class per object (negative = unlabelled) for the few-shot probes.
+        human_rdms: measured human RDMs (``fastalign.io.read_human_rdm``) for ``human_rdms``.
+        human_rdm_items: per RDM, the feature row of each of its stimuli (None: its rows are
+            the feature rows); default all None.
+        levels_data: Levels dataset trials (``fastalign.datasets.load_levels``); needs ``file_names``.
+        file_names: the N feature rows' image names (for ``levels_data``).
         similarity: ``"dot"`` or ``"cosine"`` for the triplet similarities.
         temperature: softmax temperature of the model's probabilities (> 0).
         options: ``EvalOptions``.
@@ -99,7 +134,7 @@ def evaluate_representation(
     ``similarity``, ``temperature``, ``accuracy``, ``ceiling``,
     ``noise_ceiling_normalized``, ``calibration``, ``uncertainty`` and, when their
     inputs are given, ``levels`` (from categories), ``levels_file`` (from ``levels``),
-    ``rsa`` (with ``cka``) and ``few_shot``.
+    ``rsa`` (with ``cka``), ``human_rdms``, ``levels_dataset`` and ``few_shot``.
     """
     opts = options or EvalOptions()
 
@@ -137,6 +172,7 @@ def evaluate_representation(
             raise ValueError(f"categories must have shape ({n}, K) to match emb, got {tuple(cats.shape)}")
         codes = triplet_levels(t.cpu(), cats, opts.uncategorized)
         report["levels"] = {
+            "name": opts.category_levels_name,
             "source": "categories",
             "uncategorized": opts.uncategorized,
             "accuracy": _level_dict(accuracy_by_level(e, t, codes, o, similarity, LEVELS, backend)),
@@ -162,6 +198,8 @@ def evaluate_representation(
             **{k: nan_to_none(v) for k, v in scores.items()},
             "cka": nan_to_none(linear_cka(e, h)),
         }
+    _measured_human(report, e, human_rdms, human_rdm_items, levels_data, file_names, similarity, opts,
+                    backend, stage)
     if few_shot_labels is not None:
         fs: Dict[str, Any] = {}
         for probe in opts.few_shot_probes:
@@ -172,6 +210,27 @@ def evaluate_representation(
             fs[probe] = {str(k): v for k, v in res.items()}
         report["few_shot"] = fs
     return report
+
+
+def _measured_human(report: Dict[str, Any], e: torch.Tensor, human_rdms: Sequence[HumanRDMs],
+                    items: Optional[Sequence[Optional[Any]]], levels_data: Optional[LevelsData],
+                    file_names: Optional[Sequence[str]], similarity: str, opts: EvalOptions,
+                    backend: Optional[str], stage) -> None:
+    """Add ``human_rdms`` and ``levels_dataset`` to ``report`` when their inputs are given."""
+    if human_rdms:
+        stage("measured human RDMs")
+        items = list(items) if items is not None else [None] * len(human_rdms)
+        if len(items) != len(human_rdms):
+            raise ValueError(f"{len(items)} item maps for {len(human_rdms)} human RDMs")
+        metric = opts.rdm_metric or ("dot" if similarity == "dot" else "cosine")
+        report["human_rdms"] = [
+            human_rdm_report(e, h, it, metric, opts.rsa_methods, opts.rdm_bootstrap, opts.rdm_seed, opts.chunk_size)
+            for h, it in zip(human_rdms, items)]
+    if levels_data is not None:
+        stage("Levels dataset")
+        if file_names is None:
+            raise ValueError("the Levels dataset needs the feature rows' file names (--file-names)")
+        report["levels_dataset"] = levels_report(e, levels_data, file_names, similarity, opts.levels_data, backend)
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -195,6 +254,8 @@ def _rows(report: Mapping[str, Any]) -> List[Tuple[str, str]]:
              ("NLL (nats)", _fmt(cal.get("nll"))),
              (f"ECE ({cal.get('n_bins')} bins)", _fmt(cal.get("ece"))),
              ("mean entropy (nats)", _fmt(cal.get("entropy")))]
+    if "levels" in report:
+        rows.append(("category levels", str(report["levels"].get("name", "category levels"))))
     for key in ("levels", "levels_file"):
         if key in report:
             for lv, d in report[key]["accuracy"].items():
@@ -216,11 +277,34 @@ def _rows(report: Mapping[str, Any]) -> List[Tuple[str, str]]:
             if m in r:
                 rows.append((f"RSA {m}", _fmt(r[m])))
         rows.append(("linear CKA", _fmt(r.get("cka"))))
+    rows += _human_rows(report)
     for probe, res in (report.get("few_shot") or {}).items():
         for k, d in res.items():
             ci = d.get("ci95")
             val = "-" if d.get("mean") is None else f"{100 * d['mean']:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
             rows.append((f"few-shot {probe} {k}-shot ({d['n_classes']} classes)", val))
+    return rows
+
+
+def _human_rows(report: Mapping[str, Any]) -> List[Tuple[str, str]]:
+    rows: List[Tuple[str, str]] = []
+    for h in report.get("human_rdms") or []:
+        tag = f"{Path(str(h['source'])).name} (N={h['n_stimuli']}, S={h['n_subjects']})"
+        for m in COMPARISONS:
+            if m not in h:
+                continue
+            nc = h[m].get("noise_ceiling")
+            ceil = "" if not nc else f" [ceiling {_fmt(nc['lower'])}-{_fmt(nc['upper'])}]"
+            rows.append((f"human RDM {m}: pooled / subject mean, {tag}",
+                         f"{_fmt(h[m]['pooled'])} / {_fmt(h[m]['subject_mean'])}{ceil}"))
+    lv = report.get("levels_dataset")
+    if lv:
+        for name, d in lv["majority"].items():
+            acc, nc = d["accuracy"], d["noise_ceiling"]
+            rows.append((f"Levels dataset [{name}] majority (n={d['n_triplets']}; ceiling {_fmt(nc['mean'], True)})",
+                         f"{_fmt(acc['mean'], True)} ± {_fmt(acc['std'], True)}"))
+            t = lv["per_trial"][name]
+            rows.append((f"Levels dataset [{name}] per trial (n={t['n']})", _fmt(t["accuracy"], True)))
     return rows
 
 
