@@ -9,10 +9,10 @@ import logging
 import numpy as np
 import pytest
 import torch
+from test_distill_fixtures import base_config, feature_matrix, synthetic_source, write_images
 
 from fastalign.distill import ArrayTripletSource, DenseTripletSampler, config_from_dict, distill
 from fastalign.distill.data import ImageItems, StepStream, StreamSpec
-from test_distill_fixtures import base_config, feature_matrix, synthetic_source, write_images
 
 
 def test_rank_shards_union_is_the_single_process_batch():

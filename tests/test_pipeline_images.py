@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from test_distill_fixtures import write_images
 
 from fastalign.cli.main import main
 from fastalign.io import save_triplets_txt
 from fastalign.pipeline import load_config, run_pipeline
-from test_distill_fixtures import write_images
 
 N = 60
 

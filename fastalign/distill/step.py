@@ -210,6 +210,9 @@ def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions, sync: S
         opts: loss and micro-batch options.
         sync: cooperation with the other ranks (see ``StepSync``).
     """
+    # One function on purpose (~60 lines): pass 1, the loss and pass 2 share the
+    # per-micro-batch RNG states, the BatchNorm buffer snapshots and the memory
+    # discipline (E is freed before pass 2); split up, every part would pass them around.
     device = model_device(model)
     n = batch.inputs.shape[0]
     parts = _slices(n, opts.micro_batch)
