@@ -9,11 +9,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_distill_fixtures import base_config, write_images
 
 from fastalign.distill import StepBatch, StepOptions, config_from_dict, distill, single_pass_step, two_pass_step
 from fastalign.distill.config import StudentConfig
 from fastalign.distill.student import build_student, enable_activation_checkpointing, image_preprocess
-from test_distill_fixtures import base_config, write_images
 
 VIT = "vit_tiny_patch16_224"
 SMALL = {"img_size": 32}  # 4 patches: a real ViT, cheap on a CPU

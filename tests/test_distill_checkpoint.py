@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_distill_fixtures import base_config, feature_matrix, synthetic_source
 
 from fastalign.distill import config_from_dict, distill, embed_checkpoint
 from fastalign.distill.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from test_distill_fixtures import base_config, feature_matrix, synthetic_source
 
 HERE = Path(__file__).resolve().parent
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import ClassVar, Dict
 
 import pytest
 
@@ -164,3 +166,31 @@ def test_fsdp_needs_the_two_pass_step():
     with pytest.raises(ValueError, match="train.distributed 'fsdp' needs train.step_mode 'two_pass'"):
         config_from_dict({"train": {"distributed": "fsdp", "step_mode": "single"}})
     assert config_from_dict({"train": {"distributed": "fsdp"}}).train.distributed == "fsdp"
+
+
+@dataclasses.dataclass
+class _Inner:
+    a: int = 1
+    b: int = 2
+
+
+@dataclasses.dataclass
+class _Outer:
+    CONFIG_ALIASES: ClassVar[Dict[str, str]] = {"inner.old_a": "inner.a", "flat": "inner.b"}
+    inner: _Inner = dataclasses.field(default_factory=lambda: _Inner(b=20))
+
+
+def test_config_engine_aliases_and_nested_defaults():
+    """fastalign.config: a renamed key moves with a warning; an embedded config keeps its own defaults."""
+    from fastalign.config import DeprecatedConfigKey, build_dataclass
+
+    Inner, Outer = _Inner, _Outer
+
+    assert build_dataclass(Outer, {}).inner == Inner(1, 20)
+    assert build_dataclass(Outer, {"inner": {"a": 5}}).inner == Inner(5, 20)  # b keeps the embedding default
+    with pytest.warns(DeprecatedConfigKey, match="inner.old_a is deprecated.*use inner.a"):
+        assert build_dataclass(Outer, {"inner": {"old_a": 7}}).inner == Inner(7, 20)
+    with pytest.warns(DeprecatedConfigKey, match="flat is deprecated.*use inner.b"):
+        assert build_dataclass(Outer, {"flat": 3}).inner == Inner(1, 3)
+    with pytest.raises(ValueError, match="both set"):
+        build_dataclass(Outer, {"flat": 3, "inner": {"b": 4}})

@@ -9,10 +9,10 @@ import logging
 import numpy as np
 import pytest
 import torch
+from test_distill_fixtures import base_config, feature_matrix, synthetic_source, write_images
 
 from fastalign.distill import ArrayTripletSource, DenseTripletSampler, config_from_dict, distill
 from fastalign.distill.data import ImageItems, StepStream, StreamSpec
-from test_distill_fixtures import base_config, feature_matrix, synthetic_source, write_images
 
 
 def test_rank_shards_union_is_the_single_process_batch():
@@ -187,10 +187,13 @@ def test_trains_from_a_triplet_store_with_its_validation_split(tmp_path):
     state = json.loads((res.checkpoint / "state.json").read_text())
     assert state["ranks"][0]["position"]["step"] == 4
     # the store's temperature (meta) is the teacher temperature
-    from fastalign.distill.loop import _teacher_temperature
+    from fastalign.distill import TripletSource
+    from fastalign.distill.setup import resolve_teacher_temperature
     from fastalign.triplets.store import TripletStore
 
-    assert _teacher_temperature(config_from_dict(cfg), TripletStore.open(tmp_path / "store")) == 0.5
+    store = TripletStore.open(tmp_path / "store")
+    assert isinstance(store, TripletSource) and isinstance(src, TripletSource)  # both feed the loop
+    assert resolve_teacher_temperature(config_from_dict(cfg), store) == 0.5
     cfg["student"]["features"] = ""
     np.save(tmp_path / "f30.npy", feature_matrix(n_items=30))
     cfg["student"]["features"] = str(tmp_path / "f30.npy")

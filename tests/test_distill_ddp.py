@@ -9,10 +9,10 @@ import socket
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from test_distill_fixtures import base_config, feature_matrix, run_ddp_rank, synthetic_source
 
 from fastalign.distill import config_from_dict, distill
 from fastalign.distill.checkpoint import latest_checkpoint
-from test_distill_fixtures import base_config, feature_matrix, run_ddp_rank, synthetic_source
 
 
 def _free_port() -> int:

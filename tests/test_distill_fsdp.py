@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from test_distill_fixtures import BlockStudent, feature_matrix, run_sharded_rank
 from torch import nn
 
 from fastalign.distill.checkpoint import latest_checkpoint, list_checkpoints
 from fastalign.distill.parallel import DistInfo, shard_units, wrap_model
-from test_distill_fixtures import BlockStudent, feature_matrix, run_sharded_rank
 
 pytest.importorskip("torch.distributed.fsdp")
 

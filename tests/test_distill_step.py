@@ -8,9 +8,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_distill_fixtures import TinyCNN, TinyViT
 
 from fastalign.distill import FeatureStudent, StepBatch, StepOptions, single_pass_step, two_pass_step
-from test_distill_fixtures import TinyCNN, TinyViT
 
 
 def _batch(n_items=20, n_trip=50, seed=0, with_human=False, probs=False):

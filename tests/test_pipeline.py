@@ -11,7 +11,7 @@ from fastalign.pipeline import load_config, run_pipeline
 SMALL = [
     "teacher.lambdas=[0.1]", "teacher.folds=1",
     "triplets.num=20000", "triplets.val_num=1000", "triplets.clusters=20",
-    "student.steps=300", "student.batch_size=1024", "student.eval_every=0",
+    "student.train.steps=300", "student.train.batch_triplets=1024", "student.train.eval_every=0",
     "eval.few_shot_episodes=5", "eval.few_shot_shots=[5]",
 ]
 
@@ -58,10 +58,13 @@ def test_rerun_is_cached_and_force_redoes_one(run_dir):
 
 def test_bad_input_fails_before_work(tmp_path, capsys):
     rc = main(["run", "--out", str(tmp_path / "x"), "--set", "data.teacher_features=/nonexistent.npy"])
-    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "data.teacher_features" in err and "not found" in err
     assert not (tmp_path / "x").exists()
-    rc = main(["run", "--out", str(tmp_path / "x"), "--set", "student.stepz=3"])
-    assert rc == 2 and "unknown config key student.stepz" in capsys.readouterr().err
+    rc = main(["run", "--out", str(tmp_path / "x"), "--set", "student.train.stepz=3"])
+    assert rc == 2 and "unknown config key student.train.stepz" in capsys.readouterr().err
+    rc = main(["run", "--out", str(tmp_path / "x"), "--set", "student.data.store=/elsewhere"])
+    assert rc == 2 and "student.data.store is set by fastalign run" in capsys.readouterr().err
     rc = main(["run", "--out", str(tmp_path / "x"), "--force", "nope"])
     assert rc == 2 and "unknown stage" in capsys.readouterr().err
 
@@ -69,10 +72,64 @@ def test_bad_input_fails_before_work(tmp_path, capsys):
 def test_changed_config_reruns_the_stage_from_scratch(run_dir):
     """A stage whose configuration changed must not pick up the old run's checkpoints."""
     lines = []
-    changed = SMALL + ["student.steps=40"]
+    changed = SMALL + ["student.train.steps=40"]
     run_pipeline(load_config(overrides=changed), run_dir, say=lines.append)
     text = "\n".join(lines)
     assert "student: running" in text and "triplets: cached" in text
     report = json.loads((run_dir / "student" / "stage.json").read_text())
     assert report["metrics"]["steps"] == 40
     assert not (run_dir / "student" / "stage.pending").exists()
+
+
+def test_student_section_is_a_distill_config():
+    """``[student]`` of a run is a ``fastalign distill`` config with the run's defaults."""
+    from fastalign.distill import DistillConfig
+
+    cfg = load_config(overrides=["student.optim.lr=0.5", "student.student.head=mlp"])
+    assert isinstance(cfg.student, DistillConfig)
+    assert cfg.student.optim.lr == 0.5 and cfg.student.student.head == "mlp"
+    assert cfg.student.train.steps == 2000 and cfg.student.student.head_init == "identity"  # run defaults
+    assert cfg.student.loss.similarity == DistillConfig().loss.similarity  # distill defaults elsewhere
+    assert load_config(preset="quick").student.train.steps == 300
+
+
+def test_old_student_keys_warn_and_still_work(tmp_path):
+    """The flat [student] keys of the previous release map to their distill names, with a warning."""
+    from fastalign.config import DeprecatedConfigKey
+
+    toml = tmp_path / "old.toml"
+    toml.write_text('[student]\nsteps = 70\nbatch_size = 256\nlr = 0.003\ndim_out = 8\n')
+    with pytest.warns(DeprecatedConfigKey, match="student.steps is deprecated.*use student.train.steps"):
+        cfg = load_config(toml, ["student.temperature=2.0"])
+    assert (cfg.student.train.steps, cfg.student.train.batch_triplets, cfg.student.optim.lr) == (70, 256, 0.003)
+    assert cfg.student.student.head_dim == 8 and cfg.student.loss.temperature == 2.0
+    # A later layer wins whichever spelling each layer uses.
+    with pytest.warns(DeprecatedConfigKey):
+        assert load_config(toml, ["student.train.steps=5"]).student.train.steps == 5
+    with pytest.warns(DeprecatedConfigKey):
+        assert load_config(preset="quick", overrides=["student.steps=9"]).student.train.steps == 9
+    with pytest.raises(ValueError, match="both set"):
+        load_config(overrides=["student.steps=9", "student.train.steps=8"])
+
+
+def test_student_options_change_the_student_key():
+    """The student stage's cache key follows every student option, in any section."""
+    from pathlib import Path
+
+    from fastalign.pipeline.run import _stage_student
+    from fastalign.pipeline.stages import digest_obj
+
+    class SameInputs:
+        images = False
+
+        def student_digest(self):
+            return "same-inputs"
+
+    def key(overrides):
+        return digest_obj(_stage_student(load_config(overrides=overrides), SameInputs(), Path("."), print).config)
+
+    base = key([])
+    for o in ["student.train.steps=7", "student.optim.lr=0.1", "student.loss.divergence=kl",
+              "student.student.head=mlp", "student.data.image_size=32", "student.eval.val_batches=2"]:
+        assert key([o]) != base, o
+    assert key([]) == base

@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from test_distill_fixtures import write_images
 
 from fastalign.cli.main import main
 from fastalign.io import save_triplets_txt
 from fastalign.pipeline import load_config, run_pipeline
-from test_distill_fixtures import write_images
 
 N = 60
 
@@ -46,9 +46,10 @@ def _overrides(root, **extra):
         "data.student_images": f'"{root / "images"}"', "data.file_names": f'"{root / "names.txt"}"',
         "teacher.lambdas": "[0.1]", "teacher.folds": "1",
         "triplets.num": "3000", "triplets.val_num": "200", "triplets.clusters": "4",
-        "student.kind": "module", "student.module": "test_distill_fixtures:TinyCNN", "student.image_size": "12",
-        "student.steps": "6", "student.batch_size": "64", "student.eval_every": "0", "student.num_workers": "0",
-        "student.lr": "1e-3", "eval.few_shot_episodes": "3", "eval.few_shot_shots": "[1]",
+        "student.student.kind": "module", "student.student.module": "test_distill_fixtures:TinyCNN",
+        "student.data.image_size": "12", "student.train.steps": "6", "student.train.batch_triplets": "64",
+        "student.train.eval_every": "0", "student.data.num_workers": "0", "student.optim.lr": "1e-3",
+        "eval.few_shot_episodes": "3", "eval.few_shot_shots": "[1]",
     }
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]
@@ -79,10 +80,10 @@ def test_image_student_runs_end_to_end(user_data, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"student.kind": "features"}, "data.student_images is read by an image student only"),
+    ({"student.student.kind": "features"}, "data.student_images is read by an image student only"),
     ({"data.student_images": '""'}, "needs data.student_images"),
-    ({"data.file_names": '"/nonexistent/names.txt"'}, "does not exist"),
-    ({"student.module": "no_such_module_xyz:f"}, "cannot be imported"),
+    ({"data.file_names": '"/nonexistent/names.txt"'}, "not found"),
+    ({"student.student.module": "no_such_module_xyz:f"}, "cannot be imported"),
 ])
 def test_bad_image_inputs_fail_before_work(user_data, tmp_path, capsys, extra, message):
     args = ["run", "--out", str(tmp_path / "x")]
@@ -115,7 +116,7 @@ def test_file_names_are_checked_for_a_features_student_too(user_data, tmp_path, 
     short = tmp_path / "short.txt"
     short.write_text("\n".join(names[:-2]))
     args = ["run", "--out", str(tmp_path / "x")]
-    for o in _overrides(user_data, **{"student.kind": "features", "data.student_images": '""',
+    for o in _overrides(user_data, **{"student.student.kind": "features", "data.student_images": '""',
                                       "data.file_names": f'"{short}"'}):
         args += ["--set", o]
     assert main(args) == 2 and "lists 58 objects but the teacher features have 60" in capsys.readouterr().err

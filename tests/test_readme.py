@@ -64,4 +64,4 @@ def test_readme_run_config_is_valid():
     assert blocks, "the README shows a fastalign run config"
     for block in blocks:
         cfg = build_dataclass(RunConfig, tomllib.loads(block))
-        assert cfg.student.kind == "timm" and cfg.data.student_images
+        assert cfg.student.student.kind == "timm" and cfg.data.student_images

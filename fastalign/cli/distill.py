@@ -10,20 +10,20 @@ Rerunning the same command resumes from the newest checkpoint in
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+
+from ..distill.config import DistillConfig, load_config
+from ..distill.loop import distill
 
 
 def _fields():
-    from ..distill.config import DistillConfig
-
     for section in dataclasses.fields(DistillConfig):
         for f in dataclasses.fields(section.default_factory()):
             yield f"{section.name}.{f.name}"
 
 
 def register(sub):
-    import argparse
-
     p = sub.add_parser("distill", help="distil a student on teacher-labelled triplets (two-pass, resumable)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML config file (sections: student, data, loss, optim, train, eval)")
@@ -36,9 +36,6 @@ def register(sub):
 
 
 def _run(args):
-    from ..distill.config import load_config
-    from ..distill.loop import distill
-
     overrides = list(args.set)
     if args.out:
         overrides.append(f"train.out_dir={_toml_str(args.out)}")

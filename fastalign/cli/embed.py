@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+from ..distill.export import embed_checkpoint
+from ..io import atomic_save_npy, read_file_names
+from .main import CLIError
+
 
 def register(sub):
     p = sub.add_parser("embed", help="export a distilled student's embeddings to .npy",
@@ -21,11 +25,6 @@ def register(sub):
 
 
 def _run(args):
-    from ..distill.data import read_file_names
-    from ..distill.export import embed_checkpoint
-    from ..io import atomic_save_npy
-    from .main import CLIError
-
     if args.micro_batch <= 0:
         raise CLIError(f"--micro-batch must be > 0, got {args.micro_batch}")
     if args.features and args.images:

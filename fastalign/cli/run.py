@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..pipeline import load_config, run_pipeline
+
 DEFAULT_OUT = "fastalign-run"
 
 
@@ -13,21 +17,18 @@ def register(sub):
         "representations on held-out human triplets. Stages are cached by their inputs: a rerun skips "
         "finished stages and an interrupted run resumes.",
     )
-    p.add_argument("--config", help="TOML file with [data] [teacher] [triplets] [student] [eval] sections")
+    p.add_argument("--config", help="TOML file with [data] [teacher] [triplets] [student] [eval] sections "
+                   "([student] is a fastalign distill config: [student.train], [student.optim] ...)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--preset", choices=["quick"], help="a reduced configuration (fewer triplets and steps)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config field, e.g. --set student.steps=500 (repeatable)")
+                   help="override one config field, e.g. --set student.train.steps=500 (repeatable)")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="redo a stage even if cached: data, teacher, triplets, student, evaluate or all (repeatable)")
     p.set_defaults(func=_run)
 
 
 def _run(args):
-    from pathlib import Path
-
-    from ..pipeline import load_config, run_pipeline
-
     cfg = load_config(args.config, args.overrides, args.preset)
     run_pipeline(cfg, Path(args.out), force=args.force)
     print((Path(args.out) / "report.md").read_text())

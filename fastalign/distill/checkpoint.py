@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..io.atomic import fsync_dir
@@ -42,16 +43,12 @@ def _fsync_file(path: Path) -> None:
 
 
 def _save_tensors(tensors: Dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
     # safetensors refuses shared or strided storage: give it compact copies.
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
     _fsync_file(path)
 
 
 def _load_tensors(path: Path) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file missing: {path}")
     return load_file(str(path))

@@ -15,13 +15,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .sampler import DenseTripletSampler, TripletBatch, mix_seed
+from ..common.seeds import derive_seed
+from ..io import read_file_names  # noqa: F401  (re-exported: it lived here before fastalign.io had it)
+from ..triplets import TripletBatch
+from .sampler import DenseTripletSampler
+from .source import TripletSource, hard_labels
 from .step import StepBatch
 
 log = logging.getLogger("fastalign.distill")
@@ -50,7 +54,7 @@ class ImageItems:
 
     def load(self, i: int) -> Optional[torch.Tensor]:
         """The image tensor, or None when the file is missing or cannot be decoded."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError  # optional: only image students decode images
 
         path = self.root / self.file_names[i]
         try:
@@ -70,25 +74,12 @@ class ImageItems:
         return (torch.from_numpy(arr).permute(2, 0, 1) - self.mean) / self.std
 
 
-def read_file_names(path: str) -> List[str]:
-    """One file name per line (blank lines ignored)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"file-name list not found: {p}")
-    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _hard_labels(source: object) -> bool:
-    meta = getattr(source, "meta", None) or (getattr(source, "manifest", None) or {}).get("meta", {})
-    return bool(isinstance(meta, dict) and meta.get("hard_labels"))
-
-
 @dataclass
 class StreamSpec:
     """What ``StepStream`` streams.
 
     Attributes:
-        source: an object with the ``TripletStore.stream`` method, or a
+        source: a ``TripletSource`` (a triplet store, ``ArrayTripletSource``) or a
             ``DenseTripletSampler``.
         batch_size: triplets per step on this rank.
         seed, shuffle: data order.
@@ -99,7 +90,7 @@ class StreamSpec:
             inputs are item indices.
     """
 
-    source: object
+    source: Union[TripletSource, DenseTripletSampler]
     batch_size: int
     seed: int = 0
     shuffle: bool = True
@@ -163,7 +154,7 @@ class StepStream(IterableDataset):
         trip = tb.triplets.long()
         human = None
         if spec.human is not None and spec.human_batch > 0:
-            gen = torch.Generator().manual_seed(mix_seed(spec.seed, pos["step"], spec.rank, 0x4855))
+            gen = torch.Generator().manual_seed(derive_seed(spec.seed, pos["step"], spec.rank, 0x4855))
             rows = torch.randint(0, spec.human.shape[0], (spec.human_batch,), generator=gen)
             human = spec.human[rows]
         allidx = trip.reshape(-1) if human is None else torch.cat([trip.reshape(-1), human.reshape(-1)])
@@ -173,7 +164,8 @@ class StepStream(IterableDataset):
         # The loss takes exactly one target. Similarities are preferred (the loss
         # applies the teacher temperature); a hard-label store (THINGS text import)
         # carries one-hot probabilities and placeholder similarities.
-        if tb.sims is not None and not _hard_labels(spec.source):
+        dense = isinstance(spec.source, DenseTripletSampler)  # labelled on the fly: always similarities
+        if tb.sims is not None and (dense or not hard_labels(spec.source)):
             sims, probs = tb.sims, None
         else:
             sims, probs = None, tb.probs

@@ -13,7 +13,8 @@ from torch import nn
 from .checkpoint import load_checkpoint, load_model_state
 from .config import DistillConfig, config_from_dict
 from .data import ImageItems
-from .student import FeatureLookup, build_student, image_preprocess, load_feature_matrix
+from .evaluation import embed_items
+from .student import build_student, feature_lookup, image_preprocess, load_feature_matrix
 
 
 def embed_checkpoint(checkpoint: Union[str, Path], *, features: Optional[str] = None,
@@ -63,12 +64,10 @@ def embed_student(student: nn.Module, cfg: DistillConfig, *, image_root: Optiona
     Returns:
         ``(emb, ok)`` as in ``embed_checkpoint``.
     """
-    from .loop import embed_items
-
     student.to(torch.device(device))
-    backbone = getattr(student, "backbone", None)
-    if isinstance(backbone, FeatureLookup):
-        items = torch.arange(backbone.num_items)
+    lookup = feature_lookup(student)
+    if lookup is not None:
+        items = torch.arange(lookup.num_items)
         images = None
     else:
         if not file_names:

@@ -1,20 +1,20 @@
 """Observability: NVTX ranges, metrics files (JSONL + CSV, TensorBoard when
-installed), the progress bar and the PNG of training curves."""
+installed) and the PNG of training curves. (The progress bar is
+``fastalign.common.progress.Progress``.)"""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import json
-import math
-import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
+from ..common.jsonsafe import json_safe
 from ..io import atomic_write, atomic_write_text
+from ..io.figures import new_figure, save_figure
 
 
 @contextlib.contextmanager
@@ -28,12 +28,6 @@ def nvtx_range(name: str) -> Iterator[None]:
             torch.cuda.nvtx.range_pop()
     else:
         yield
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class MetricsWriter:
@@ -64,7 +58,7 @@ class MetricsWriter:
         self.tb = None
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
 
                 self.tb = SummaryWriter(str(self.out_dir / "tensorboard"))
             except Exception:  # tensorboard not installed
@@ -85,7 +79,7 @@ class MetricsWriter:
                 writer.writerow(row)
 
     def log(self, row: Dict[str, Any]) -> None:
-        row = {k: _clean(v) for k, v in row.items()}
+        row = json_safe(row)
         self.rows.append(row)
         with open(self.jsonl, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -106,13 +100,6 @@ def plot_curves(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
 
     Returns the path, or None when matplotlib is missing or there is nothing to plot.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
     series = {}
     for key in ("loss", "distill", "human", "lr", "val_kl", "val_acc", "human_acc"):
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
@@ -120,54 +107,15 @@ def plot_curves(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
             series[key] = pts
     if not series:
         return None
-    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 3.0), squeeze=False)
+    fig = new_figure(3.2 * len(series), 3.0, "the distillation curves")
+    if fig is None:
+        return None
+    axes = fig.subplots(1, len(series), squeeze=False)
     for ax, (key, pts) in zip(axes[0], series.items()):
         xs, ys = zip(*pts)
         ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_write(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path
-
-
-class Progress:
-    """tqdm bar when installed and enabled, else a plain line every ``every`` steps."""
-
-    def __init__(self, total: int, initial: int, enabled: bool, every: int = 50):
-        self.bar = None
-        self.every = max(1, every)
-        self.enabled = enabled
-        self.total = total
-        self.initial = initial
-        self.start = time.perf_counter()
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, initial=initial, desc="distill", unit="step", dynamic_ncols=True)
-            except ImportError:
-                self.bar = None
-
-    def update(self, step: int, info: Dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        text = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in info.items()}
-        if self.bar is not None:
-            self.bar.set_postfix(text, refresh=False)
-            self.bar.update(1)
-        elif step % self.every == 0 or step == self.total:
-            done = step - self.initial
-            eta = (time.perf_counter() - self.start) / done * (self.total - step) if done > 0 else float("nan")
-            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()) +
-                  f" eta={eta:.0f}s", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    save_figure(fig, path, dpi=100)
+    return Path(path)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Dict, List
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .step import StepSync
@@ -63,8 +64,6 @@ def init_distributed(mode: str, device_kind: str) -> DistInfo:
             ``WORLD_SIZE > 1``), "ddp", "fsdp" or "none".
         device_kind: "cuda" or "cpu".
     """
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         # One process: FSDP over one rank shards nothing; train it plainly.
@@ -119,6 +118,7 @@ def wrap_model(student: nn.Module, info: DistInfo, device: torch.device, bf16: b
         return nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None, **sync)
     try:
+        # fully_shard arrived in torch 2.6; fastalign supports torch >= 2.4 without FSDP.
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     except ImportError:
@@ -154,8 +154,6 @@ def step_sync(model: nn.Module, info: DistInfo) -> StepSync:
 
 
 def _max_over_ranks(count: int, model: nn.Module) -> int:
-    import torch.distributed as dist
-
     device = next(iter(model.parameters())).device
     t = torch.tensor([count], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -164,7 +162,7 @@ def _max_over_ranks(count: int, model: nn.Module) -> int:
 
 def _is_dtensor(t: torch.Tensor) -> bool:
     try:
-        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor import DTensor  # public in torch >= 2.5 only
     except ImportError:
         return False
     return isinstance(t, DTensor)
@@ -188,7 +186,7 @@ def like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     on ``ref``'s device and dtype."""
     full = full.to(device=ref.device, dtype=ref.dtype)
     if _is_dtensor(ref):
-        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor import distribute_tensor  # a DTensor exists: so does this module
 
         return distribute_tensor(full, ref.device_mesh, ref.placements)
     return full

@@ -1,105 +1,23 @@
-"""Where a step's triplets come from.
+"""The triplet-dense setting: ``DenseTripletSampler``.
 
-- ``ArrayTripletSource``: triplets held in memory, with the ``TripletStore.stream``
-  interface (shuffled per epoch, sharded over ranks and workers, resumable at
-  ``start_batch``). The loop reads a store and this the same way.
-- ``DenseTripletSampler``: the triplet-dense setting. Each step draws
-  ``num_items`` distinct items and ``num_triplets`` triplets among them and
-  labels them on the fly with the teacher embeddings
-  (``fastalign.triplet_similarities``). Deterministic in (seed, step, rank), so
-  resuming needs only the step number.
-- ``human_triplet_rows``: hard human triplets from a THINGS-format file or the
-  bundled splits.
+Each step draws ``num_items`` distinct items and ``num_triplets`` triplets
+among them and labels them on the fly with the teacher embeddings
+(``fastalign.triplet_similarities``). Deterministic in (seed, step, rank), so
+resuming needs only the step number. (Streamed sources, a triplet store or
+``ArrayTripletSource``, are in ``fastalign.distill.source``.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
+from ..common.seeds import derive_seed
 from ..ops import triplet_similarities
-
-_MIX = 0x9E3779B97F4A7C15  # 64-bit golden ratio: decorrelates (seed, epoch, ...) tuples
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes, unlike ``hash``)."""
-    h = 0x12345678
-    for p in parts:
-        h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * _MIX + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 29
-    return h & 0x7FFFFFFFFFFFFFFF
-
-
-@dataclass
-class TripletBatch:
-    """One batch from a source: (b, 3) int64 ``triplets``, (b, 3) float32 ``sims``,
-    optional (b, 3) ``probs`` (same fields as the store's batches)."""
-
-    triplets: torch.Tensor
-    sims: Optional[torch.Tensor]
-    probs: Optional[torch.Tensor] = None
-
-
-class ArrayTripletSource:
-    """Teacher-labelled triplets in memory, streamed like a ``TripletStore``.
-
-    Args:
-        triplets: (M, 3) int item indices, odd one out last.
-        sims: (M, 3) teacher similarities, or None when ``probs`` is given.
-        probs: (M, 3) teacher probabilities, or None.
-        num_items: number of items (default: max index + 1).
-        manifest: metadata (e.g. ``{"temperature": 1.0, "file_names": [...]}``).
-    """
-
-    def __init__(self, triplets, sims=None, probs=None, num_items: Optional[int] = None,
-                 manifest: Optional[Dict[str, Any]] = None):
-        self.triplets = torch.as_tensor(np.asarray(triplets), dtype=torch.int64)
-        if self.triplets.dim() != 2 or self.triplets.shape[1] != 3:
-            raise ValueError(f"triplets must have shape (M, 3), got {tuple(self.triplets.shape)}")
-        if sims is None and probs is None:
-            raise ValueError("give sims or probs")
-        self.sims = None if sims is None else torch.as_tensor(np.asarray(sims), dtype=torch.float32)
-        self.probs = None if probs is None else torch.as_tensor(np.asarray(probs), dtype=torch.float32)
-        for name, arr in (("sims", self.sims), ("probs", self.probs)):
-            if arr is not None and arr.shape != self.triplets.shape:
-                raise ValueError(f"{name} must have shape {tuple(self.triplets.shape)}, got {tuple(arr.shape)}")
-        top = int(self.triplets.max()) + 1 if len(self.triplets) else 0
-        self.num_items = int(num_items) if num_items is not None else top
-        if len(self.triplets) and (int(self.triplets.min()) < 0 or top > self.num_items):
-            raise ValueError(f"triplet indices out of range: must be in [0, {self.num_items})")
-        self.manifest = dict(manifest or {})
-
-    def __len__(self) -> int:
-        return int(self.triplets.shape[0])
-
-    def stream(self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True, rank: int = 0,
-               world_size: int = 1, worker_id: int = 0, num_workers: int = 1,
-               start_batch: int = 0) -> Iterator[TripletBatch]:
-        """Batches of this rank's and worker's shard of one epoch.
-
-        The epoch's permutation depends on (seed, epoch) only; rank ``r`` takes
-        every ``world_size``-th row of it, so the ranks' batch ``i`` together
-        are the rows a single process would see in its batch ``i`` at
-        ``world_size`` times the batch size.
-        """
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        m = len(self)
-        if shuffle:
-            gen = torch.Generator().manual_seed(mix_seed(seed, epoch))
-            order = torch.randperm(m, generator=gen)
-        else:
-            order = torch.arange(m)
-        order = order[rank::world_size][worker_id::num_workers]
-        for start in range(start_batch * batch_size, order.shape[0], batch_size):
-            idx = order[start:start + batch_size]
-            yield TripletBatch(self.triplets[idx], None if self.sims is None else self.sims[idx],
-                               None if self.probs is None else self.probs[idx])
+from ..triplets import TripletBatch
+from .source import ArrayTripletSource  # noqa: F401  (re-exported: it lived here)
 
 
 class DenseTripletSampler:
@@ -137,7 +55,7 @@ class DenseTripletSampler:
 
     def sample(self, step: int, *, seed: int = 0, rank: int = 0) -> TripletBatch:
         """The batch of ``step`` on ``rank``: global item ids and teacher similarities."""
-        gen = torch.Generator().manual_seed(mix_seed(seed, step, rank, 0xD15))
+        gen = torch.Generator().manual_seed(derive_seed(seed, step, rank, 0xD15))
         chosen = self.pool[torch.randperm(self.pool.shape[0], generator=gen)[: self.num_items]]
         k = self.num_items
         # Three distinct positions per triplet: a, then b != a, then c not in {a, b}
@@ -151,27 +69,4 @@ class DenseTripletSampler:
         local = torch.stack([a, b, c], dim=1)
         trip = chosen[local]
         sims = triplet_similarities(self.teacher, trip, self.similarity, self.backend).float()
-        return TripletBatch(trip, sims, None)
-
-
-def human_triplet_rows(spec: str) -> np.ndarray:
-    """(H, 3) int64 human triplets (odd one out last) from ``"things:<split>"`` or
-    a whitespace-separated text file with 3 (or 4, participant last) columns."""
-    if spec.startswith("things:"):
-        from ..datasets.things import load_things
-
-        key = spec.split(":", 1)[1]
-        trips = load_things().triplets
-        if key not in trips:
-            raise ValueError(f"unknown bundled triplets {key!r}; known: {', '.join(sorted(trips))}")
-        return np.array(trips[key], dtype=np.int64)  # a writable copy (the bundled arrays are read-only)
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"human triplet file not found: {path}")
-    try:
-        table = np.loadtxt(path, dtype=np.int64, ndmin=2)
-    except ValueError as exc:
-        raise ValueError(f"{path}: not a table of integer triplets: {exc}") from None
-    if table.shape[1] not in (3, 4):
-        raise ValueError(f"{path}: expected 3 or 4 columns, got {table.shape[1]}")
-    return np.ascontiguousarray(table[:, :3])
+        return TripletBatch(triplets=trip, sims=sims, probs=None)

@@ -27,10 +27,10 @@ from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from ..ops import triplet_distill_loss, triplet_loss
 from .metrics import nvtx_range
-
 
 
 @dataclass
@@ -109,7 +109,7 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _autocast(device: torch.device, enabled: bool):
+def autocast(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -137,8 +137,6 @@ def _replay(device: torch.device, state: Tuple[torch.Tensor, Optional[torch.Tens
 
 
 def _norm_buffers(model: nn.Module) -> List[torch.Tensor]:
-    from torch.nn.modules.batchnorm import _NormBase
-
     return [b for m in model.modules() if isinstance(m, _NormBase) for b in m.buffers()]
 
 
@@ -212,6 +210,9 @@ def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions, sync: S
         opts: loss and micro-batch options.
         sync: cooperation with the other ranks (see ``StepSync``).
     """
+    # One function on purpose (~60 lines): pass 1, the loss and pass 2 share the
+    # per-micro-batch RNG states, the BatchNorm buffer snapshots and the memory
+    # discipline (E is freed before pass 2); split up, every part would pass them around.
     device = model_device(model)
     n = batch.inputs.shape[0]
     parts = _slices(n, opts.micro_batch)
@@ -226,7 +227,7 @@ def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions, sync: S
     with nvtx_range("embed"), torch.no_grad():
         for s in parts:
             states.append(_rng_state(device))
-            with _autocast(device, opts.amp):
+            with autocast(device, opts.amp):
                 out = model(batch.inputs[s].to(device, non_blocking=True))
             if emb is None:  # written in place: no list of outputs plus a concatenated copy
                 emb = torch.empty(n, out.shape[1], dtype=torch.float32, device=out.device)
@@ -234,7 +235,7 @@ def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions, sync: S
         if pads:
             counted = [b.clone() for b in _norm_buffers(model)]  # padding must not move BatchNorm statistics
             for _ in range(pads):
-                with _autocast(device, opts.amp):
+                with autocast(device, opts.amp):
                     model(_padding_input(batch, device))
             _restore(model, counted)
     if emb is None:  # no items here, padding forwards only
@@ -259,7 +260,7 @@ def two_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions, sync: S
         last = len(parts) + pads - 1
         for idx, (s, state) in enumerate(zip(parts, states)):
             with _replay(device, state), sync.grad_context(idx == last):
-                with _autocast(device, opts.amp):
+                with autocast(device, opts.amp):
                     out = model(batch.inputs[s].to(device, non_blocking=True))
                 out.backward(grad[s].to(out.dtype))
         _pad_backward(model, batch, device, opts, sync, pads, len(parts))
@@ -280,7 +281,7 @@ def _pad_backward(model: nn.Module, batch: StepBatch, device: torch.device, opts
     part in the other ranks' collectives and add nothing to ``.grad``."""
     for idx in range(done, done + pads):
         with sync.grad_context(idx == done + pads - 1):
-            with _autocast(device, opts.amp):
+            with autocast(device, opts.amp):
                 out = model(_padding_input(batch, device))
             out.backward(torch.zeros_like(out))
 
@@ -303,7 +304,7 @@ def single_pass_step(model: nn.Module, batch: StepBatch, opts: StepOptions,
     with nvtx_range("embed"):
         outs = []
         for s in _slices(n, opts.micro_batch):
-            with _autocast(device, opts.amp):
+            with autocast(device, opts.amp):
                 outs.append(model(batch.inputs[s].to(device, non_blocking=True)).float())
         emb = torch.cat(outs)
     t1 = _clock(opts, device)

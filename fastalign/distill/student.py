@@ -11,13 +11,17 @@ optional triplet head (AligNet: a new ``Linear(D, 1024)``, no normalisation).
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
 
+from ..io.resolve import resolve_features
 from .config import StudentConfig
 
 
@@ -64,6 +68,12 @@ class FeatureLookup(nn.Module):
         return self.features.index_select(0, idx.to(self.features.device).long())
 
 
+def feature_lookup(model: nn.Module) -> Optional[FeatureLookup]:
+    """The frozen feature rows of a ``FeatureStudent`` (its backbone), or None for any other model."""
+    backbone = getattr(model, "backbone", None)  # any nn.Module may be a student; only Student has one
+    return backbone if isinstance(backbone, FeatureLookup) else None
+
+
 def make_head(kind: str, in_dim: int, out_dim: int = 0, hidden_dim: int = 1024, init: str = "random",
               dropout: float = 0.0) -> Optional[nn.Module]:
     """Build a triplet head.
@@ -97,33 +107,14 @@ def make_head(kind: str, in_dim: int, out_dim: int = 0, hidden_dim: int = 1024, 
 
 
 def load_feature_matrix(spec: str) -> np.ndarray:
-    """Load an (N, D) feature matrix from ``.npy`` or ``"things:<name>"``."""
+    """An (N, D) floating-point feature matrix from a file or ``"things:<name>"`` (``fastalign.io.resolve``)."""
     if not spec:
-        raise ValueError("student.features is empty: give an .npy path or things:<name>")
-    if spec.startswith("things:"):
-        from ..datasets.things import load_things
-
-        key = spec.split(":", 1)[1]
-        feats = load_things().features
-        if key not in feats:
-            raise ValueError(f"unknown bundled features {key!r}; known: {', '.join(sorted(feats))}")
-        arr = np.asarray(feats[key])
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"feature file not found: {path}")
-        try:
-            from ..io import load_features  # the io module, when present
-        except ImportError:
-            load_features = None
-        arr = load_features(path) if load_features is not None else np.load(path, allow_pickle=False)
-    arr = np.asarray(arr)
+        raise ValueError("student.features is empty: give a features file or things:<name>")
+    arr = np.asarray(resolve_features(spec))
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{spec}: expected a non-empty (N, D) feature matrix, got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"{spec}: expected floating-point features, got {arr.dtype}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{spec}: features contain NaN or Inf")
     return arr
 
 
@@ -152,8 +143,6 @@ def _load_local_weights(module: nn.Module, weights: str) -> None:
     """Load a local ``.safetensors`` or ``torch.save`` state dict (weights only)."""
     path = Path(_local_weights(weights))
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -181,9 +170,7 @@ def _load_timm_weights(model: nn.Module, weights: str) -> None:
     resamples position embeddings for another ``img_size``), drops the
     classifier, then refuses any other key that does not fit.
     """
-    import sys
-
-    from timm.models import load_state_dict
+    from timm.models import load_state_dict  # optional: only a timm student gets here
 
     path = _local_weights(weights)
     state = load_state_dict(path, weights_only=True)
@@ -222,7 +209,7 @@ def timm_backbone(model_name: str, weights: str = "", pooling: str = "avg",
         model_kwargs: more ``timm.create_model`` arguments (``img_size``, ``drop_path_rate``).
     """
     try:
-        import timm
+        import timm  # optional extra: only a timm student needs it
     except ImportError:
         raise ValueError("student.kind 'timm' needs the timm package (pip install timm)") from None
     pool = {"cls": "token", "avg": "avg", "map": "map"}[pooling]
@@ -250,7 +237,7 @@ def open_clip_backbone(model_name: str, weights: str = "", pooling: str = "cls",
         model_kwargs: more ``open_clip.create_model`` arguments (``force_image_size``).
     """
     try:
-        import open_clip
+        import open_clip  # optional extra: only an open_clip student needs it
     except ImportError:
         raise ValueError("student.kind 'open_clip' needs the open_clip_torch package") from None
     try:
@@ -337,8 +324,6 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         backbone.set_grad_checkpointing(True)
         return
     if isinstance(backbone, nn.Sequential) and len(backbone) > 1:
-        from torch.utils.checkpoint import checkpoint_sequential
-
         segments = max(1, int(len(backbone) ** 0.5))
         seq = backbone
 

@@ -1,14 +1,22 @@
-"""Configuration of ``fastalign run``: dataclasses filled from defaults, a TOML
-file and ``--set section.field=value`` overrides.
+"""Configuration of ``fastalign run``: dataclasses filled from defaults, a
+preset, a TOML file and ``--set section.field=value`` overrides.
 
 Data sources are file paths or ``things:KEY`` for the bundled THINGS data
 (``things:clip``, ``things:word2vec``, ``things:spose49``, ``things:test_10``,
 ``things`` for the 27-category matrix).
 
-An image student (``student.kind`` "timm", "open_clip" or "module") reads one
-image per object: ``data.student_images`` (a folder) and ``data.file_names``
-(a text file, one path per line, relative to the folder, in object order)
-replace ``data.student_features``.
+The ``[student]`` section *is* a ``fastalign distill`` configuration
+(``fastalign.distill.DistillConfig``): ``student.train.steps`` here is
+``train.steps`` there, ``student.student.kind`` is ``student.kind``. Only its
+defaults differ (``STUDENT_DEFAULTS``: a small head on frozen features, a few
+thousand steps), and the stage fills in what the pipeline itself provides
+(``PIPELINE_OWNED``: the triplet store, the student's features or images, the
+output folder, the seed).
+
+An image student (``student.student.kind`` "timm", "open_clip" or "module")
+reads one image per object: ``data.student_images`` (a folder) and
+``data.file_names`` (a text file, one path per line, relative to the folder, in
+object order) replace ``data.student_features``.
 """
 
 from __future__ import annotations
@@ -16,16 +24,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
-from ..config import apply_overrides, build_dataclass, deep_merge, read_toml
+from ..config import apply_aliases, apply_overrides, build_dataclass, deep_merge, read_toml
+from ..distill.config import DistillConfig
+from ..io.resolve import split_spec  # noqa: F401  (re-exported: it lived here before io.resolve)
 
 
 @dataclass
-class DataConfig:
+class RunDataConfig:
     teacher_features: str = "things:clip"  # the frozen model the teacher transform is fitted on
-    student_features: str = "things:word2vec"  # the student's frozen input features (student.kind "features")
-    student_images: str = ""  # image folder of an image student (student.kind timm, open_clip or module)
+    student_features: str = "things:word2vec"  # the student's frozen input features (student.student.kind "features")
+    student_images: str = ""  # image folder of an image student (student.student.kind timm, open_clip or module)
     file_names: str = ""  # one name per object, in object order (thingsvision's file_names.txt): the images an
     # image student reads under student_images; with a features student only its length is checked
     human_triplets: str = "things:test_10"  # human odd-one-out triplets (column 2 odd)
@@ -55,51 +65,93 @@ class TripletsConfig:
     normalize: bool = False  # L2-normalise teacher embeddings before k-means
 
 
-@dataclass
-class StudentConfig:
-    # "features": data.student_features with a trainable head; "timm", "open_clip" or "module": an
-    # image backbone fine-tuned on data.student_images (see fastalign.distill.StudentConfig)
-    kind: str = "features"
-    model_name: str = ""  # timm / open_clip architecture
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # more model-factory arguments
-    weights: str = ""  # local pretrained weights (never downloaded)
-    pooling: str = "avg"  # cls, avg or map
-    image_size: int = 0  # side of the square crop fed to an image student; 0: the model's own
-    module: str = ""  # "pkg.mod:factory" for kind "module"
-    head: str = "linear"
-    head_init: str = "identity"  # start at the raw student features; decay-to-init pulls back toward them
-    dim_out: int = 0  # 0 keeps the student feature width
-    steps: int = 2000
-    batch_size: int = 1024
-    lr: float = 1e-2
-    weight_decay: float = 0.01  # decay toward the initial weights (AligNet's decay_to_init)
-    warmup_steps: int = 100
-    divergence: str = "jsd"
-    temperature: float = 1.0
-    eval_every: int = 250
-    micro_batch: int = 0  # items per forward; 0: 4096 feature rows or 64 images
-    amp: str = "none"  # "bf16" autocast for image backbones
-    num_workers: int = 2  # image-decoding DataLoader workers
-    device: str = "auto"  # cpu, cuda, or auto (cuda when available)
+# The run's student defaults, where they differ from ``fastalign distill``'s: a
+# linear head that starts at the raw student features (decay-to-init pulls back
+# toward them), and a short, fast schedule for a frozen-feature student.
+STUDENT_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "student": {"head_init": "identity", "head_dim": 0},  # head_dim 0 keeps the student feature width
+    "data": {"num_workers": 2},
+    "loss": {"temperature": 1.0},
+    "optim": {"lr": 1e-2, "weight_decay": 0.01, "warmup_steps": 100},
+    # micro_batch 0: 4096 feature rows or 64 images; ckpt_every 0: a quarter of the steps
+    "train": {"steps": 2000, "batch_triplets": 1024, "micro_batch": 0, "eval_every": 250, "ckpt_every": 0},
+}
+
+
+def student_defaults() -> DistillConfig:
+    """The ``[student]`` section's defaults (a ``DistillConfig``, not yet complete: see ``PIPELINE_OWNED``)."""
+    return build_dataclass(DistillConfig, STUDENT_DEFAULTS)
+
+
+# Keys of the [student] section that the pipeline sets itself, and where they come from.
+PIPELINE_OWNED: Dict[str, str] = {
+    "student.features": "data.student_features",
+    "data.source": "the triplets stage (a store)",
+    "data.store": "the triplets stage",
+    "data.val_store": "the triplets stage",
+    "data.teacher_embeddings": "the triplets stage (a store)",
+    "data.items": "student.student.kind (features or images)",
+    "data.image_root": "data.student_images",
+    "data.file_names": "data.file_names",
+    "eval.human_triplets": "the calibration split of data.human_triplets",
+    "train.out_dir": "fastalign run --out",
+    "train.seed": "data.seed",
+}
 
 
 @dataclass
-class EvalConfig:
+class RunEvalConfig:
     few_shot_shots: List[int] = field(default_factory=lambda: [1, 5, 10])
     few_shot_episodes: int = 200
     ceiling: float = 0.67
 
 
+# Keys of the [student] section before it became a distill config (fastalign <= 0.x):
+# they keep working for one release, with a warning naming the new key.
+OLD_STUDENT_KEYS: Dict[str, str] = {
+    "kind": "student.kind",
+    "model_name": "student.model_name",
+    "model_kwargs": "student.model_kwargs",
+    "weights": "student.weights",
+    "pooling": "student.pooling",
+    "module": "student.module",
+    "head": "student.head",
+    "head_init": "student.head_init",
+    "dim_out": "student.head_dim",
+    "image_size": "data.image_size",
+    "num_workers": "data.num_workers",
+    "divergence": "loss.divergence",
+    "temperature": "loss.temperature",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "warmup_steps": "optim.warmup_steps",
+    "steps": "train.steps",
+    "batch_size": "train.batch_triplets",
+    "eval_every": "train.eval_every",
+    "micro_batch": "train.micro_batch",
+    "amp": "train.amp",
+    "device": "train.device",
+}
+
+
 @dataclass
 class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
+    CONFIG_ALIASES: ClassVar[Dict[str, str]] = {f"student.{old}": f"student.{new}"
+                                                for old, new in OLD_STUDENT_KEYS.items()}
+
+    data: RunDataConfig = field(default_factory=RunDataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     triplets: TripletsConfig = field(default_factory=TripletsConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    student: DistillConfig = field(default_factory=student_defaults)
+    eval: RunEvalConfig = field(default_factory=RunEvalConfig)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# The names these classes had before the student section became a DistillConfig.
+DataConfig = RunDataConfig
+EvalConfig = RunEvalConfig
 
 
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
@@ -107,28 +159,38 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "quick": {
         "teacher": {"lambdas": [1e-2, 1e-1], "folds": 2},
         "triplets": {"num": 100_000, "val_num": 2_000, "clusters": 20},
-        "student": {"steps": 300, "eval_every": 100},
+        "student": {"train": {"steps": 300, "eval_every": 100}},
         "eval": {"few_shot_episodes": 20},
     },
 }
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), preset: Optional[str] = None) -> RunConfig:
-    """Defaults, then the preset, then the TOML file, then ``--set section.key=value`` overrides."""
-    data: Dict[str, Any] = {}
+    """Defaults, then the preset, then the TOML file, then ``--set section.key=value`` overrides.
+
+    Each layer's old key names are renamed before the layers merge, so a later
+    layer wins whichever spelling each uses.
+    """
+    layers: List[Dict[str, Any]] = []
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-        deep_merge(data, copy.deepcopy(PRESETS[preset]))
+        layers.append(copy.deepcopy(PRESETS[preset]))
     if path:
-        deep_merge(data, read_toml(path))
-    return build_dataclass(RunConfig, apply_overrides(data, overrides))
+        layers.append(read_toml(path))
+    layers.append(apply_overrides({}, overrides))
+    data: Dict[str, Any] = {}
+    for layer in layers:
+        deep_merge(data, apply_aliases(RunConfig, layer))
+    cfg = build_dataclass(RunConfig, data)
+    check_student_section(cfg)
+    return cfg
 
 
-def split_spec(spec: str) -> Tuple[str, Optional[str]]:
-    """``things:clip`` -> ("things", "clip"); a path -> (path, None)."""
-    if spec == "things":
-        return "things", None
-    if spec.startswith("things:"):
-        return "things", spec.split(":", 1)[1]
-    return spec, None
+def check_student_section(cfg: RunConfig) -> None:
+    """Refuse a [student] key that the pipeline sets itself (it would be silently replaced)."""
+    defaults = student_defaults()
+    for key, source in PIPELINE_OWNED.items():
+        section, name = key.split(".")
+        if getattr(getattr(cfg.student, section), name) != getattr(getattr(defaults, section), name):
+            raise ValueError(f"student.{key} is set by fastalign run from {source}; remove it from the config")

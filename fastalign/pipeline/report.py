@@ -12,6 +12,10 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from ..common.category_levels import single_category_labels
+from ..eval.few_shot import FewShotOptions
+from ..eval.plots import plot_accuracy_by_level, plot_rdm_panel
+from ..eval.report import EvalOptions, evaluate_representation
 from ..io import atomic_write_json, atomic_write_text
 
 LEVELS = ("fine", "class_boundary", "coarse")
@@ -30,15 +34,11 @@ def _representations(cfg, inputs, out: Path) -> Dict[str, Dict[str, Any]]:
                                  else np.load(out / "embeddings" / "student_raw.npy"),
                                  "similarity": "cosine", "temperature": 1.0},
         "student": {"emb": np.load(out / "embeddings" / "student.npy"), "similarity": "dot",
-                    "temperature": cfg.student.temperature},
+                    "temperature": cfg.student.loss.temperature},
     }
 
 
 def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
-    from ..eval.few_shot import FewShotOptions, single_category_labels
-    from ..eval.plots import plot_accuracy_by_level, plot_rdm_panel
-    from ..eval.report import EvalOptions, evaluate_representation
-
     out = Path(out)
     with np.load(out / "data" / "human_triplets.npz") as z:
         held = z["heldout"]

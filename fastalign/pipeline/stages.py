@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+from ..common.jsonsafe import json_safe
+from ..common.timing import StageTimer
 from ..io import atomic_write_json, atomic_write_text
 
 STAGE_FILE = "stage.json"
@@ -38,7 +39,7 @@ def digest_files(paths: Iterable[Path]) -> str:
 
 
 def digest_obj(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(json_safe(obj), sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -103,9 +104,10 @@ class StageRunner:
             atomic_write_text(pending, key + "\n")
         record.unlink(missing_ok=True)  # a stage without its record is unfinished
         self.log(f"[{index}/{total}] {stage.name}: {'resuming' if resuming else 'running'}")
-        start = time.perf_counter()
-        outputs, metrics = stage.body(stage_dir)
-        seconds = time.perf_counter() - start
+        timer = StageTimer()
+        with timer(stage.name):
+            outputs, metrics = stage.body(stage_dir)
+        seconds = timer.seconds[stage.name]
         result = StageResult(stage.name, key, digest_files(sorted(Path(p) for p in outputs)), metrics, seconds)
         atomic_write_json(record, {"key": key, "outputs_digest": result.outputs_digest, "metrics": metrics,
                                    "seconds": seconds, "outputs": [str(Path(p).relative_to(self.out))

@@ -1,0 +1,118 @@
+"""Every input of a run, resolved and cross-checked once, before any stage starts.
+
+Each spec (``things:KEY`` or a file) goes through ``fastalign.io.resolve``; an
+error names the config key that holds the spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, TypeVar
+
+import numpy as np
+
+from ..io import check_triplets_fit, read_file_names
+from ..io.resolve import feature_path, resolve_categories, resolve_features, resolve_triplets
+from .config import RunConfig, RunDataConfig
+from .stages import digest_files
+
+T = TypeVar("T")
+
+
+def _for_key(key: str, resolve: Callable[[str], T], spec: str) -> T:
+    """``resolve(spec)``, with the config key in front of the resolver's message."""
+    try:
+        return resolve(spec)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{key}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
+def _categories(spec: str) -> Tuple[np.ndarray, List[str]]:
+    cats, names = _for_key("data.categories", resolve_categories, spec)
+    return cats, list(names or [f"category {i}" for i in range(cats.shape[1])])
+
+
+def _file_names(d: RunDataConfig, images: bool) -> Tuple[Optional[Path], List[str]]:
+    """``data.file_names``: one name per object, in object order (thingsvision's
+    ``file_names.txt``). An image student reads these images under
+    ``data.student_images``, and every one of them must exist."""
+    if images and (not d.student_images or not d.file_names):
+        raise ValueError("an image student (student.student.kind timm, open_clip or module) needs "
+                         "data.student_images (a folder) and data.file_names (one image per object, in object order)")
+    if not images and d.student_images:
+        raise ValueError("data.student_images is read by an image student only: set student.student.kind to timm, "
+                         "open_clip or module")
+    if not d.file_names:
+        return None, []
+    names = _for_key("data.file_names", read_file_names, d.file_names)
+    if images:
+        root = Path(d.student_images)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.student_images {root} is not a folder")
+        missing = [n for n in names if not (root / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(names)} images in {d.file_names} are missing under "
+                                    f"{root}, e.g. {missing[:3]}")
+    return Path(d.file_names), names
+
+
+def _digest_images(listing: Path, root: Path, names: List[str]) -> str:
+    """The list file's bytes and every image's size and mtime (hashing the
+    pixels of a million images would cost more than the stage it guards)."""
+    h = hashlib.sha256(digest_files([listing]).encode())
+    for name in names:
+        st = (root / name).stat()
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+class Inputs:
+    """Every input of the run, loaded and cross-checked once, before any long work."""
+
+    def __init__(self, cfg: RunConfig):
+        d = cfg.data
+        self.teacher_path = _for_key("data.teacher_features", feature_path, d.teacher_features)
+        self.teacher = _for_key("data.teacher_features", resolve_features, d.teacher_features)
+        self.images = cfg.student.student.kind != "features"
+        self.file_names_path, self.file_names = _file_names(d, self.images)
+        self.image_root: Optional[Path] = Path(d.student_images) if self.images else None
+        if self.images:
+            self.student_path, self.student = None, None
+        else:
+            self.student_path = _for_key("data.student_features", feature_path, d.student_features)
+            self.student = _for_key("data.student_features", resolve_features, d.student_features)
+        self.human = (_for_key("data.human_embedding", resolve_features, d.human_embedding)
+                      if d.human_embedding else None)
+        self.triplets = _for_key("data.human_triplets", resolve_triplets, d.human_triplets)
+        self.categories, self.category_names = _categories(d.categories) if d.categories else (None, [])
+        self.n = self.teacher.shape[0]
+        self._check(d)
+
+    def _check(self, d: RunDataConfig) -> None:
+        n = self.n
+        if self.file_names_path is not None and len(self.file_names) != n:
+            raise ValueError(f"data.file_names lists {len(self.file_names)} objects but the teacher features have "
+                             f"{n} rows; every input must list the same objects in the same order")
+        for name, arr in [("student features", self.student), ("human embedding", self.human),
+                          ("categories", self.categories)]:
+            if arr is not None and arr.shape[0] != n:
+                raise ValueError(f"{name} have {arr.shape[0]} rows but the teacher features have {n}; "
+                                 "every input must list the same objects in the same order")
+        check_triplets_fit(self.triplets, n, "human triplets")
+        if not 0.0 < d.heldout_fraction < 1.0:
+            raise ValueError(f"data.heldout_fraction must be in (0, 1), got {d.heldout_fraction}")
+        if len(self.triplets) < 100:
+            raise ValueError(f"need at least 100 human triplets, got {len(self.triplets)}")
+
+    def student_digest(self) -> str:
+        """What the student reads besides the triplets: its features or images."""
+        if self.images:
+            return _digest_images(self.file_names_path, self.image_root, self.file_names)
+        return digest_files([self.student_path])
+
+    def digest(self) -> str:
+        return (digest_files([self.teacher_path]) + f":{self.student_digest()}:{len(self.triplets)}:"
+                f"{int(self.triplets.sum())}")
