@@ -24,11 +24,11 @@ from __future__ import annotations
 import sys
 
 import pytest
+import reference as R
 import torch
+from backends import parallel_problem
 
 import fastalign
-import reference as R
-from backends import parallel_problem
 from fastalign.kernels.contract import MODES, acc_dtype
 from fastalign.kernels.torch_ref import TorchKernels
 from fastalign.ops import registry

@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from backends import parallel_problem
+from reference import distill_loss64, hard_loss64, loss_and_grad64, sims64
 
 import fastalign
 from fastalign.kernels import cuda as cuda_mod
 from fastalign.kernels.contract import MODE_HARD, MODE_JSD, MODE_KL
-from backends import parallel_problem
-from reference import distill_loss64, hard_loss64, loss_and_grad64, sims64
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 MODES = ["hard", "hard_odd", "kl", "jsd"]

@@ -25,11 +25,12 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton")
 
+from backends import parallel_problem  # noqa: E402
+from reference import distill_loss64, hard_loss64, loss_and_grad64, sims64  # noqa: E402
+
 import fastalign  # noqa: E402
 from fastalign.kernels.contract import MODES  # noqa: E402
 from fastalign.kernels.triton import TritonKernels, TritonOptions  # noqa: E402
-from backends import parallel_problem  # noqa: E402
-from reference import distill_loss64, hard_loss64, loss_and_grad64, sims64  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 interp = pytest.mark.skipif(not INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from backends import backend_params, random_problem
 
 import fastalign
-from backends import backend_params, random_problem
 
 
 def _calls(emb, trip, backend, **kw):
@@ -62,7 +62,7 @@ def test_bad_target_probs(backend):
         "nan": good.clone().index_put_((torch.tensor([4]), torch.tensor([1])), torch.tensor(float("nan"))),
         "sum": good.clone().index_put_((torch.tensor([4]), torch.tensor([2])), torch.tensor(0.9)),
     }
-    for name, p in cases.items():
+    for _name, p in cases.items():
         with pytest.raises(ValueError, match="target_probs row 4"):
             fastalign.triplet_distill_loss(emb, trip, target_probs=p, backend=backend)
     with pytest.raises(ValueError, match=r"target_probs must have shape"):

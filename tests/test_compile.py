@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from backends import backend_params
 
 import fastalign
-from backends import backend_params
 
 
 class TinyStudent(torch.nn.Module):

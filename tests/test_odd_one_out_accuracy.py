@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-
-import fastalign
 from backends import backend_params, random_problem
 from reference import sims64
+
+import fastalign
 
 
 def _numpy_accuracy(emb, trip, odd=None):

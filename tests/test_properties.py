@@ -3,12 +3,12 @@ not a multiple of any vector width."""
 
 import pytest
 import torch
+from backends import backend_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import distill_loss64, hard_loss64, loss_and_grad64
 
 import fastalign
-from backends import backend_params
-from reference import distill_loss64, hard_loss64, loss_and_grad64
 
 problems = st.tuples(
     st.integers(1, 30),  # N

@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 import torch
-
-import fastalign
 from backends import DTYPES, assert_matches, backend_params, random_problem, seed_of
 from reference import hard_loss64, loss_and_grad64
+
+import fastalign
 
 REDUCTIONS = ["mean", "sum", "none"]
 TEMPERATURES = [0.01, 1.0, 100.0, 0.3, 7.0, 1.0]

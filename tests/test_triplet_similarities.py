@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
-import fastalign
 from backends import DTYPES, assert_matches, backend_params, random_problem
 from reference import sims64
+
+import fastalign
 
 
 def _sims_and_grad(backend, emb, trip, similarity, grad_out):

@@ -115,8 +115,8 @@ def _run(args):
         load_level_labels,
     )
     from ..io import atomic_write_json, check_triplets_fit, read_file_names
-    from ..teacher import load_transform
     from ..io.resolve import resolve_categories, resolve_features, resolve_labels, resolve_triplets
+    from ..teacher import load_transform
     from .main import CLIError
 
     if args.episodes < 2:

@@ -120,7 +120,7 @@ def wrap_model(student: nn.Module, info: DistInfo, device: torch.device, bf16: b
     try:
         # fully_shard arrived in torch 2.6; fastalign supports torch >= 2.4 without FSDP.
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # (as above)
     except ImportError:
         raise ValueError("train.distributed 'fsdp' needs torch >= 2.6 (torch.distributed.fsdp.fully_shard)") from None
     mesh = init_device_mesh(device.type, (info.world,))

@@ -8,8 +8,7 @@ from typing import Optional
 
 import torch
 
-from ..ops import triplet_distill_loss, triplet_loss
-from ..ops import validate
+from ..ops import triplet_distill_loss, triplet_loss, validate
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import copy
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable
 
 import numpy as np
 import torch
@@ -32,7 +32,6 @@ from ..common.timing import StageTimer
 from ..distill import DistillConfig, Student, build_student, distill, embed_checkpoint, embed_student
 from ..eval.calibration import plot_reliability
 from ..io import atomic_save_npy, atomic_save_npz, atomic_write_json, save_triplets_txt
-from ..io.figures import new_figure, save_figure
 from ..ops import odd_one_out_probs
 from ..teacher import calibrate_temperature, fit_transform, plot_lambda_search, save_transform
 from ..triplets.generate import GenerateOptions, generate

@@ -38,9 +38,9 @@ import torch
 
 from ..common.seeds import derive_rng
 from ..common.timing import StageTimer
-from ..teacher import load_transform
 from ..io.atomic import atomic_save_npy, atomic_write_text, read_json
 from ..io.resolve import resolve_features, resolve_file_names, resolve_labels
+from ..teacher import load_transform
 from .kmeans import KMeansOptions, check_finite, kmeans
 from .options import EMB_DTYPES, GenerateOptions, check_options, content_options, uses_clusters
 from .ranks import check_fresh, rank_and_world, rank_device, start_run, wait_for, write_shared_json
