@@ -42,6 +42,14 @@ class RunDataConfig:
     heldout_fraction: float = 0.2  # share of human triplets no stage ever trains on
     categories: str = "things"  # (N, C) 0/1 category matrix, for levels and few-shot
     human_embedding: str = "things:spose49"  # human similarity embedding, for RSA
+    # Measured human RDMs ("FILE" or "FILE:VAR" for .mat), each compared with every representation,
+    # with noise ceilings when it holds several subjects (fastalign.io.read_human_rdm).
+    human_rdms: List[str] = field(default_factory=list)
+    # Per entry of human_rdms (or one for all): which object each RDM row is (indices, or names matched
+    # against data.file_names); "" = the RDM's rows are the objects.
+    human_rdm_items: List[str] = field(default_factory=list)
+    levels_data: str = ""  # the Levels dataset pickle (fastalign.datasets.load_levels); needs data.file_names
+    allow_missing: bool = False  # score the Levels dataset on the images that have feature rows
     seed: int = 0
 
 
@@ -104,6 +112,7 @@ class RunEvalConfig:
     few_shot_shots: List[int] = field(default_factory=lambda: [1, 5, 10])
     few_shot_episodes: int = 200
     ceiling: float = 0.67
+    rdm_bootstrap: int = 1000  # stimulus resamples for the 95 % intervals of data.human_rdms (0 skips them)
 
 
 # Keys of the [student] section before it became a distill config (fastalign <= 0.x):

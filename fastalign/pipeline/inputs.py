@@ -12,7 +12,9 @@ from typing import Callable, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
+from ..datasets.levels import LevelsData, load_levels, match_images
 from ..io import check_triplets_fit, read_file_names
+from ..io.rdm import HumanRDMs, read_human_rdm, read_rdm_items, split_rdm_spec
 from ..io.resolve import feature_path, resolve_categories, resolve_features, resolve_triplets
 from .config import RunConfig, RunDataConfig
 from .stages import digest_files
@@ -74,6 +76,7 @@ class Inputs:
 
     def __init__(self, cfg: RunConfig):
         d = cfg.data
+        self._cfg_data = d
         self.teacher_path = _for_key("data.teacher_features", feature_path, d.teacher_features)
         self.teacher = _for_key("data.teacher_features", resolve_features, d.teacher_features)
         self.images = cfg.student.student.kind != "features"
@@ -90,6 +93,8 @@ class Inputs:
         self.categories, self.category_names = _categories(d.categories) if d.categories else (None, [])
         self.n = self.teacher.shape[0]
         self._check(d)
+        self.human_rdms, self.human_rdm_items = self._measured_rdms(d)
+        self.levels_data = self._levels(d)
 
     def _check(self, d: RunDataConfig) -> None:
         n = self.n
@@ -106,6 +111,47 @@ class Inputs:
             raise ValueError(f"data.heldout_fraction must be in (0, 1), got {d.heldout_fraction}")
         if len(self.triplets) < 100:
             raise ValueError(f"need at least 100 human triplets, got {len(self.triplets)}")
+
+    def _measured_rdms(self, d: RunDataConfig) -> Tuple[List[HumanRDMs], List[Optional[np.ndarray]]]:
+        """``data.human_rdms`` and their row maps, read and checked before any stage."""
+        rdms = [_for_key("data.human_rdms", read_human_rdm, spec) for spec in d.human_rdms]
+        maps = list(d.human_rdm_items)
+        if len(maps) == 1 and len(rdms) > 1:
+            maps = maps * len(rdms)
+        if maps and len(maps) != len(rdms):
+            raise ValueError(f"data.human_rdm_items has {len(maps)} entries for {len(rdms)} data.human_rdms "
+                             "(give one per RDM, or one for all)")
+        items: List[Optional[np.ndarray]] = []
+        for h, spec in zip(rdms, maps or [""] * len(rdms)):
+            if not spec:
+                if h.n_stimuli != self.n:
+                    raise ValueError(f"data.human_rdms: {h.source} has {h.n_stimuli} stimuli but there are "
+                                     f"{self.n} objects; map its rows with data.human_rdm_items")
+                items.append(None)
+                continue
+            items.append(_for_key("data.human_rdm_items",
+                                  lambda s: read_rdm_items(s, h.n_stimuli, self.n, self.file_names or None), spec))
+        return rdms, items
+
+    def _levels(self, d: RunDataConfig) -> Optional[LevelsData]:
+        """``data.levels_data``, with every trial image matched to an object (or allowed missing)."""
+        if not d.levels_data:
+            return None
+        if not self.file_names:
+            raise ValueError("data.levels_data needs data.file_names: Levels images are matched to objects by name")
+        data = _for_key("data.levels_data", load_levels, d.levels_data)
+        _, missing = match_images(data.images, self.file_names)
+        if missing and not d.allow_missing:
+            raise ValueError(f"data.levels_data: {len(missing)} images have no object in data.file_names, e.g. "
+                             f"{missing[:3]}; set data.allow_missing = true to score the rest")
+        return data
+
+    def measured_digest(self) -> str:
+        """Content of the measured human data the evaluation reads (RDMs, row maps, Levels file)."""
+        d = self._cfg_data
+        paths = [Path(str(split_rdm_spec(s)[0])) for s in d.human_rdms]
+        paths += [Path(s) for s in d.human_rdm_items if s] + ([Path(d.levels_data)] if d.levels_data else [])
+        return digest_files(paths) if paths else ""
 
     def student_digest(self) -> str:
         """What the student reads besides the triplets: its features or images."""

@@ -14,6 +14,8 @@ import numpy as np
 
 from ..common.category_levels import single_category_labels
 from ..eval.few_shot import FewShotOptions
+from ..eval.human_plots import plot_human_rdms, plot_levels_dataset
+from ..eval.levels_data import LevelsOptions
 from ..eval.plots import plot_accuracy_by_level, plot_rdm_panel
 from ..eval.report import EvalOptions, evaluate_representation
 from ..io import atomic_write_json, atomic_write_text
@@ -38,6 +40,19 @@ def _representations(cfg, inputs, out: Path) -> Dict[str, Dict[str, Any]]:
     }
 
 
+def _measured_human_figures(results: Dict[str, Dict[str, Any]], fig_dir: Path) -> List[Path]:
+    """RSA against measured human RDMs (one figure per representation) and the Levels dataset."""
+    figures = []
+    for name, r in results.items():
+        if r.get("human_rdms"):
+            slug = name.replace(" ", "_")
+            figures.append(plot_human_rdms(r["human_rdms"], fig_dir / f"human_rdms_{slug}.png", model_name=name))
+    levels = {name: r["levels_dataset"] for name, r in results.items() if r.get("levels_dataset")}
+    if levels:
+        figures.append(plot_levels_dataset(levels, fig_dir / "levels_dataset.png"))
+    return [f for f in figures if f is not None]
+
+
 def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
     out = Path(out)
     with np.load(out / "data" / "human_triplets.npz") as z:
@@ -45,7 +60,11 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
     labels = single_category_labels(inputs.categories) if inputs.categories is not None else None
     opts = EvalOptions(ceiling=cfg.eval.ceiling,
                        few_shot=FewShotOptions(shots=tuple(cfg.eval.few_shot_shots),
-                                               episodes=cfg.eval.few_shot_episodes, seed=cfg.data.seed))
+                                               episodes=cfg.eval.few_shot_episodes, seed=cfg.data.seed),
+                       category_levels_name=("THINGS category levels" if cfg.data.categories in ("things", "things:categories")
+                                             else "category levels"),
+                       rdm_seed=cfg.data.seed, rdm_bootstrap=cfg.eval.rdm_bootstrap,
+                       levels_data=LevelsOptions(seed=cfg.data.seed, allow_missing=cfg.data.allow_missing))
     reps = _representations(cfg, inputs, out)
     results: Dict[str, Dict[str, Any]] = {}
     for name, rep in reps.items():
@@ -53,6 +72,8 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
         results[name] = evaluate_representation(
             rep["emb"], held, categories=inputs.categories, human_rdm_emb=inputs.human,
             few_shot_labels=labels, similarity=rep["similarity"], temperature=rep["temperature"],
+            human_rdms=inputs.human_rdms, human_rdm_items=inputs.human_rdm_items,
+            levels_data=inputs.levels_data, file_names=inputs.file_names or None,
             options=replace(opts, rdm_metric=rep["similarity"]),
         )
     fig_dir = out / "figures"
@@ -66,6 +87,7 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
                                           fig_dir / "rdm_panel.png", human_metric="dot", model_metric="dot",
                                           titles=("human (SPoSE)", "student"),
                                           category_names=inputs.category_names))
+    figures += _measured_human_figures(results, fig_dir)
     for src, dst in [(out / "teacher" / "reliability.png", "teacher_reliability.png"),
                      (out / "teacher" / "lambda_search.png", "teacher_lambda_search.png")]:
         if src.exists():
@@ -93,6 +115,36 @@ def _num(v, fmt=".3f") -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
+def _measured_human_markdown(res: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Tables for the measured human RDMs and the Levels dataset, when the run had them."""
+    lines: List[str] = []
+    rdm_rows = [(n, e) for n, r in res.items() for e in (r.get("human_rdms") or [])]
+    if rdm_rows:
+        lines += ["", "## Measured human RDMs", "",
+                  "Spearman between the model RDM and the measured human RDMs: against the pooled RDM, and the "
+                  "mean over subjects with its noise ceiling (lower-upper; Nili et al. 2014).", "",
+                  "| representation | RDM | subjects | stimuli | pooled | subject mean | noise ceiling |",
+                  "|---|---|---|---|---|---|---|"]
+        for n, e in rdm_rows:
+            sp = (e.get("measures") or e).get("spearman", {})
+            nc = sp.get("noise_ceiling") or {}
+            ceiling = f"{_num(nc.get('lower'))}-{_num(nc.get('upper'))}" if nc else "n/a"
+            lines.append(f"| {n} | {e.get('source', '')} | {e.get('n_subjects')} | {e.get('n_stimuli')} | "
+                         f"{_num(sp.get('pooled'))} | {_num(sp.get('subject_mean'))} | {ceiling} |")
+    lv_rows = [(n, r["levels_dataset"]) for n, r in res.items() if r.get("levels_dataset")]
+    if lv_rows:
+        lines += ["", "## The Levels dataset", "",
+                  "Majority-vote accuracy (%) per level, mean over seeded response draws, with the level's noise "
+                  "ceiling from repeated responses.", "",
+                  "| representation | level | accuracy | SD | noise ceiling |", "|---|---|---|---|---|"]
+        for n, lv in lv_rows:
+            for level, entry in (lv.get("majority") or {}).items():
+                acc, ceil = entry.get("accuracy") or {}, entry.get("noise_ceiling") or {}
+                lines.append(f"| {n} | {level} | {_pct(acc.get('mean'))} | {_pct(acc.get('std'))} | "
+                             f"{_pct(ceil.get('mean'))} |")
+    return lines
+
+
 def render_markdown(report: Dict[str, Any]) -> str:
     res = report["results"]
     names = list(res)
@@ -108,8 +160,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
         cells = [_pct((lv.get(k) or {}).get("accuracy")) for k in LEVELS]
         lines.append(f"| {n} | {_pct(r['accuracy'])} | {_num(r['noise_ceiling_normalized'])} | " + " | ".join(cells)
                      + " |")
-    lines += ["", "Chance is 33.3 %; the THINGS noise ceiling is about 67 %. Levels come from the 27 THINGS "
-              "categories: *fine* = all three objects share a category, *class boundary* = exactly one pair does, "
+    lines += ["", "Chance is 33.3 %; the THINGS noise ceiling is about 67 %. THINGS category levels (derived from "
+              "the 27 THINGS categories, not the Levels dataset): *fine* = all three objects share a category, *class boundary* = exactly one pair does, "
               "*coarse* = no pair does.", ""]
     lines += ["## Calibration, RSA and few-shot", "",
               "| representation | T | NLL | ECE | RSA Spearman (vs SPoSE) | CKA | 5-shot centroid (%) |",
@@ -123,6 +175,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
         five = few.get("5") or few.get(5) or {}
         lines.append(f"| {n} | {_num(r.get('temperature'), '.3g')} | {_num(cal.get('nll'))} | {_num(cal.get('ece'))} | "
                      f"{_num(spear)} | {_num(rsa.get('cka'))} | {_pct(five.get('mean'))} |")
+    lines += _measured_human_markdown(res)
     t, s = res.get("teacher"), res.get("student")
     rt, rs = res.get("raw teacher features"), res.get("raw student features")
     lines += ["", "## Reading", ""]

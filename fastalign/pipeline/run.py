@@ -210,7 +210,11 @@ def _stage_evaluate(cfg: RunConfig, inputs: Inputs, out: Path, runner: StageRunn
     def body(stage_dir: Path):
         return write_report(cfg, inputs, out, stage_dir, runner, say)
 
-    return Stage("evaluate", asdict(cfg.eval), ["data", "teacher", "student"], body)
+    d = cfg.data
+    key = {**asdict(cfg.eval), "human_rdms": list(d.human_rdms), "human_rdm_items": list(d.human_rdm_items),
+           "levels_data": d.levels_data, "allow_missing": d.allow_missing,
+           "measured_human_data": inputs.measured_digest()}
+    return Stage("evaluate", key, ["data", "teacher", "student"], body)
 
 
 # ------------------------------------------------------------------ driver
