@@ -40,6 +40,7 @@ from ..common.seeds import derive_rng
 from ..common.timing import StageTimer
 from ..io import load_transform
 from ..io.atomic import atomic_save_npy, atomic_write_text, read_json
+from ..io.faults import fault_point
 from ..io.resolve import resolve_features, resolve_file_names, resolve_labels
 from .fingerprint import input_digests, run_fingerprint
 from .kmeans import KMeansOptions, check_finite, kmeans
@@ -144,6 +145,7 @@ def _clusters(o: GenerateOptions, emb: torch.Tensor, root: Path, rank: int, devi
     if sum(res.reseeded):
         say(f"k-means: re-seeded {sum(res.reseeded)} empty cluster(s) over {res.n_iter} iterations")
     atomic_save_npy(f, lab, named_tmp=True)
+    fault_point("kmeans.saved")  # clusters.npy in place, kmeans.json not yet: a resume must recompute
     write_shared_json(meta_f, info)  # written last: its presence means clusters.npy is complete
     return lab, info
 

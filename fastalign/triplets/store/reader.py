@@ -19,7 +19,7 @@ from ...io.atomic import file_checksum, read_json
 from ..batch import TripletBatch
 from ..epoch import epoch_batches
 from .layout import INDEX_DTYPE, MANIFEST, PROB_DTYPE, SIM_DTYPES, columns, row_bytes
-from .verify import check_index_data, check_manifest, check_temperature, note_legacy
+from .verify import check_digest, check_index_data, check_manifest, check_temperature, note_legacy
 
 # Rows of the first shard that ``check_temperature`` compares (a few KB read).
 _TEMPERATURE_ROWS = 4096
@@ -155,6 +155,7 @@ class TripletStore:
         if shards and shards[0].probs is not None:
             rows = slice(0, _TEMPERATURE_ROWS)
             check_temperature(path, doc, shards[0].sims[rows], shards[0].probs[rows])
+        check_digest(mf, doc)  # last: the checks above name what is wrong where they can
         note_legacy(path, doc, indices_checked=verify)
         return cls(path, doc, shards)
 

@@ -5,8 +5,8 @@ full but the last, counts summing to the total, indices in ``[0, num_items)``);
 a manifest edited, damaged or assembled by hand could break any of it and
 still parse. ``check_manifest`` re-checks every rule in O(shards), from the
 manifest and a directory listing only, and names the store and the rule. The
-checks run before the digest comparison so that a message says what is wrong,
-not only that something is.
+reader compares the digest (``check_digest``) last, so that a message says
+what is wrong where a rule can tell, not only that something is.
 
 Version-1 manifests (written before these checks, ``layout``) are verified as
 far as they allow: everything but the digest and the recorded index
@@ -152,7 +152,11 @@ def check_digest(mf: Path, doc: Dict[str, Any]) -> None:
 
 
 def check_manifest(path: Path, doc: Dict[str, Any], allow_incomplete: bool) -> None:
-    """Every rule of the layout the writer enforces, checked on a parsed manifest (see the module docstring)."""
+    """Every rule of the layout the writer enforces, checked on a parsed manifest (see the module docstring).
+
+    The digest is not compared here: the reader does that last (``check_digest``),
+    after the checks that can say what is wrong, the shards' and the temperature's included.
+    """
     mf = path / MANIFEST
     check_header(path, doc)
     _check_fields(mf, doc)
@@ -164,7 +168,6 @@ def check_manifest(path: Path, doc: Dict[str, Any], allow_incomplete: bool) -> N
     _check_totals(mf, doc)
     if doc["version"] >= 2:
         _check_index_stats(mf, doc)
-    check_digest(mf, doc)
 
 
 def check_index_data(path: Path, num_items: int, shard_indices: List[np.ndarray]) -> None:
