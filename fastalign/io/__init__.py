@@ -1,5 +1,6 @@
-"""File I/O: atomic writes, features, triplets, teacher transforms, figures, and the one resolver of
-``things:KEY`` or a file (``fastalign.io.resolve``)."""
+"""File I/O: atomic writes, features, triplets, teacher transforms, figures, the one resolver of
+``things:KEY`` or a file (``fastalign.io.resolve``), the readers of untrusted files
+(``fastalign.io.untrusted``) and named fault points for crash tests (``fastalign.io.faults``)."""
 
 from .atomic import (
                      atomic_save_npy,
@@ -31,9 +32,19 @@ from .triplets import (
                      save_triplets,
                      save_triplets_txt,
 )
+from .untrusted import (
+                     RefusedFileError,
+                     UnreadableFileError,
+                     load_npy,
+                     load_npz,
+                     read_safetensors,
+                     torch_load,
+)
 
 __all__ = [
     "FEATURE_FORMATS",
+    "RefusedFileError",
+    "UnreadableFileError",
     "TRANSFORM_FORMATS",
     "TRIPLET_FORMATS",
     "TripletTable",
@@ -56,11 +67,15 @@ __all__ = [
     "resolve_triplets",
     "split_spec",
     "load_features",
+    "load_npy",
+    "load_npz",
     "load_transform",
     "load_triplets",
     "order_rows",
+    "read_safetensors",
     "read_file_names",
     "save_transform",
     "save_triplets",
     "save_triplets_txt",
+    "torch_load",
 ]
