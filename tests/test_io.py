@@ -338,3 +338,119 @@ def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
     atomic_write_text(tmp_path / "a.txt", "x")
     (tmp_path / "b.txt").write_text("x")
     assert (tmp_path / "a.txt").stat().st_mode == (tmp_path / "b.txt").stat().st_mode
+
+
+# -- untrusted files (issue 15, item 7): one line naming the file, never pickle advice ----------
+
+class _Payload:
+    """Unpickling this would create the file named by ``marker``: a test that the code never runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _one_clear_line(exc, path):
+    msg = str(exc)
+    assert str(path) in msg and "\n" not in msg
+    assert "weights_only=False" not in msg and "allow_pickle=" not in msg and "will likely succeed" not in msg
+    return msg
+
+
+def test_a_pt_file_with_code_is_refused_as_such(tmp_path):
+    """Fails before issue 15: torch's 'Weights only load failed ... re-running with weights_only=False
+    will likely succeed' reached the user."""
+    marker = tmp_path / "ran"
+    torch.save({"features": torch.ones(3, 2), "x": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError) as err:
+        load_features(tmp_path / "evil.pt")
+    assert "contains Python objects or code" in _one_clear_line(err.value, tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_a_truncated_pt_file_is_named(tmp_path):
+    torch.save(torch.ones(4, 2), tmp_path / "ok.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "ok.pt").read_bytes()[:60])
+    with pytest.raises(ValueError, match="not a readable torch file") as err:
+        load_features(tmp_path / "cut.pt")
+    _one_clear_line(err.value, tmp_path / "cut.pt")
+
+
+@pytest.mark.parametrize("reader", ["features", "triplets"])
+def test_object_dtype_npy_and_npz_are_refused(tmp_path, reader):
+    """Fails before issue 15: numpy's 'Object arrays cannot be loaded when allow_pickle=False', no file name."""
+    load = load_features if reader == "features" else load_triplets
+    arr = np.array([[0, 1, 2], [1, 2, 3]], dtype=object)
+    np.save(tmp_path / "obj.npy", arr, allow_pickle=True)
+    np.savez(tmp_path / "obj.npz", features=arr, triplets=arr)
+    for name in ("obj.npy", "obj.npz"):
+        with pytest.raises(ValueError, match="contains Python objects or code") as err:
+            load(tmp_path / name)
+        _one_clear_line(err.value, tmp_path / name)
+
+
+def test_a_pickle_or_junk_under_an_npy_name(tmp_path):
+    import pickle
+
+    marker = tmp_path / "ran"
+    (tmp_path / "p.npy").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ValueError, match="contains Python objects or code") as err:
+        load_features(tmp_path / "p.npy")
+    _one_clear_line(err.value, tmp_path / "p.npy")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
+    with pytest.raises(ValueError, match="not a .npy file") as err:
+        load_triplets(tmp_path / "junk.npy")
+    _one_clear_line(err.value, tmp_path / "junk.npy")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["header too large", "truncated", "junk"])
+def test_a_damaged_safetensors_file_is_named(tmp_path, damage):
+    """Fails before issue 15 (no such reader): SafetensorError 'header too large' came out raw."""
+    import struct
+
+    from safetensors.numpy import save_file
+
+    from fastalign.io.untrusted import UnreadableFileError, read_safetensors
+
+    f = tmp_path / "m.safetensors"
+    save_file({"w": np.ones((4, 4), dtype=np.float32)}, str(f))
+    assert read_safetensors(f)["w"].shape == (4, 4) and read_safetensors(f, as_torch=True)["w"].dtype == torch.float32
+    data = f.read_bytes()
+    bad = {"header too large": struct.pack("<Q", 1 << 60) + data[8:], "truncated": data[: len(data) - 20],
+           "junk": b"\x01\x02"}[damage]
+    f.write_bytes(bad)
+    with pytest.raises(UnreadableFileError, match="not a readable .safetensors file") as err:
+        read_safetensors(f)
+    _one_clear_line(err.value, f)
+
+
+def test_triplet_tables_refuse_indices_an_int64_cast_would_wrap(tmp_path):
+    """Fails before issue 15: 1e20 in a text table and 2**63 as uint64 came out as negative indices."""
+    np.savetxt(tmp_path / "f.txt", np.array([[0, 1, 1e20]]))
+    with pytest.raises(ValueError, match="too large to be an item index"):
+        load_triplets(tmp_path / "f.txt")
+    np.save(tmp_path / "u.npy", np.array([[0, 1, 2 ** 63]], dtype=np.uint64))
+    with pytest.raises(ValueError, match="too large to be an item index"):
+        load_triplets(tmp_path / "u.npy")
+
+
+def test_fault_points_kill_only_when_named(tmp_path):
+    """FASTALIGN_FAULT=NAME:N SIGKILLs at the N-th hit; unset or another name does nothing."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from fastalign.io.atomic import atomic_write\n"
+            "for i in range(3):\n"
+            "    with atomic_write(sys.argv[1] + f'/f{i}', 'w', fault='t') as fh: fh.write('x')\n")
+    env = dict(os.environ, FASTALIGN_FAULT="t.before_rename:2")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True)
+    assert p.returncode == -9
+    assert (tmp_path / "f0").exists() and not (tmp_path / "f1").exists()
+    assert any(f.name.startswith(".f1.") for f in tmp_path.iterdir())  # the fsynced temp file, not renamed
+    env["FASTALIGN_FAULT"] = "other.point"
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env).returncode == 0
+    assert (tmp_path / "f2").exists()

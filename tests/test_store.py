@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastalign.triplets.store import MANIFEST, TripletStore, TripletStoreWriter, merge_parts
+from fastalign.triplets.store import MANIFEST, LegacyStoreWarning, TripletStore, TripletStoreWriter, merge_parts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -265,17 +265,19 @@ def golden_data(n=50, num_items=17):
     return idx, sims, (probs / probs.sum(1, keepdims=True)).astype(np.float32)
 
 
-# sha256 of every file of the golden stores as the writer before the store/ split wrote them (issue 13):
-# the split must not change a byte on disk.
+# sha256 of every file of the golden stores. The shards are as the writer before the store/ split wrote
+# them (issue 13): no change since has moved a byte of a shard. The manifests are format version 2
+# (issue 15: per-shard index statistics and a manifest digest); the version-1 manifests the writer wrote
+# before (float16: 5e6114e1..., float32: ae9bcdd4...) are read by tests/test_store_verify.py.
 GOLDEN = {
     ("float16", True): {
-        "manifest.json": "5e6114e19a7d06cee4a4f0c2cc659e8bd17efce0aa716a0312db0d0fe5ac962a",
+        "manifest.json": "112b21ded134c98ca6de5b8cc61ba4fa05e28b13a99968a8df2ff467e6bbd560",
         "shards/shard-00000000.bin": "8ea2a5404093e4e0fe867baaff51c5027fd98a950ec5c15996b3a3acffa60cef",
         "shards/shard-00000001.bin": "45b712429048248b5fa821319da45a34a1fa1608bc98141586b17b9579d43b38",
         "shards/shard-00000002.bin": "065cc46f2cd483a12b5ee3a98ab6b2416c116c4dcf17881fd1b0172b01831f35",
     },
     ("float32", False): {
-        "manifest.json": "ae9bcdd4a597896318270638dd413c2c4f06b0d1edb10ad95d2edb6ec8e04aeb",
+        "manifest.json": "a5619ce2515c5051119210c7a60eb5dc48a2e9549ad0756341a1c5c50557590d",
         "shards/shard-00000000.bin": "291ad3ddd71c54fba1319109bb288421d8626579bb93b926efa83cf33aec4bfc",
         "shards/shard-00000001.bin": "f281e7ca650f05dff66c5d80ca7fca0756a0fc1b64e4916f3606a6d9ca477571",
         "shards/shard-00000002.bin": "ea34469da6f2e8de44a39b9a3e4713642ea3612635aa598516d854f0a29019d4",
@@ -285,6 +287,7 @@ GOLDEN = {
 
 @pytest.mark.parametrize("sim_dtype,with_probs", list(GOLDEN))
 def test_store_bytes_equal_those_written_before_the_split(tmp_path, sim_dtype, with_probs):
+    """Shards byte for byte as before issues 13 and 15; the manifest as format version 2 writes it."""
     import hashlib
 
     idx, sims, probs = golden_data()
@@ -315,6 +318,25 @@ def test_reads_a_store_built_by_hand_in_the_documented_format(tmp_path):
            "index_dtype": "int32", "prob_dtype": "float32", "with_probs": True, "shard_size": 16,
            "checksum": "blake2b", "meta": {}, "complete": True, "count": 30, "shards": shards}
     (d / MANIFEST).write_text(json.dumps(doc))
-    st = TripletStore.open(d)
+    with pytest.warns(LegacyStoreWarning, match="format version 1"):  # format 1: opens, with a note
+        st = TripletStore.open(d)
     assert np.array_equal(st.indices[:], idx) and np.array_equal(st.sims[:], sims.astype(np.float16))
     assert np.array_equal(st.probs[:], probs) and [s.count for s in st.shards] == [16, 14]
+
+
+def test_int32_index_range_is_checked_at_every_write(tmp_path):
+    """Fails before issue 15: num_items = 2**31 + 1 was accepted and index 2**31 was stored as -2**31."""
+    with pytest.raises(ValueError, match="more than int32 indices can address"):
+        TripletStoreWriter(tmp_path / "big", num_items=2 ** 31 + 1)
+    assert not (tmp_path / "big").exists()
+    w = TripletStoreWriter(tmp_path / "s", num_items=2 ** 31, shard_size=4, meta={})
+    sims = np.ones((2, 3), dtype=np.float32)
+    for bad in (2 ** 31, 2 ** 40, -1):
+        with pytest.raises(ValueError, match=r"int32 item indices.*nothing was written"):
+            w.write(np.array([[0, 1, bad], [0, 1, 2]], dtype=np.int64), sims)
+    with pytest.raises(ValueError, match="int32 item indices"):
+        w.write(np.array([[0, 1, 2 ** 63]], dtype=np.uint64), sims[:1])
+    w.write(np.array([[0, 1, 2 ** 31 - 1]] * 4), np.ones((4, 3)))  # the largest index that fits
+    w.close()
+    st = TripletStore.open(tmp_path / "s")
+    assert len(st) == 4 and st.indices[0].tolist() == [0, 1, 2 ** 31 - 1]

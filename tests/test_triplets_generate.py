@@ -284,3 +284,98 @@ def test_cli_takes_bundled_things_inputs(tmp_path, capsys):
     assert cli(["make-triplets", "--embeddings", "things:nope", "--num", "10", "--out", str(tmp_path / "bad"),
                 "--quiet", "--strategy", "random"]) == 2
     assert "unknown bundled features" in capsys.readouterr().err
+
+
+# -- the content fingerprint of a resumable run (issue 15, item 1) ------------------------------
+
+def small(inputs, out, **kw):
+    return opts(inputs, out, **dict(dict(num=300, val_num=0, shard_size=100, chunk_size=100, clusters=4,
+                                         kmeans_iters=2), **kw))
+
+
+def copy_inputs(inputs, d):
+    d.mkdir()
+    for name in ("emb.npy", "t.npz", "labels.npy"):
+        (d / name).write_bytes((inputs / name).read_bytes())
+    return d
+
+
+@pytest.mark.parametrize("changed", ["embeddings", "transform", "labels"])
+def test_resume_refuses_an_input_whose_content_changed(inputs, tmp_path, changed):
+    """Fails before issue 15: only path and shape were compared, so the store mixed two teachers."""
+    src = copy_inputs(inputs, tmp_path / "in")
+    o = small(src, tmp_path / "s", labels=str(src / "labels.npy"))
+    generate(o)
+    if changed == "embeddings":
+        np.save(src / "emb.npy", np.load(src / "emb.npy") * 1.01)  # same path, same shape
+    elif changed == "transform":
+        from fastalign.io import load_transform, save_transform
+
+        tr = load_transform(src / "t.npz")
+        tr.set_temperature(0.9, calibrated=True)
+        save_transform(src / "t.npz", tr)
+    else:
+        np.save(src / "labels.npy", np.load(src / "labels.npy")[::-1].copy())
+    fname = {"embeddings": "emb.npy", "transform": "t.npz", "labels": "labels.npy"}[changed]
+    with pytest.raises(ValueError, match=rf"cannot resume: {changed}: the content of \S*{fname} changed \(blake2b"):
+        generate(replace(o, resume=True))
+
+
+def test_resume_refuses_another_backend_or_label_batch(inputs, tmp_path):
+    """Fails before issue 15: backend and label_batch were runtime knobs (cpu -> torch changed fp16 sims)."""
+    from fastalign.ops import backends
+
+    if not backends()["backends"]["cpu"]["available"]:
+        pytest.skip("the compiled cpu backend is not built here")
+    o = small(inputs, tmp_path / "s", backend="torch", sim_dtype="float16")
+    generate(o)
+    with pytest.raises(ValueError, match="cannot resume: backend: 'torch' -> 'cpu'"):
+        generate(replace(o, resume=True, backend="cpu"))
+    with pytest.raises(ValueError, match="label_batch: 4096 -> 64"):
+        generate(replace(o, resume=True, label_batch=64))
+    before = tree_bytes_one(tmp_path / "s")
+    generate(replace(o, resume=True, progress=True, wait_timeout=5.0))  # runtime options: accepted, nothing changes
+    assert tree_bytes_one(tmp_path / "s") == before
+
+
+def tree_bytes_one(p: Path):
+    return {f.relative_to(p).as_posix(): f.read_bytes() for f in sorted(p.rglob("*"))
+            if f.is_file() and (f.name == "manifest.json" or f.suffix in (".bin", ".npy"))}
+
+
+def test_resume_refuses_a_run_from_before_fingerprints(inputs, tmp_path):
+    o = small(inputs, tmp_path / "s")
+    generate(o)
+    run = json.loads((tmp_path / "s" / "run.json").read_text())
+    run.pop("fingerprint")
+    (tmp_path / "s" / "run.json").write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="recorded no input fingerprint.*start a new --out"):
+        generate(replace(o, resume=True))
+
+
+def test_the_fingerprint_is_recorded_and_label_batch_cannot_change_bytes_on_cpu(inputs, tmp_path):
+    """run.json holds the fingerprint, the store's meta the input digests; a different label_batch
+    (refused on resume because an autotuned GPU kernel could depend on it) gives the same bytes on CPU."""
+    from fastalign.io.atomic import file_checksum
+
+    generate(small(inputs, tmp_path / "a"))
+    generate(small(inputs, tmp_path / "b", label_batch=37))
+    assert tree_bytes_one(tmp_path / "a") == tree_bytes_one(tmp_path / "b")
+    fp = json.loads((tmp_path / "a" / "run.json").read_text())["fingerprint"]
+    assert fp["inputs"]["embeddings"]["blake2b"] == file_checksum(inputs / "emb.npy")
+    assert fp["execution"]["device"] == "cpu" and fp["execution"]["torch"] == torch.__version__
+    meta = TripletStore.open(tmp_path / "a").meta
+    assert meta["inputs"] == {"embeddings": file_checksum(inputs / "emb.npy"), "transform": file_checksum(inputs / "t.npz")}
+
+
+def test_bundled_inputs_hash_their_bundled_files():
+    from fastalign.datasets.things import ROOT
+    from fastalign.io.atomic import file_checksum
+    from fastalign.io.resolve import feature_path
+    from fastalign.triplets.fingerprint import run_fingerprint
+
+    o = GenerateOptions(embeddings="things:clip", out="unused", num=1, labels="things", file_names="things")
+    fp = run_fingerprint(o, torch.device("cpu"))["inputs"]
+    assert fp["embeddings"]["blake2b"] == file_checksum(feature_path("things:clip"))
+    assert fp["labels"]["file"] == str(ROOT / "concepts/category_mat_manual.tsv")
+    assert fp["file_names"]["blake2b"] == file_checksum(ROOT / "concepts/unique_id.txt")

@@ -155,3 +155,38 @@ def test_cli_export_import(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastalign import-triplets: error:") and "already exists" in err and "\n" not in err
     assert cli(["export-triplets", str(tmp_path / "nope"), "--format", "alignet-npz", "--out", str(tmp_path / "x.npz")]) == 2
+
+
+@pytest.mark.parametrize("index", [2 ** 31, 2 ** 40])
+def test_import_refuses_indices_beyond_int32_and_writes_nothing(tmp_path, index):
+    """Fails before issue 15: import-triplets stored 2**31 as -2**31 and 2**40 as 0."""
+    rows = np.array([[0, 1, index], [0, 1, 2]], dtype=np.int64)
+    sims = np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
+    np.savez(tmp_path / "big.npz", indices=rows, similarities=sims)
+    with pytest.raises(ValueError, match=f"item index {index:,} does not fit the store's int32 indices"):
+        import_alignet_npz(tmp_path / "big.npz", tmp_path / "a")
+    np.savetxt(tmp_path / "big.txt", rows, fmt="%d")
+    with pytest.raises(ValueError, match="int32"):
+        import_things_txt(tmp_path / "big.txt", tmp_path / "b")
+    np.savez(tmp_path / "u.npz", indices=rows.astype(np.uint64), similarities=sims)
+    with pytest.raises(ValueError, match="int32"):
+        import_alignet_npz(tmp_path / "u.npz", tmp_path / "c")
+    np.savez(tmp_path / "ok.npz", indices=rows[1:], similarities=sims[1:])
+    with pytest.raises(ValueError, match="int32"):
+        import_alignet_npz(tmp_path / "ok.npz", tmp_path / "d", num_items=2 ** 31 + 1)
+    assert not any((tmp_path / d).exists() for d in "abcd")
+
+
+def test_cli_import_of_a_too_large_index_is_one_line(tmp_path, capsys):
+    np.savez(tmp_path / "big.npz", indices=np.array([[0, 1, 2 ** 31]]), similarities=np.array([[3.0, 2.0, 1.0]]))
+    assert cli(["import-triplets", str(tmp_path / "big.npz"), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "big.npz" in err and "int32" in err and "\n" not in err and not (tmp_path / "s").exists()
+
+
+def test_an_object_array_npz_is_refused_without_unpickling(tmp_path):
+    """Fails before issue 15: the message was numpy's allow_pickle advice; now it says the file holds objects."""
+    rows = np.array([[0, 1, 2]])
+    np.savez(tmp_path / "obj.npz", indices=rows.astype(object), similarities=np.array([[3.0, 2.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"obj.npz: contains Python objects or code \(array 'indices'\)"):
+        import_alignet_npz(tmp_path / "obj.npz", tmp_path / "s")

@@ -29,7 +29,9 @@ def register(sub) -> None:
     p.add_argument("--val-num", type=int, default=0, help="number of validation triplets over held-out items (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of items held out for validation (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (refused, naming the difference, when an option, the "
+                        "content of an input file, the resolved backend, the device or --label-batch changed)")
     p.add_argument("--shard-size", type=int, default=1_000_000, help="triplets per shard (default 1,000,000)")
     p.add_argument("--chunk-size", type=int, default=65536, help="triplets sampled+labelled at a time (default 65536)")
     p.add_argument("--label-batch", type=int, default=4096, help="triplets per similarity kernel call (default 4096)")

@@ -1,5 +1,7 @@
-"""File I/O: atomic writes, features, triplets, figures, and the one resolver of ``things:KEY`` or a
-file (``fastalign.io.resolve``). Teacher transforms on disk live with the teacher (``fastalign.teacher``)."""
+"""File I/O: atomic writes, features, triplets, figures, the one resolver of ``things:KEY`` or a file
+(``fastalign.io.resolve``), the readers of untrusted files (``fastalign.io.untrusted``) and named fault
+points for crash tests (``fastalign.io.faults``). Teacher transforms on disk live with the teacher
+(``fastalign.teacher``)."""
 
 from .atomic import (
                      atomic_save_npy,
@@ -30,9 +32,19 @@ from .triplets import (
                      save_triplets,
                      save_triplets_txt,
 )
+from .untrusted import (
+                     RefusedFileError,
+                     UnreadableFileError,
+                     load_npy,
+                     load_npz,
+                     read_safetensors,
+                     torch_load,
+)
 
 __all__ = [
     "FEATURE_FORMATS",
+    "RefusedFileError",
+    "UnreadableFileError",
     "TRIPLET_FORMATS",
     "TripletTable",
     "atomic_save_npy",
@@ -54,9 +66,13 @@ __all__ = [
     "resolve_triplets",
     "split_spec",
     "load_features",
+    "load_npy",
+    "load_npz",
     "load_triplets",
     "order_rows",
+    "read_safetensors",
     "read_file_names",
     "save_triplets",
     "save_triplets_txt",
+    "torch_load",
 ]

@@ -25,11 +25,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Union
+from typing import IO, Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
 from ..common.jsonsafe import json_safe
+from .faults import fault_point
 
 PathLike = Union[str, os.PathLike]
 
@@ -97,7 +98,7 @@ def _open_tmp(target: Path, named_tmp: bool) -> tuple:
 
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb", encoding: str = "utf-8", *,
-                 named_tmp: bool = False) -> Iterator[IO[Any]]:
+                 named_tmp: bool = False, fault: Optional[str] = None) -> Iterator[IO[Any]]:
     """Open a temporary file that replaces ``path`` when the block exits cleanly.
 
     Args:
@@ -105,6 +106,8 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str = "utf-8", *,
         mode: ``"wb"`` (bytes) or ``"w"`` (text).
         encoding: text encoding when ``mode="w"``.
         named_tmp: write to ``tmp_name(path)`` instead of a random name (see the module docstring).
+        fault: a tag naming the fault points ``TAG.written``, ``TAG.before_rename`` and
+            ``TAG.renamed`` of this write (``fastalign.io.faults``; tests only).
 
     Yields the open temporary file. On exception the temporary file is deleted,
     the target is untouched and the exception propagates.
@@ -119,22 +122,30 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str = "utf-8", *,
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
+            if fault:
+                fault_point(fault + ".written")
             os.fsync(fh.fileno())
+        if fault:
+            fault_point(fault + ".before_rename")
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if fault:
+        fault_point(fault + ".renamed")
     fsync_dir(target.parent)
 
 
-def atomic_write_chunks(path: PathLike, chunks: Iterable[Any], *, named_tmp: bool = False) -> str:
+def atomic_write_chunks(path: PathLike, chunks: Iterable[Any], *, named_tmp: bool = False,
+                        fault: Optional[str] = None) -> str:
     """Write the buffers in ``chunks`` (bytes, C-contiguous arrays) to ``path`` atomically.
 
     Returns the hex ``HASH_NAME`` checksum of the bytes written, computed as they stream out.
+    ``fault`` tags the write's fault points (see ``atomic_write``).
     """
     h = new_hash()
-    with atomic_write(path, "wb", named_tmp=named_tmp) as fh:
+    with atomic_write(path, "wb", named_tmp=named_tmp, fault=fault) as fh:
         for chunk in chunks:
             mv = memoryview(chunk).cast("B")
             h.update(mv)

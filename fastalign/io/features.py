@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .untrusted import load_npy, load_npz, torch_load
+
 PathLike = Union[str, os.PathLike]
 
 FEATURE_FORMATS = (".npy", ".npz", ".pt", ".pth", ".h5", ".hdf5", ".txt", ".csv")
@@ -39,14 +41,13 @@ def _pick(name: str, mapping: Dict[str, object], key: Optional[str]) -> object:
 
 def _load_raw(path: Path, key: Optional[str]) -> np.ndarray:
     suffix = path.suffix.lower()
+    # untrusted readers: plain arrays only, a one-line error naming the file otherwise
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return load_npy(path)
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            return np.asarray(_pick(str(path), {k: z[k] for k in z.files}, key))
+        return np.asarray(_pick(str(path), load_npz(path), key))
     if suffix in (".pt", ".pth"):
-        # weights_only: never unpickle arbitrary objects from a user file.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path)
         if isinstance(obj, dict):
             obj = _pick(str(path), obj, key)
         if not isinstance(obj, torch.Tensor):

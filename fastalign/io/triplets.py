@@ -15,10 +15,13 @@ from typing import Optional, Union
 import numpy as np
 
 from .atomic import atomic_save_npz, atomic_write, atomic_write_bytes
+from .untrusted import load_npy, load_npz
 
 PathLike = Union[str, os.PathLike]
 
 TRIPLET_FORMATS = (".txt", ".tsv", ".csv", ".npy", ".npz")
+# Floats hold every integer exactly only up to 2**53.
+_FLOAT_EXACT = 2 ** 53
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,12 @@ def _as_table(arr: np.ndarray, name: str) -> TripletTable:
             raise ValueError(f"{name}: row {row} = {arr[row].tolist()} is not integer indices")
     elif arr.dtype.kind not in "iu":
         raise ValueError(f"{name}: expected integer triplet indices, got dtype {arr.dtype}")
+    # The int64 cast below must not wrap: a float above 2**53 is no exact index, and
+    # uint64 values from 2**63 on would come out negative.
+    limit = _FLOAT_EXACT if arr.dtype.kind == "f" else np.iinfo(np.int64).max
+    if arr.size and arr.dtype.kind in "fu" and (arr > limit).any():
+        row = int(np.argwhere(arr > limit)[0, 0])
+        raise ValueError(f"{name}: row {row} = {arr[row].tolist()} holds an index above {limit}, too large to be an item index")
     table = arr.astype(np.int64)
     trip = np.ascontiguousarray(table[:, :3])
     neg = (trip < 0).any(axis=1)
@@ -89,19 +98,19 @@ def load_triplets(path: PathLike, key: Optional[str] = None) -> TripletTable:
             arr = np.zeros((0, 3), dtype=np.int64)
         return _as_table(arr, name)
     if suffix == ".npy":
-        return _as_table(np.load(p, allow_pickle=False), name)
+        return _as_table(load_npy(p), name)
     if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            k = key or "triplets"
-            if k not in z.files:
-                raise ValueError(f"{name}: no array {k!r}; available: {z.files}")
-            table = _as_table(z[k], name)
-            if "participants" in z.files and table.participants is None:
-                part = np.asarray(z["participants"]).astype(np.int64).reshape(-1)
-                if part.shape[0] != len(table):
-                    raise ValueError(f"{name}: participants has {part.shape[0]} entries, triplets {len(table)}")
-                table = TripletTable(table.triplets, part)
-            return table
+        z = load_npz(p)
+        k = key or "triplets"
+        if k not in z:
+            raise ValueError(f"{name}: no array {k!r}; available: {sorted(z)}")
+        table = _as_table(z[k], name)
+        if "participants" in z and table.participants is None:
+            part = np.asarray(z["participants"]).astype(np.int64).reshape(-1)
+            if part.shape[0] != len(table):
+                raise ValueError(f"{name}: participants has {part.shape[0]} entries, triplets {len(table)}")
+            table = TripletTable(table.triplets, part)
+        return table
     raise ValueError(f"{name}: unknown triplet file format {p.suffix!r}; supported: {', '.join(TRIPLET_FORMATS)}")
 
 

@@ -31,7 +31,9 @@ import numpy as np
 
 from ..io.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from ..io.triplets import load_triplets
+from ..io.untrusted import RefusedFileError, load_npz
 from .store import TripletStore, TripletStoreWriter
+from .store.layout import INDEX_LIMIT
 
 PathLike = Union[str, os.PathLike]
 FORMATS = ("alignet-npz", "things-txt")
@@ -85,19 +87,20 @@ def _read_npz(path: PathLike, allow_pickle: bool) -> Tuple[np.ndarray, np.ndarra
     if not Path(path).is_file():
         raise FileNotFoundError(f"{src}: file not found")
     try:
-        z = np.load(path, allow_pickle=allow_pickle)
-    except ValueError as exc:
-        raise ValueError(f"{src}: cannot read ({exc}); if it holds object arrays and you trust it, pass --allow-pickle") from None
-    with z:
-        for key in ("indices", "similarities"):
-            if key not in z.files:
-                raise ValueError(f"{src}: missing array {key!r}; an AligNet .npz has 'indices', 'similarities' and 'filenames' (found {z.files})")
-        try:
-            idx = np.asarray(z["indices"])
-            sims = np.asarray(z["similarities"], dtype=np.float64)
-            names = np.asarray(z["filenames"]) if "filenames" in z.files else None
-        except ValueError as exc:
-            raise ValueError(f"{src}: cannot read ({exc}); if it holds object arrays and you trust it, pass --allow-pickle") from None
+        z = load_npz(path, ("indices", "similarities", "filenames"), allow_pickle=allow_pickle)
+    except RefusedFileError as exc:
+        # The released 'filenames' may be an object array: reading it is the user's explicit choice.
+        raise RefusedFileError(f"{exc}. Only for a file you made or trust: --allow-pickle reads object arrays "
+                               "(unpickling can run code)") from None
+    for key in ("indices", "similarities"):
+        if key not in z:
+            raise ValueError(f"{src}: missing array {key!r}; an AligNet .npz has 'indices', 'similarities' and 'filenames' (found {sorted(z)})")
+    idx = np.asarray(z["indices"])
+    try:
+        sims = np.asarray(z["similarities"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{src}: 'similarities' is not numeric (dtype {z['similarities'].dtype})") from None
+    names = np.asarray(z["filenames"]) if "filenames" in z else None
     if idx.ndim != 2 or idx.shape[1] != 3 or not np.issubdtype(idx.dtype, np.integer):
         raise ValueError(f"{src}: 'indices' must be an (n, 3) integer array, got shape {idx.shape} dtype {idx.dtype}")
     n = idx.shape[0]
@@ -105,6 +108,8 @@ def _read_npz(path: PathLike, allow_pickle: bool) -> Tuple[np.ndarray, np.ndarra
         raise ValueError(f"{src}: 'similarities' must have shape ({n}, 3), got {sims.shape}")
     if not np.isfinite(sims).all():
         raise ValueError(f"{src}: 'similarities' contain NaN or Inf (first at row {int(np.flatnonzero(~np.isfinite(sims).all(1))[0])})")
+    if n and idx.dtype.kind == "u" and int(idx.max()) >= INDEX_LIMIT:  # checked before an int64 cast could wrap it
+        raise ValueError(_too_large(src, int(idx.max())))
     idx = idx.astype(np.int64)
     if n and idx.min() < 0:
         raise ValueError(f"{src}: negative item index")
@@ -112,6 +117,26 @@ def _read_npz(path: PathLike, allow_pickle: bool) -> Tuple[np.ndarray, np.ndarra
     if rep.any():
         raise ValueError(f"{src}: row {int(np.flatnonzero(rep)[0])} repeats an item")
     return idx, sims, names
+
+
+def _too_large(src: str, index: int) -> str:
+    return (f"{src}: item index {index:,} does not fit the store's int32 indices (at most {INDEX_LIMIT - 1:,}); "
+            "nothing was written")
+
+
+def _item_count(src: str, idx: np.ndarray, num_items: Optional[int]) -> int:
+    """``num_items`` (default: largest index + 1), checked against the indices and the int32 index range."""
+    n_items = int(idx.max()) + 1 if idx.shape[0] else 1
+    if n_items > INDEX_LIMIT:
+        raise ValueError(_too_large(src, n_items - 1))
+    if num_items is not None:
+        if num_items < n_items:
+            raise ValueError(f"num_items={num_items} but {src} uses index {n_items - 1}")
+        if num_items > INDEX_LIMIT:
+            raise ValueError(f"num_items={num_items:,} is more than int32 indices can address "
+                             f"(at most {INDEX_LIMIT:,}); nothing was written")
+        n_items = int(num_items)
+    return n_items
 
 
 def import_alignet_npz(
@@ -133,11 +158,7 @@ def import_alignet_npz(
     src = str(path)
     idx, sims, names = _read_npz(path, allow_pickle)
     n = idx.shape[0]
-    n_items = int(idx.max()) + 1 if n else 1
-    if num_items is not None:
-        if num_items < n_items:
-            raise ValueError(f"num_items={num_items} but the file uses index {n_items - 1}")
-        n_items = int(num_items)
+    n_items = _item_count(src, idx, num_items)
     item_names = None
     if names is not None:
         if names.shape != (n, 3):
@@ -172,11 +193,7 @@ def import_things_txt(path: PathLike, out: PathLike, *, num_items: Optional[int]
     table = load_triplets(path)
     idx = table.triplets
     n = idx.shape[0]
-    n_items = int(idx.max()) + 1 if n else 1
-    if num_items is not None:
-        if num_items < n_items:
-            raise ValueError(f"num_items={num_items} but {path} uses index {n_items - 1}")
-        n_items = int(num_items)
+    n_items = _item_count(str(path), idx, num_items)
     meta = {"source": "things-txt", "source_path": os.path.basename(str(path)), "hard_labels": True,
             "note": "sims and probs are the one-hot human choice [1, 0, 0]; use probs as targets"}
     out = Path(out)

@@ -39,8 +39,10 @@ import torch
 from ..common.seeds import derive_rng
 from ..common.timing import StageTimer
 from ..io.atomic import atomic_save_npy, atomic_write_text, read_json
+from ..io.faults import fault_point
 from ..io.resolve import resolve_features, resolve_file_names, resolve_labels
 from ..teacher import load_transform
+from .fingerprint import input_digests, run_fingerprint
 from .kmeans import KMeansOptions, check_finite, kmeans
 from .options import EMB_DTYPES, GenerateOptions, check_options, content_options, uses_clusters
 from .ranks import check_fresh, rank_and_world, rank_device, start_run, wait_for, write_shared_json
@@ -143,6 +145,7 @@ def _clusters(o: GenerateOptions, emb: torch.Tensor, root: Path, rank: int, devi
     if sum(res.reseeded):
         say(f"k-means: re-seeded {sum(res.reseeded)} empty cluster(s) over {res.n_iter} iterations")
     atomic_save_npy(f, lab, named_tmp=True)
+    fault_point("kmeans.saved")  # clusters.npy in place, kmeans.json not yet: a resume must recompute
     write_shared_json(meta_f, info)  # written last: its presence means clusters.npy is complete
     return lab, info
 
@@ -178,8 +181,9 @@ def _split_jobs(o: GenerateOptions, root: Path, n: int, mix, classes: Optional[n
     return jobs
 
 
-def _store_meta(o: GenerateOptions, mix, inputs: _Inputs, options: Dict[str, object]) -> Dict[str, object]:
-    """What every store of the run records about how it was made."""
+def _store_meta(o: GenerateOptions, mix, inputs: _Inputs, options: Dict[str, object],
+                fingerprint: Dict[str, object]) -> Dict[str, object]:
+    """What every store of the run records about how it was made (``inputs``: the digests of its input files)."""
     transform = inputs.info.get("transform")
     return {
         "generator": "fastalign make-triplets",
@@ -191,6 +195,7 @@ def _store_meta(o: GenerateOptions, mix, inputs: _Inputs, options: Dict[str, obj
         "embeddings": inputs.info,
         "file_names": "file_names.txt" if inputs.names is not None else None,
         "teacher": transform.get("path") if isinstance(transform, dict) else None,
+        "inputs": input_digests(fingerprint),
     }
 
 
@@ -221,11 +226,12 @@ def generate(o: GenerateOptions, say: Callable[[str], None] = lambda s: print(s,
     if rank == 0:
         check_fresh(root, o.resume)  # before any work, and before anything is created
     with timer("load"):
-        inputs = _load_inputs(o, device)
+        inputs = _load_inputs(o, device)  # the loaders check every input before it is hashed
+        fingerprint = run_fingerprint(o, device)
     n = int(inputs.emb.shape[0])
     if uses_clusters(mix) and o.clusters > n:
         raise ValueError(f"clusters={o.clusters} exceeds the number of items N={n}")
-    start_run(root, options, o.resume, rank, world, o.wait_timeout)
+    start_run(root, options, fingerprint, o.resume, rank, world, o.wait_timeout)
 
     summary = GenerateSummary(temperature=inputs.temperature, rank=rank, world_size=world)
     clusters = None
@@ -233,7 +239,7 @@ def generate(o: GenerateOptions, say: Callable[[str], None] = lambda s: print(s,
         with timer("kmeans"):
             clusters, summary.kmeans = _clusters(o, inputs.emb, root, rank, device, quiet)
     jobs = _split_jobs(o, root, n, mix, inputs.classes, clusters)
-    meta = _store_meta(o, mix, inputs, options)
+    meta = _store_meta(o, mix, inputs, options, fingerprint)
     for job in jobs:
         if rank == 0 and inputs.names is not None:
             # a .tmp- temp name: the store writer's resume deletes it if this write is killed

@@ -13,9 +13,14 @@ from .sampling import parse_strategy
 from .store.layout import SIM_DTYPES
 
 EMB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Options that change how a run goes, not what it writes: a resume may change them.
-RUNTIME_OPTIONS = ("out", "resume", "progress", "rank", "world_size", "device", "wait_timeout", "histogram", "backend",
-                   "label_batch")
+# Options that cannot change a byte of the stores, so a resume may change them: where the run
+# writes (out), whether it resumes, what it prints or draws (progress, histogram: the figure is
+# no store file), how long a rank waits, and the rank layout (a shard's bytes depend on its id
+# only: tests/test_triplets_generate.py checks ranks == one process).
+RUNTIME_OPTIONS = ("out", "resume", "progress", "rank", "world_size", "wait_timeout", "histogram")
+# Options that can change bytes but are no content of the store: recorded by their effect
+# (the resolved backend, the device type) in the run's fingerprint (``fingerprint``), not in its meta.
+EXECUTION_OPTIONS = ("device", "backend", "label_batch")
 
 
 @dataclass
@@ -125,7 +130,7 @@ def check_options(o: GenerateOptions) -> List[Tuple[str, float]]:
 
 def content_options(o: GenerateOptions) -> Dict[str, Any]:
     """The options that determine the stores' content (recorded in ``run.json`` and every manifest)."""
-    return {k: v for k, v in asdict(o).items() if k not in RUNTIME_OPTIONS}
+    return {k: v for k, v in asdict(o).items() if k not in RUNTIME_OPTIONS + EXECUTION_OPTIONS}
 
 
 def uses_clusters(mix: List[Tuple[str, float]]) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from ..io.atomic import atomic_write_json, read_json
+from .fingerprint import fingerprint_diff
 
 
 def rank_and_world(rank: Optional[int], world_size: Optional[int]) -> Tuple[int, int]:
@@ -59,20 +60,35 @@ def check_fresh(root: Path, resume: bool) -> None:
         raise FileExistsError(f"{root} already exists and is not empty; pass --resume to continue it, or choose a new --out")
 
 
-def start_run(root: Path, options: Dict[str, Any], resume: bool, rank: int, world: int,
+def _refuse_changes(root: Path, prev: Dict[str, Any], options: Dict[str, Any], fingerprint: Dict[str, Any],
+                    what: str) -> None:
+    """ValueError naming every content option and fingerprint entry of ``prev`` (a run.json) that differs."""
+    old = prev.get("options") or {}
+    lines = [f"option {k}: {old.get(k)!r} -> {options.get(k)!r}"
+             for k in sorted(set(old) | set(options)) if old.get(k) != options.get(k)]
+    if "fingerprint" not in prev:
+        lines.append("the interrupted run recorded no input fingerprint (a fastalign from before issue 15), so "
+                     "unchanged inputs cannot be checked; start a new --out")
+    else:
+        lines += fingerprint_diff(prev["fingerprint"], fingerprint)
+    if lines:
+        names = ", ".join(sorted({k for k in set(old) | set(options) if old.get(k) != options.get(k)}))
+        head = f"options differ ({names}); " if names else ""
+        raise ValueError(f"{root}: cannot {what}: {head}" + "; ".join(lines))
+
+
+def start_run(root: Path, options: Dict[str, Any], fingerprint: Dict[str, Any], resume: bool, rank: int, world: int,
               timeout: Optional[float]) -> None:
-    """Rank 0 records the run in ``run.json`` (refusing to resume a run with other options);
-    the other ranks wait for the ``run.json`` of this torchrun run with their options."""
+    """Rank 0 records the run in ``run.json`` (refusing to resume a run whose options or input
+    fingerprint differ, ``fingerprint``); the other ranks wait for the ``run.json`` of this torchrun
+    run and refuse to join one with other options or another fingerprint."""
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
     run_file = root / "run.json"
     if rank != 0:
-        wait_for(run_file, timeout, "rank 0 to start",
-                 lambda p: read_json(p).get("run_id") == run_id and read_json(p).get("options") == options)
+        wait_for(run_file, timeout, "rank 0 to start", lambda p: read_json(p).get("run_id") == run_id)
+        _refuse_changes(root, read_json(run_file), options, fingerprint, f"join rank 0 as rank {rank}")
         return
     root.mkdir(parents=True, exist_ok=True)
     if resume and run_file.exists():
-        prev = read_json(run_file).get("options") or {}
-        if prev != options:
-            diff = sorted(k for k in set(prev) | set(options) if prev.get(k) != options.get(k))
-            raise ValueError(f"{root}: cannot resume: options differ from the interrupted run ({', '.join(diff)})")
-    write_shared_json(run_file, {"options": options, "run_id": run_id, "world_size": world})
+        _refuse_changes(root, read_json(run_file), options, fingerprint, "resume")
+    write_shared_json(run_file, {"options": options, "fingerprint": fingerprint, "run_id": run_id, "world_size": world})

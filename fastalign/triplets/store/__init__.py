@@ -3,12 +3,14 @@
 - ``layout``: the bytes on disk (dtypes, column order, file names, manifest schema);
 - ``writer``: ``TripletStoreWriter`` (crash-safe shards, resume, one rank of several);
 - ``merge``: rank 0 merging the ranks' part files into the final manifest;
-- ``reader``: ``TripletStore`` (memory maps, checks, random access).
+- ``reader``: ``TripletStore`` (memory maps, checks, random access);
+- ``verify``: the reader's checks of a manifest against the layout and its digest.
 """
 
 from .layout import (
     FORMAT,
     INDEX_DTYPE,
+    INDEX_LIMIT,
     MANIFEST,
     PART_DIR,
     PROB_DTYPE,
@@ -21,11 +23,14 @@ from .layout import (
 )
 from .merge import merge_parts
 from .reader import Shard, ShardedArray, TripletStore
+from .verify import LegacyStoreWarning
 from .writer import TripletStoreWriter
 
 __all__ = [
     "FORMAT",
     "INDEX_DTYPE",
+    "INDEX_LIMIT",
+    "LegacyStoreWarning",
     "MANIFEST",
     "PART_DIR",
     "PROB_DTYPE",

@@ -26,30 +26,50 @@ The manifest (and a rank's part file) is ``manifest_doc(header, shards,
 complete)``: the ``header`` fields, ``complete``, ``count`` and the list of
 ``shard_entry`` dicts; it is written as key-sorted JSON with indent 1
 (``write_manifest``), so equal content gives equal bytes.
+
+Format versions (the shard bytes are the same in both):
+
+- 1: the manifest as described, trusted as it stands;
+- 2 (written since issue 15): each shard entry also records ``index_min`` and
+  ``index_max`` (so a reader checks ``num_items`` in O(shards)) and the
+  manifest carries ``manifest_digest``, the ``HASH_NAME`` digest of its own
+  canonical content (``manifest_digest``), so an edit made after writing is
+  detected. The digest guards against accidents and hand edits, not against
+  someone who recomputes it: it is no signature.
+
+This version reads both; fastalign versions that read only version 1 refuse a
+version-2 store with "unsupported triplet store version 2" (they would not
+check what version 2 records).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ...io.atomic import HASH_NAME, TMP_PREFIX, atomic_write_json
+from ...io.atomic import HASH_NAME, TMP_PREFIX, atomic_write, new_hash
+from ...io.faults import fault_point
 
 FORMAT = "fastalign-triplet-store"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+DIGEST_KEY = "manifest_digest"
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
 PART_DIR = "parts"
 SIM_DTYPES = {"float16": np.float16, "float32": np.float32}
 INDEX_DTYPE = np.dtype("<i4")
+# num_items may be at most this: the largest index, num_items - 1, must fit INDEX_DTYPE.
+INDEX_LIMIT = int(np.iinfo(INDEX_DTYPE).max) + 1
 PROB_DTYPE = np.dtype("<f4")
 # Parameters a resumed writer must repeat exactly (else it would mix two stores).
 RESUME_KEYS = ("num_items", "sim_dtype", "with_probs", "shard_size", "meta")
 # Fields of a part file that differ between ranks; the rest must agree for a merge.
-PER_RANK_KEYS = ("rank", "world_size", "shards", "count", "complete")
+PER_RANK_KEYS = ("rank", "world_size", "shards", "count", "complete", DIGEST_KEY)
 
 
 def shard_file(shard_id: int) -> str:
@@ -107,25 +127,57 @@ def manifest_header(num_items: int, sim_dtype: str, with_probs: bool, shard_size
     }
 
 
-def shard_entry(shard_id: int, count: int, nbytes: int, checksum: str) -> Dict[str, Any]:
-    """The manifest's record of one committed shard."""
-    return {"id": shard_id, "file": shard_file(shard_id), "count": count, "bytes": nbytes, "checksum": checksum}
+def check_num_items(num_items: int) -> int:
+    """``num_items`` if its indices fit ``INDEX_DTYPE``; else ValueError (an int32 cast would wrap them)."""
+    if num_items > INDEX_LIMIT:
+        raise ValueError(f"num_items={num_items:,} is more than int32 indices can address "
+                         f"(at most {INDEX_LIMIT:,} items, indices 0..{INDEX_LIMIT - 1:,}); nothing was written")
+    return num_items
+
+
+def shard_entry(shard_id: int, count: int, nbytes: int, checksum: str, index_min: int,
+                index_max: int) -> Dict[str, Any]:
+    """The manifest's record of one committed shard (``index_min``/``index_max``: its smallest and largest item index)."""
+    return {"id": shard_id, "file": shard_file(shard_id), "count": count, "bytes": nbytes, "checksum": checksum,
+            "index_min": index_min, "index_max": index_max}
 
 
 def manifest_doc(header: Dict[str, Any], shards: Sequence[Dict[str, Any]], complete: bool) -> Dict[str, Any]:
     return dict(header, complete=complete, count=sum(s["count"] for s in shards), shards=list(shards))
 
 
+def manifest_digest(doc: Dict[str, Any]) -> str:
+    """The digest of a manifest's canonical content: key-sorted compact JSON of every field but the digest."""
+    body = {k: v for k, v in doc.items() if k != DIGEST_KEY}
+    h = new_hash()
+    h.update(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8"))
+    return h.hexdigest()
+
+
 def write_manifest(path: Union[str, os.PathLike], doc: Dict[str, Any]) -> None:
-    """Write a manifest or part file (``.tmp-`` temp name: a resumed writer deletes a killed one's)."""
-    atomic_write_json(path, doc, indent=1, sort_keys=True, named_tmp=True)
+    """Write a manifest or part file with its digest (``.tmp-`` temp name: a resumed writer deletes a killed one's).
+
+    ``doc`` must hold JSON types only (the writer checks ``meta``).
+    """
+    # a JSON round trip first, so the digest is that of what a reader parses (tuples, int keys)
+    body = json.loads(json.dumps({k: v for k, v in doc.items() if k != DIGEST_KEY}, allow_nan=False))
+    text = json.dumps(dict(body, **{DIGEST_KEY: manifest_digest(body)}), indent=1, sort_keys=True, allow_nan=False) + "\n"
+    tag = "manifest" if Path(path).name == MANIFEST else "part"
+    with atomic_write(path, "w", named_tmp=True, fault=tag) as fh:
+        half = len(text) // 2
+        fh.write(text[:half])
+        fh.flush()
+        fault_point(tag + ".partial")
+        fh.write(text[half:])
 
 
 def check_header(path: Path, doc: Dict[str, Any]) -> None:
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a fastalign triplet store (format={doc.get('format')!r})")
-    if doc.get("version") != VERSION:
-        raise ValueError(f"{path}: unsupported triplet store version {doc.get('version')!r} (this fastalign reads {VERSION})")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        fmt = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{path}: not a fastalign triplet store (format={fmt!r})")
+    if doc.get("version") not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: unsupported triplet store version {doc.get('version')!r} "
+                         f"(this fastalign reads versions {', '.join(map(str, READABLE_VERSIONS))})")
 
 
 def check_contiguous(path: Path, shards: Sequence[Dict[str, Any]], shard_size: int) -> None:

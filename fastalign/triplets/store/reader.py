@@ -1,4 +1,10 @@
-"""Reading a finished triplet store: memory maps over its shards, checked against the manifest."""
+"""Reading a finished triplet store: memory maps over its shards, checked against a verified manifest.
+
+``TripletStore.open`` trusts nothing it has not checked: the manifest against
+the layout and its own digest (``verify.check_manifest``), every shard's size
+(and, with ``verify``, its checksum), the item indices against ``num_items``
+and ``meta.temperature`` against the stored probabilities (``verify``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,11 @@ import numpy as np
 from ...io.atomic import file_checksum, read_json
 from ..batch import TripletBatch
 from ..epoch import epoch_batches
-from .layout import INDEX_DTYPE, MANIFEST, PROB_DTYPE, SIM_DTYPES, check_header, check_sim_dtype, columns, row_bytes
+from .layout import INDEX_DTYPE, MANIFEST, PROB_DTYPE, SIM_DTYPES, columns, row_bytes
+from .verify import check_digest, check_index_data, check_manifest, check_temperature, note_legacy
+
+# Rows of the first shard that ``check_temperature`` compares (a few KB read).
+_TEMPERATURE_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -120,25 +130,33 @@ class TripletStore:
             allow_incomplete: open a store whose writer has not finished (its committed shards only).
 
         Raises:
-            FileNotFoundError: no manifest. ValueError: not a store, incomplete,
-            or a shard missing, truncated or corrupt (the message names the file).
+            FileNotFoundError: no manifest. ValueError: not a store, incomplete, a
+            manifest that breaks the layout or whose digest does not match (a
+            dropped, swapped or duplicated entry, a changed count, ``num_items``
+            or ``meta.temperature``), or a shard missing, truncated or corrupt.
+            Every message names the store or the file and what is wrong.
+        Warns:
+            ``LegacyStoreWarning`` once for a store of format version 1 (no digest).
         """
         path = Path(path)
         mf = path / MANIFEST
         if not mf.exists():
             raise FileNotFoundError(f"{path}: no {MANIFEST}; not a triplet store (or its writer has not written a shard yet)")
         doc = read_json(mf)
-        check_header(path, doc)
-        check_sim_dtype(doc["sim_dtype"])
-        if not doc.get("complete") and not allow_incomplete:
-            raise ValueError(f"{path}: the store is incomplete (its writer did not finish); rerun the generator with --resume")
+        check_manifest(path, doc, allow_incomplete)
         shards: List[Shard] = []
         start = 0
         for entry in doc["shards"]:
             shards.append(_open_shard(path, doc, entry, start, verify))
             start += shards[-1].count
-        if start != doc["count"]:
-            raise ValueError(f"{mf}: manifest count {doc['count']} != sum of shard counts {start}")
+        legacy = doc["version"] < 2
+        if legacy and verify:  # no recorded statistics: scan the indices while the pages are warm from hashing
+            check_index_data(path, doc["num_items"], [s.indices for s in shards])
+        if shards and shards[0].probs is not None:
+            rows = slice(0, _TEMPERATURE_ROWS)
+            check_temperature(path, doc, shards[0].sims[rows], shards[0].probs[rows])
+        check_digest(mf, doc)  # last: the checks above name what is wrong where they can
+        note_legacy(path, doc, indices_checked=verify)
         return cls(path, doc, shards)
 
     def __len__(self) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 from ...io.atomic import atomic_write_chunks, file_checksum, read_json
 from .layout import (
     INDEX_DTYPE,
+    INDEX_LIMIT,
     MANIFEST,
     PART_DIR,
     PROB_DTYPE,
@@ -29,7 +30,9 @@ from .layout import (
     SIM_DTYPES,
     check_contiguous,
     check_header,
+    check_num_items,
     check_sim_dtype,
+    columns,
     manifest_doc,
     manifest_header,
     part_file,
@@ -39,6 +42,7 @@ from .layout import (
     write_manifest,
 )
 from .merge import merge_parts, remove_parts
+from .verify import check_digest
 
 
 def _as_rows(name: str, value, dtype, b: Optional[int]) -> np.ndarray:
@@ -64,7 +68,8 @@ class TripletStoreWriter:
 
     Args:
         path: store directory (created; must not hold a store unless ``resume``).
-        num_items: number of items the indices refer to; every index must be in [0, num_items).
+        num_items: number of items the indices refer to; every index must be in [0, num_items),
+            and num_items at most ``INDEX_LIMIT`` (2**31: indices are stored as int32).
         sim_dtype: ``"float16"`` or ``"float32"`` storage dtype of the similarities.
         with_probs: also store float32 probabilities (pass ``probs`` to ``write``).
         shard_size: triplets per shard (every shard but the last is full).
@@ -96,14 +101,16 @@ class TripletStoreWriter:
         verify_on_resume: bool = True,
         merge_timeout: Optional[float] = None,
     ) -> None:
-        self.num_items = _positive_int("num_items", num_items)
+        self.num_items = check_num_items(_positive_int("num_items", num_items))
         self.shard_size = _positive_int("shard_size", shard_size)
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r} world_size={world_size!r}")
         self.path = Path(path)
         self.sim_dtype = check_sim_dtype(sim_dtype)
         self.with_probs = bool(with_probs)
-        self.meta = dict(meta or {})
+        self._check_json(dict(meta or {}))
+        # as a reader will parse it back (tuples become lists), so a resume compares like with like
+        self.meta = json.loads(json.dumps(dict(meta or {})))
         self.rank = rank
         self.world_size = world_size
         self.merge_timeout = merge_timeout
@@ -111,7 +118,6 @@ class TripletStoreWriter:
         self._buf: List[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = []
         self._buffered = 0
         self._closed = False
-        self._check_json(self.meta)
 
         own = self.path / (MANIFEST if world_size == 1 else part_file(rank))
         exists = own.exists() or (rank == 0 and (self.path / MANIFEST).exists())
@@ -214,9 +220,13 @@ class TripletStoreWriter:
         if raw.dtype.kind not in "iu":
             raise TypeError(f"indices must be integers, got {raw.dtype}")
         b = raw.shape[0]
-        # range check on the caller's array, so the only copy is the int32 one (none if already int32)
-        if b and (int(raw.min()) < 0 or int(raw.max()) >= self.num_items):
-            raise ValueError(f"indices must be in [0, {self.num_items}), got range [{raw.min()}, {raw.max()}]")
+        # Range check on the caller's array, before the int32 cast that would wrap 2**31 to -2**31
+        # (num_items <= INDEX_LIMIT, so the num_items bound is also the dtype's); the only copy is
+        # the int32 one (none if already int32).
+        lo, hi = (int(raw.min()), int(raw.max())) if b else (0, 0)
+        if lo < 0 or hi >= self.num_items or hi >= INDEX_LIMIT:
+            raise ValueError(f"indices must be in [0, {self.num_items:,}) (int32 item indices), got range "
+                             f"[{lo:,}, {hi:,}]; nothing was written")
         idx = np.ascontiguousarray(raw, dtype=INDEX_DTYPE)
         sm_in = sims.detach().cpu().numpy() if hasattr(sims, "detach") else np.asarray(sims)
         if sm_in.dtype.kind != "f":
@@ -248,9 +258,10 @@ class TripletStoreWriter:
 
     def _commit(self, shard_id: int, idx: np.ndarray, sm: np.ndarray, pr: Optional[np.ndarray]) -> None:
         chunks = [idx, sm] + ([pr] if pr is not None else [])  # the column order of layout.columns
-        digest = atomic_write_chunks(self.path / shard_file(shard_id), chunks, named_tmp=True)
+        digest = atomic_write_chunks(self.path / shard_file(shard_id), chunks, named_tmp=True, fault="shard")
         nbytes = sum(c.nbytes for c in chunks)
-        self._shards[shard_id] = shard_entry(shard_id, int(idx.shape[0]), nbytes, digest)
+        # index statistics let a reader check num_items in O(shards) (layout, format version 2)
+        self._shards[shard_id] = shard_entry(shard_id, int(idx.shape[0]), nbytes, digest, int(idx.min()), int(idx.max()))
         self._write_progress(complete=False)
 
     def _header(self) -> Dict[str, Any]:
@@ -280,6 +291,7 @@ class TripletStoreWriter:
                 continue
             doc = read_json(f)
             check_header(self.path, doc)
+            check_digest(f, doc)  # progress files are replaced atomically: a mismatch is an edit
             for key in RESUME_KEYS:
                 if doc.get(key) != mine[key]:
                     raise ValueError(
@@ -295,7 +307,16 @@ class TripletStoreWriter:
                     ok = file_checksum(sf) == entry["checksum"]
                 # A damaged shard is dropped from the resume set and regenerated.
                 if ok:
-                    self._shards[sid] = dict(entry)
+                    self._shards[sid] = self._with_stats(sf, dict(entry))
+
+    def _with_stats(self, f: Path, entry: Dict[str, Any]) -> Dict[str, Any]:
+        """A committed entry with its index statistics (a version-1 part or manifest has none: read them)."""
+        if "index_min" not in entry:
+            _, off, dt = columns(entry["count"], self.sim_dtype, self.with_probs)[0]
+            idx = np.memmap(f, dtype=dt, mode="r", offset=off, shape=(entry["count"], 3))
+            entry["index_min"], entry["index_max"] = int(idx.min()), int(idx.max())
+            del idx
+        return entry
 
     def _clean_tmp(self) -> None:
         # Temp files are left behind only by a crash; ours are the ones for shards and parts we own,
