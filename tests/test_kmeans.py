@@ -14,6 +14,16 @@ from fastalign.triplets.kmeans_init import default_trials, greedy_kmeanspp, kmea
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: these problems are small, and on a shared machine every parallel
+    region of a many-step init waits for a descheduled thread (10x slower with 2)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def blobs(seed, n=600, d=6, k=4, spread=8.0):
     """``n`` points around ``k`` Gaussian centres (unit noise); returns float32 points and true labels."""
     rng = np.random.default_rng(seed)
