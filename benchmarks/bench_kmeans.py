@@ -151,7 +151,8 @@ def table(rows: List[Dict[str, object]], header: str) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ari = "-" if r["ari_min"] != r["ari_min"] else f"{r['ari_min']:.4f}"
-        lines.append(f"| {r['case']} | {r['n']} x {r['d']}, {r['k']} | {r['n_init']} | {r['method']} | {r['ratio']:.4f} "
+        method = r["method"].replace("|", "\\|")  # "kmeans||" would split the cell
+        lines.append(f"| {r['case']} | {r['n']} x {r['d']}, {r['k']} | {r['n_init']} | {method} | {r['ratio']:.4f} "
                      f"| {ari} | {r['seconds']:.2f} | {r['iters']:g} | {r['seeds']} |")
     return "\n".join(lines) + "\n"
 
