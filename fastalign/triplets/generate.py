@@ -139,9 +139,7 @@ def _clusters(o: GenerateOptions, emb: torch.Tensor, root: Path, rank: int, devi
     ko = KMeansOptions(k=o.clusters, iters=o.kmeans_iters, seed=o.seed, normalize=o.kmeans_normalize, device=device)
     res = kmeans(emb, ko, progress=say if o.progress else None)
     lab = res.labels.cpu().numpy().astype(np.int64)
-    info = {"options": want, "inertia": res.inertia, "reseeded": res.reseeded, "n_iter": res.n_iter,
-            "converged": res.converged, "seconds": res.seconds, "sizes_min": int(res.sizes.min()),
-            "sizes_max": int(res.sizes.max())}
+    info = {**res.to_dict(), "options": want}
     if sum(res.reseeded):
         say(f"k-means: re-seeded {sum(res.reseeded)} empty cluster(s) over {res.n_iter} iterations")
     atomic_save_npy(f, lab, named_tmp=True)
