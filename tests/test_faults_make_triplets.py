@@ -49,6 +49,15 @@ def options(inputs: Path, out: Path) -> dict:
                 histogram=False)
 
 
+def _without_timings(doc):
+    """A k-means report with its wall-clock fields (``seconds``, ``init_seconds``) removed, at any depth."""
+    if isinstance(doc, dict):
+        return {k: _without_timings(v) for k, v in doc.items() if not k.endswith("seconds")}
+    if isinstance(doc, list):
+        return [_without_timings(v) for v in doc]
+    return doc
+
+
 def tree(root: Path) -> dict:
     """Every file a run leaves, by relative path; timings (summary.json, kmeans.json seconds) left out."""
     out = {}
@@ -57,9 +66,7 @@ def tree(root: Path) -> dict:
         if not f.is_file() or f.name == "summary.json":
             continue
         if f.name == "kmeans.json":
-            doc = json.loads(f.read_text())
-            doc.pop("seconds")
-            out[rel] = doc
+            out[rel] = _without_timings(json.loads(f.read_text()))
         else:
             out[rel] = f.read_bytes()
     return out
@@ -68,7 +75,7 @@ def tree(root: Path) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The inputs, an uninterrupted run, and one run killed at each point (the kills run concurrently)."""
-    from fastalign.io import save_transform
+    from fastalign.teacher import save_transform
     from fastalign.teacher.transform import AffineTransform
 
     d = tmp_path_factory.mktemp("faults")

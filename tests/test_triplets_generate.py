@@ -309,7 +309,7 @@ def test_resume_refuses_an_input_whose_content_changed(inputs, tmp_path, changed
     if changed == "embeddings":
         np.save(src / "emb.npy", np.load(src / "emb.npy") * 1.01)  # same path, same shape
     elif changed == "transform":
-        from fastalign.io import load_transform, save_transform
+        from fastalign.teacher import load_transform, save_transform
 
         tr = load_transform(src / "t.npz")
         tr.set_temperature(0.9, calibrated=True)

@@ -29,7 +29,7 @@ Modules: ``options`` (``GenerateOptions``), ``ranks`` (coordination),
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -119,6 +119,10 @@ def _load_inputs(o: GenerateOptions, device: torch.device) -> _Inputs:
     return _Inputs(emb, temperature, info, classes, names)
 
 
+# k-means options that cannot change the labels (chunking only bounds memory: the sums are float64).
+_KMEANS_RUNTIME = ("device", "verbose", "chunk_size")
+
+
 def _clusters(o: GenerateOptions, emb: torch.Tensor, root: Path, rank: int, device: torch.device,
               say: Callable[[str], None]) -> Tuple[np.ndarray, Dict[str, object]]:
     """k-means cluster ids, computed once by rank 0 and cached in ``root`` (also for resume)."""
@@ -126,7 +130,10 @@ def _clusters(o: GenerateOptions, emb: torch.Tensor, root: Path, rank: int, devi
     n = emb.shape[0]
     if o.clusters > n:
         raise ValueError(f"clusters={o.clusters} exceeds the number of items N={n}")
-    want = {"k": o.clusters, "seed": o.seed, "iters": o.kmeans_iters, "normalize": o.kmeans_normalize, "n": n}
+    ko = KMeansOptions(k=o.clusters, iters=o.kmeans_iters, seed=o.seed, normalize=o.kmeans_normalize, device=device)
+    # Every option that can change the labels (init, restarts, tolerance, ...) keys the cache, so a
+    # resume never reuses clusters computed with other options or by the older algorithm.
+    want = {**{k: v for k, v in asdict(ko).items() if k not in _KMEANS_RUNTIME}, "n": n}
     if rank != 0:
         wait_for(meta_f, o.wait_timeout, "rank 0's k-means", lambda p: read_json(p).get("options") == want)
     if meta_f.exists() and f.exists():
@@ -136,7 +143,6 @@ def _clusters(o: GenerateOptions, emb: torch.Tensor, root: Path, rank: int, devi
             if lab.shape == (n,):
                 say(f"k-means: reusing {f}")
                 return lab.astype(np.int64), info
-    ko = KMeansOptions(k=o.clusters, iters=o.kmeans_iters, seed=o.seed, normalize=o.kmeans_normalize, device=device)
     res = kmeans(emb, ko, progress=say if o.progress else None)
     lab = res.labels.cpu().numpy().astype(np.int64)
     info = {**res.to_dict(), "options": want}

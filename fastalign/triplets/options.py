@@ -36,7 +36,7 @@ class GenerateOptions:
         clusters: k for k-means on the teacher embeddings (needed by ``cluster_border``).
         labels: optional per-item class labels: ``things`` (THINGS objects in one category) or a file
             (.npy/.npz/.txt, one label per item; negative = none), see ``fastalign.io.resolve_labels``.
-        transform: optional teacher transform (``fastalign.io.load_transform``); its calibrated
+        transform: optional teacher transform (``fastalign.teacher.load_transform``); its calibrated
             temperature is the default ``temperature``.
         file_names: optional ``file_names.txt`` naming the N items, or ``things`` (copied into the store).
         val_num: number of validation triplets (0: no validation store).
