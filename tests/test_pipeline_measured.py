@@ -60,7 +60,7 @@ def test_run_reports_measured_rdms(tmp_path, items):
                                          "data.seed=1"])
     run_pipeline(cfg, out, say=lambda s: None)
     report = json.loads((out / "report.json").read_text())
-    for name, res in report["results"].items():
+    for _name, res in report["results"].items():
         entry = res["human_rdms"][0]
         assert entry["n_stimuli"] == 118 and entry["n_subjects"] == 3
         sp = entry["spearman"]

@@ -26,13 +26,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 
-from .kmeans_data import Points, check_finite, chunk_bounds, sqdist_to
+from .kmeans_data import Points, check_finite, sqdist_to
+from .kmeans_faiss import check_faiss, faiss_lloyd
 from .kmeans_init import default_trials, greedy_kmeanspp, kmeans_parallel, random_init
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -337,7 +338,6 @@ def kmeans(x: ArrayLike, opts: KMeansOptions, progress: Optional[Callable[[str],
     device = torch.device(opts.device) if opts.device is not None else x.device
     say = progress or (print if opts.verbose else None)
     if opts.use_faiss:
-        from .kmeans_faiss import check_faiss
         check_faiss(opts, x, device)
     with torch.no_grad():
         p = Points.build(x, device, opts.normalize, opts.chunk_size)
@@ -363,6 +363,5 @@ def kmeans(x: ArrayLike, opts: KMeansOptions, progress: Optional[Callable[[str],
 def _run_lloyd(p: Points, cent: torch.Tensor, opts: KMeansOptions, tol_abs: float, say, tag: str) -> Dict[str, object]:
     """Lloyd from ``cent`` in torch or faiss (see ``_lloyd`` for the arguments and result)."""
     if opts.use_faiss:
-        from .kmeans_faiss import faiss_lloyd
         return faiss_lloyd(p, cent, opts, tol_abs, say, tag)
     return _lloyd(p, cent, opts, tol_abs, say, tag)
