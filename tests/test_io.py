@@ -454,3 +454,14 @@ def test_fault_points_kill_only_when_named(tmp_path):
     env["FASTALIGN_FAULT"] = "other.point"
     assert subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env).returncode == 0
     assert (tmp_path / "f2").exists()
+
+
+@pytest.mark.parametrize("kind", ["labels", "categories"])
+def test_object_dtype_labels_and_categories_are_refused_naming_the_file(tmp_path, kind):
+    """Before the resolver used the untrusted-file readers, numpy's own error came without the file."""
+    from fastalign.io.resolve import resolve_categories, resolve_labels
+
+    path = tmp_path / f"{kind}.npy"
+    np.save(path, np.array([object(), 1], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=rf"{kind}\.npy.*refused"):
+        (resolve_labels if kind == "labels" else resolve_categories)(str(path))

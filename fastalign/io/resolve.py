@@ -33,6 +33,7 @@ from ..common.category_levels import single_category_labels
 from ..datasets.things import FEATURES, ROOT, TRIPLETS, load_things
 from .features import load_features, read_file_names
 from .triplets import TripletTable, load_triplets
+from .untrusted import load_npy, load_npz
 
 __all__ = [
     "THINGS_PREFIX",
@@ -154,7 +155,7 @@ def resolve_categories(spec: str, n: Optional[int] = None) -> Tuple[np.ndarray, 
 def _read_category_file(p: Path) -> Tuple[np.ndarray, Optional[List[str]]]:
     names = None
     if p.suffix.lower() == ".npy":
-        arr = np.load(p, allow_pickle=False)
+        arr = load_npy(p)
     else:
         lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if not lines:
@@ -209,12 +210,12 @@ def _read_label_file(p: Path) -> Tuple[np.ndarray, Optional[List[str]]]:
 
 def _load_label_array(p: Path) -> np.ndarray:
     if p.suffix.lower() == ".npy":
-        return np.load(p, allow_pickle=False)
-    with np.load(p, allow_pickle=False) as z:
-        key = "labels" if "labels" in z.files else (z.files[0] if len(z.files) == 1 else None)
-        if key is None:
-            raise ValueError(f"{p}: expected an array 'labels' (or a single array); found {z.files}")
-        return z[key]
+        return load_npy(p)
+    arrays = load_npz(p)
+    key = "labels" if "labels" in arrays else (next(iter(arrays)) if len(arrays) == 1 else None)
+    if key is None:
+        raise ValueError(f"{p}: expected an array 'labels' (or a single array); found {sorted(arrays)}")
+    return arrays[key]
 
 
 def _integer_labels(p: Path, arr: np.ndarray) -> np.ndarray:
