@@ -204,14 +204,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
     """Apply ``--set`` overrides to a nested dict (in place) and return it."""
     for text in overrides:
         key, value = parse_override(text)
-        parts = key.split(".")
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"config key {key}: {part} is not a table")
-            node = child
-        node[parts[-1]] = value
+        _set_path(data, key.split("."), value, key)
     return data
 
 

@@ -1,17 +1,7 @@
-"""Calibration of odd-one-out probabilities: NLL, expected calibration error, entropy.
+"""Calibration of a representation's odd-one-out probabilities on human triplets, and its figure.
 
-Targets are either hard human choices (the index of the chosen pair in pair
-order ``[s01, s02, s12]``; for rows with the odd one out last that is 0) or
-soft human choice distributions (B, 3) in the same pair order.
-
-ECE uses ``DEFAULT_BINS = 15`` equal-width bins over the model's max
-probability on [0, 1] (Guo et al., 2017); bin ``b`` holds confidences in
-``(b/15, (b+1)/15]``, the first bin also 0. With three choices the max
-probability is at least 1/3, so the lowest five bins stay empty. A
-prediction is correct when the chosen pair's probability is strictly the
-largest (ties wrong, as in ``odd_one_out_accuracy``); with soft targets the
-"accuracy" of a row is the human probability of the model's top pair.
-ECE = sum_b (n_b / n) |accuracy_b - confidence_b|.
+The metrics themselves (NLL, ECE with its binning rule, entropy, reliability bins) are defined
+once in ``fastalign.common.calibration`` and re-exported here.
 """
 
 from __future__ import annotations

@@ -1,25 +1,9 @@
 """Odd-one-out accuracy by abstraction level.
 
-Levels from object categories (an object may belong to several categories or
-to none; THINGS has 27). For a triplet, a pair *shares* when its two objects
-have at least one category in common. Then:
-
-- ``fine``: one category holds all three objects;
-- ``class_boundary``: exactly one of the three pairs shares;
-- ``coarse``: no pair shares;
-- ``mixed``: two or three pairs share but no category holds all three (only
-  possible with multi-category objects, e.g. A and B are both *food*, B and C
-  both *plant*, A and C nothing in common). Such a triplet is neither within
-  one category nor one clean category boundary, so it is reported as its own
-  level rather than forced into one of the three.
-
-Objects with no category: ``uncategorized="distinct"`` (the default) takes the
-definition literally, such an object shares no category with anything;
-``uncategorized="exclude"`` labels every triplet holding one ``unlabelled``.
-
-These mirror the global-coarse, local-fine and class-boundary triplets of
-AligNet's *Levels* data. A Levels-style file that gives the level per
-triplet goes through the same ``accuracy_by_level``.
+The levels of a triplet (``fine``, ``class_boundary``, ``coarse``, ``mixed``, ``unlabelled``)
+come from a category matrix and are defined in ``fastalign.common.category_levels`` (THINGS
+category levels); a Levels-style file that gives the level per triplet goes through the same
+``accuracy_by_level``. For the Levels dataset itself see ``fastalign.eval.levels_data``.
 """
 
 from __future__ import annotations

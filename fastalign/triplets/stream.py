@@ -1,25 +1,9 @@
 """Shuffled, resumable, rank- and worker-sharded streaming over a ``TripletStore``.
 
-The epoch order itself lives in ``fastalign.triplets.epoch`` (which the
-store's own ``TripletStore.stream`` also uses); this module adds the checks
-and the ``torch`` dataset on top. How one epoch is laid out (everything is a
-pure function of the arguments, so any position can be recomputed without
-reading data):
-
-1. Every shard is cut into *blocks* of ``block_size`` consecutive triplets
-   (blocks never cross shards, so reading one is a single contiguous memmap read).
-2. The block order is permuted with ``rng(seed, epoch)`` (shard-level shuffle).
-3. Consumers are the ``world_size * num_workers`` (rank, worker) pairs; consumer
-   ``c = rank * num_workers + worker_id`` takes blocks ``c, c + C, c + 2C, ...``
-   of that order. The consumers' block sets partition the store, so every
-   triplet is seen exactly once per epoch across all consumers.
-4. A consumer's blocks are grouped into *windows* of ``buffer_size // block_size``
-   blocks; each window is read into memory and permuted with
-   ``rng(seed, epoch, c, window)`` (in-buffer shuffle).
-5. Batch ``b`` is positions ``[b * batch_size, (b + 1) * batch_size)`` of the
-   consumer's concatenated windows (a batch may span two windows; the last
-   batch may be short unless ``drop_last``). ``start_batch`` therefore skips
-   straight to the right window, reading nothing before it.
+The epoch order itself (blocks, shard-level shuffle, consumers, in-buffer windows, batches;
+a pure function of the arguments) is defined in ``fastalign.triplets.epoch``, which the
+store's own ``TripletStore.stream`` also uses; this module adds the checks and the ``torch``
+dataset on top.
 """
 
 from __future__ import annotations
