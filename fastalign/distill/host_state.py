@@ -4,7 +4,9 @@ intra-op thread count.
 - RNG: torch (CPU and CUDA), numpy's global ``RandomState`` and Python's
   ``random``. The loop itself draws only from torch (dropout) and from
   per-step derived generators (samplers, human triplets, which need no state),
-  but a custom student or augmentation may use the other two.
+  but a custom student or augmentation may use the other two, so a fresh run
+  seeds them from ``train.seed`` (``seed_host_rngs``; otherwise they start from
+  OS entropy and no two runs could agree) and a resume restores them.
 - Threads: the CPU backend's gradient is bitwise reproducible *for a given
   thread count* (one accumulation buffer per thread, summed in order), and so
   are torch's own CPU reductions. A resume under another count
@@ -23,7 +25,15 @@ from typing import Dict
 import numpy as np
 import torch
 
+from ..common.seeds import derive_seed
+
 log = logging.getLogger("fastalign.distill")
+
+
+def seed_host_rngs(seed: int) -> None:
+    """Seed numpy's and Python's global RNGs from the run's seed (torch is seeded by ``setup``)."""
+    np.random.seed(derive_seed(seed, 0x4E50) % 2**32)  # legacy seeding takes 32 bits
+    random.seed(derive_seed(seed, 0x5059))
 
 
 def rng_snapshot(device: torch.device) -> Dict[str, torch.Tensor]:

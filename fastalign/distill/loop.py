@@ -62,7 +62,7 @@ from .checkpoint import latest_checkpoint, load_model_state, remove_stale_temps,
 from .config import DistillConfig
 from .data import StepStream
 from .evaluation import embed_items, evaluate  # noqa: F401  (embed_items re-exported: it lived here)
-from .host_state import restore_rng, restore_threads, rng_snapshot
+from .host_state import restore_rng, restore_threads, rng_snapshot, seed_host_rngs
 from .metrics import (
     RUN_STATS,
     MetricsWriter,
@@ -211,6 +211,7 @@ def distill(config: DistillConfig, *, student: Optional[nn.Module] = None, train
         val_source: held-out triplets (a ``TripletSource``), optional.
         features: feature matrix for a "features" student instead of ``config.student.features``.
     """
+    seed_host_rngs(config.train.seed)  # a resume restores the states saved instead
     run = setup(config, student, train_source, val_source, features)
     try:
         return _train(run)
