@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastalign.pipeline.stages import PENDING_FILE, Stage, StageRunner
+from fastalign.pipeline.stages import PENDING_FILE, Stage, StageRunner, spec_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"device": "cpu", "backend": "cpu"}
@@ -127,6 +127,13 @@ def test_each_input_is_hashed_once_per_run(tmp_path, monkeypatch):
     runner.run_all([Stage("a", {}, [], _writer("a", [1.0], seen), inputs={"f": src}),
                     Stage("b", {}, ["a"], _writer("b", [2.0], seen), inputs={"f": tmp_path / "." / "f.npy"})])
     assert len(calls) == 1
+
+
+def test_spec_inputs_names_the_files_behind_config_specs(tmp_path):
+    """Fails before issue 15: there was no way to declare a stage's input files."""
+    got = spec_inputs({"teacher_features": str(tmp_path / "t.npy"), "categories": "things",
+                       "human_embedding": "things:spose49", "file_names": ""})
+    assert got == {"teacher_features": tmp_path / "t.npy"}
 
 
 # ------------------------------------------------------------ fault injection on fastalign run

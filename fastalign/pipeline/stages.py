@@ -35,6 +35,7 @@ from ..common.timing import StageTimer
 from ..distill.faults import fault_point
 from ..io import atomic_write_json
 from ..io.atomic import file_checksum
+from ..io.resolve import is_bundled
 from ..ops.registry import ENV_VAR as BACKEND_ENV_VAR
 from ..ops.registry import auto_choice
 
@@ -66,6 +67,16 @@ def runtime_environment() -> Dict[str, str]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backend = os.environ.get(BACKEND_ENV_VAR, "auto") or "auto"
     return {"device": device, "backend": auto_choice(device) if backend == "auto" else backend}
+
+
+def spec_inputs(specs: Dict[str, str]) -> Dict[str, Path]:
+    """``Stage.inputs`` for config specs (``data.categories`` and the like): each file spec
+    as its path. Empty specs and bundled ``things:`` data (versioned with the package and
+    named in the config) are left out.
+
+    Example: ``Stage(..., inputs=spec_inputs({"categories": cfg.data.categories}))``.
+    """
+    return {name: Path(spec) for name, spec in specs.items() if spec and not is_bundled(spec)}
 
 
 @dataclass
