@@ -156,7 +156,8 @@ def _resume(run: Run, counters: _Counters) -> int:
 def _save(run: Run, counters: _Counters) -> Path:
     """Checkpoint: gathers every rank's RNG and stream position to rank 0, which writes."""
     rng = rng_snapshot(run.device)
-    mine = {"position": dict(run.position), "threads": torch.get_num_threads(), "skipped": [counters.skipped_items, counters.skipped_triplets]}
+    mine = {"position": dict(run.position), "threads": torch.get_num_threads(),
+            "skipped": [counters.skipped_items, counters.skipped_triplets]}
     if run.dist.active:
         gathered: List[Any] = [None] * run.dist.world
         dist.all_gather_object(gathered, (mine, {k: v.cpu() for k, v in rng.items()}))
