@@ -133,3 +133,243 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
     ob = load_file(str(latest_checkpoint(tmp_path / "victim") / "optim.safetensors"))
     for k in oa:
         assert torch.equal(oa[k], ob[k]), k
+
+
+# ---------------------------------------------------------------- issue 15: verified checkpoints
+
+
+def _weights(ckpt: Path):
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert set(wa) == set(wb)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.fixture(scope="module")
+def straight8(tmp_path_factory):
+    """An uninterrupted 8-step run: what every recovered run must equal bit for bit."""
+    return _run(tmp_path_factory.mktemp("straight") / "run", steps=8, ckpt_every=2, keep_last=3)
+
+
+def test_state_json_holds_a_digest_per_file(tmp_path):
+    """Fails before issue 15: state.json had no ``files`` digests."""
+    from fastalign.io.atomic import file_checksum
+
+    res = _run(tmp_path / "a", steps=2, ckpt_every=2)
+    state = json.loads((res.checkpoint / "state.json").read_text())
+    for name in ("model.safetensors", "optim.safetensors", "rng.safetensors"):
+        rec = state["files"][name]
+        assert rec["blake2b"] == file_checksum(res.checkpoint / name)
+        assert rec["bytes"] == (res.checkpoint / name).stat().st_size
+    assert len(state["digest"]) == 64 and state["ranks"][0]["threads"] == torch.get_num_threads()
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # one bit of the last tensor's data section: the header still parses
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncate-model", "flip-optim", "flip-model"])
+def test_corrupt_newest_checkpoint_is_set_aside(tmp_path, straight8, caplog, damage):
+    """Fails before issue 15: a truncated model.safetensors raised a raw SafetensorError; a flipped
+    byte was loaded silently (and NaN training followed)."""
+    run_dir = tmp_path / "r"
+    _run(run_dir, steps=6, ckpt_every=2, keep_last=3)
+    newest = run_dir / "ckpt-00000006"
+    how, name = damage.split("-")
+    (_truncate if how == "truncate" else _flip_last_byte)(newest / f"{name}.safetensors")
+    with caplog.at_level("WARNING", logger="fastalign.distill"):
+        res = _run(run_dir, steps=8, ckpt_every=2, keep_last=3)
+    assert "corrupt checkpoint set aside as corrupt-ckpt-00000006" in caplog.text
+    assert f"{name}.safetensors" in caplog.text and "resuming from" in caplog.text
+    assert (run_dir / "corrupt-ckpt-00000006" / f"{name}.safetensors").is_file()  # kept, not deleted
+    _assert_same_weights(res.checkpoint, straight8.checkpoint)  # resumed from step 4, exactly
+
+
+def test_no_intact_checkpoint_is_a_clear_error_and_moves_nothing(tmp_path):
+    """Fails before issue 15: the SafetensorError traceback named no way out."""
+    from fastalign.distill.checkpoint import CorruptCheckpoint
+
+    run_dir = tmp_path / "r"
+    _run(run_dir, steps=4, ckpt_every=2, keep_last=2)
+    for ck in list_checkpoints(run_dir):
+        _truncate(ck / "model.safetensors")
+    with pytest.raises(CorruptCheckpoint, match="no intact checkpoint in .*ckpt-00000004/model.safetensors.*"
+                                                "ckpt-00000002/model.safetensors"):
+        _run(run_dir, steps=6)
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-00000002", "ckpt-00000004"]
+    with pytest.raises(CorruptCheckpoint, match="no intact checkpoint"):  # fastalign embed: same message
+        embed_checkpoint(run_dir)
+
+
+def test_checkpoint_without_digest_loads_with_a_warning(tmp_path, straight8, caplog):
+    """Fails before issue 15: no warning existed (checkpoints carried no digest at all)."""
+    run_dir = tmp_path / "r"
+    _run(run_dir, steps=4, ckpt_every=2, keep_last=3)
+    for ck in list_checkpoints(run_dir):  # as written by the previous release
+        state = json.loads((ck / "state.json").read_text())
+        del state["files"], state["digest"]
+        (ck / "state.json").write_text(json.dumps(state))
+    with caplog.at_level("WARNING", logger="fastalign.distill"):
+        res = _run(run_dir, steps=8, ckpt_every=2, keep_last=3)
+    assert "carries no digest" in caplog.text
+    _assert_same_weights(res.checkpoint, straight8.checkpoint)
+
+
+def test_edited_state_json_is_corrupt(tmp_path):
+    """Fails before issue 15: a changed step or stream position in state.json was trusted."""
+    from fastalign.distill.checkpoint import CorruptCheckpoint
+
+    res = _run(tmp_path / "r", steps=2, ckpt_every=2)
+    state = json.loads((res.checkpoint / "state.json").read_text())
+    state["ranks"][0]["position"]["batch"] += 1
+    (res.checkpoint / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CorruptCheckpoint, match="state.json does not match its digest"):
+        load_checkpoint(res.checkpoint)
+
+
+def test_kill_mid_prune_leaves_no_half_checkpoint(tmp_path):
+    """Fails before issue 15: pruning deleted files inside ckpt-* in place, so a kill could leave a
+    ``state.json`` without its tensors (listed as complete)."""
+    from fastalign.distill import checkpoint as ck
+
+    run_dir = tmp_path / "r"
+    _run(run_dir, steps=4, ckpt_every=2, keep_last=2)
+    real = ck.shutil.rmtree
+    calls = []
+
+    def killed_rmtree(path, *a, **k):  # the process dies before the moved-aside directory is deleted
+        calls.append(Path(path))
+        raise KeyboardInterrupt
+
+    ck.shutil.rmtree = killed_rmtree
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run(run_dir, steps=6, ckpt_every=2, keep_last=2)
+    finally:
+        ck.shutil.rmtree = real
+    assert calls and calls[0].name == ".ckpt-00000002.prune.tmp"
+    for c in list_checkpoints(run_dir):  # every listed checkpoint is whole
+        load_checkpoint(c)
+    _run(run_dir, steps=6, ckpt_every=2, keep_last=2)  # the rerun cleans the leftover
+    assert not list(run_dir.glob(".ckpt-*"))
+
+
+# ---------------------------------------------------------------- issue 15: resume determinism
+
+
+def test_resume_under_another_thread_count_is_bitwise_identical(tmp_path, straight8, caplog):
+    """Fails before issue 15 (~1.5e-8 apart): the CPU kernels' reductions depend on the thread
+    count, which a resume did not restore. The cause of the ~1e-9 pipeline divergence."""
+    before = torch.get_num_threads()
+    if before < 2:
+        pytest.skip("needs 2 threads")
+    run_dir = tmp_path / "r"
+    _run(run_dir, steps=4, ckpt_every=2, keep_last=3)
+    torch.set_num_threads(1)
+    try:
+        with caplog.at_level("WARNING", logger="fastalign.distill"):
+            res = _run(run_dir, steps=8, ckpt_every=2, keep_last=3)
+        assert torch.get_num_threads() == 1  # the caller's count is put back
+    finally:
+        torch.set_num_threads(before)
+    assert "trained with 2 intra-op threads, this process has 1" in caplog.text
+    _assert_same_weights(res.checkpoint, straight8.checkpoint)
+
+
+def test_numpy_and_python_rng_are_restored(tmp_path):
+    """Fails before issue 15: only torch's RNG was saved; a student drawing from numpy or
+    ``random`` got other numbers after a resume."""
+    import random
+
+    from fastalign.distill.host_state import restore_rng, rng_snapshot
+
+    np.random.seed(7)
+    random.seed(7)
+    np.random.normal()  # leaves a cached gaussian
+    snap = {f"{k}.0": v for k, v in rng_snapshot(torch.device("cpu")).items()}
+    want = (np.random.normal(size=3).tolist(), random.random(), random.gauss(0, 1))
+    np.random.seed(1)
+    random.seed(1)
+    restore_rng(snap, 0, torch.device("cpu"))
+    assert (np.random.normal(size=3).tolist(), random.random(), random.gauss(0, 1)) == want
+
+
+# ---------------------------------------------------------------- issue 15: non-finite training
+
+
+class _PoisonAt(torch.nn.Module):
+    """A features student whose output (or gradient) turns non-finite at step ``at``."""
+
+    def __init__(self, at: int, where: str):
+        super().__init__()
+        self.lin = torch.nn.Linear(7, 4)
+        self.register_buffer("feats", torch.as_tensor(feature_matrix()), persistent=False)
+        self.at, self.where, self.calls = at, where, 0
+        self.out_dim = 4
+
+    def forward(self, idx):
+        out = self.lin(self.feats[idx])
+        step = self.calls // 2 + 1  # two-pass step: one forward per pass (one micro-batch of 40 items)
+        self.calls += 1
+        if step == self.at and self.where == "loss":
+            return out * float("nan")
+        if step == self.at and self.where == "grad" and out.requires_grad:
+            out.register_hook(lambda g: g * float("inf"))
+        return out
+
+
+@pytest.mark.parametrize("where,what", [("loss", "the loss is nan"), ("grad", "the gradient norm is")])
+def test_non_finite_step_stops_training(tmp_path, where, what):
+    """Fails before issue 15: a NaN loss trained on (``loss: nan``, exit 0) and was checkpointed."""
+    from fastalign.distill.loop import TrainingDiverged
+
+    cfg = base_config(str(tmp_path / "r"), steps=6, ckpt_every=1, micro_batch=64)
+    with pytest.raises(TrainingDiverged, match=f"training stopped at step 3: {what}.*nothing was saved "
+                                               "after step 2"):
+        distill(config_from_dict(cfg), student=_PoisonAt(3, where), train_source=synthetic_source())
+    assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["ckpt-00000001", "ckpt-00000002"]
+    assert all(torch.isfinite(t).all() for t in _weights(tmp_path / "r" / "ckpt-00000002").values())
+
+
+def test_cli_distill_exits_non_zero_on_nan(tmp_path, capsys):
+    """Fails before issue 15: ``fastalign distill`` printed ``loss: nan`` and exited 0."""
+    from fastalign.cli.main import main
+
+    np.save(tmp_path / "f.npy", feature_matrix())
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32))
+    (tmp_path / "c.toml").write_text(
+        f'[student]\nkind = "features"\nfeatures = "{tmp_path / "f.npy"}"\nhead_dim = 4\n'
+        f'[data]\nsource = "dense"\nteacher_embeddings = "{tmp_path / "t.npy"}"\ndense_items = 20\n'
+        f'[optim]\nlr = 1e30\nwarmup_steps = 0\n'
+        f'[train]\nsteps = 5\nbatch_triplets = 32\nprogress = false\nout_dir = "{tmp_path / "r"}"\n')
+    rc = main(["distill", "--config", str(tmp_path / "c.toml")])
+    err = capsys.readouterr().err
+    assert rc == 3 and "fastalign distill: error: training stopped at step 2: the loss is nan" in err
+
+
+# ---------------------------------------------------------------- issue 15: reports
+
+
+def test_rerun_of_a_finished_run_keeps_the_report_metrics(tmp_path):
+    """Fails before issue 15: the rerun rewrote report.json with only the evaluation and timing keys."""
+    run_dir = tmp_path / "r"
+    _run(run_dir, steps=4, ckpt_every=2)
+    first = json.loads((run_dir / "report.json").read_text())
+    (run_dir / ".tmp-report.md.999").write_text("half")  # a kill's leftovers, of both temp name styles
+    (run_dir / ".report.md.abcd.tmp").write_text("half")
+    again = _run(run_dir, steps=4, ckpt_every=2)
+    second = json.loads((run_dir / "report.json").read_text())
+    assert second["metrics"] == first["metrics"] and "loss" in second["metrics"]
+    assert again.metrics["loss"] == first["metrics"]["loss"]
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]

@@ -5,16 +5,24 @@
 Every config field can be overridden with ``--set section.key=value`` (the
 value is TOML; bare words are strings) or its own flag ``--section.key VALUE``.
 Rerunning the same command resumes from the newest checkpoint in
-``train.out_dir``. Multi-GPU: see ``fastalign.distill.loop``.
+``train.out_dir`` (the newest *intact* one: a damaged checkpoint is set aside
+with a warning). Multi-GPU: see ``fastalign.distill.loop``.
+
+Exit status: 0 done; 2 a configuration or input error (or no intact
+checkpoint to resume); 3 training stopped on a NaN/Inf loss or gradient (the
+message names the step; nothing was saved after it).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 from ..distill.config import DistillConfig, load_config
-from ..distill.loop import distill
+from ..distill.loop import TrainingDiverged, distill
+
+EXIT_DIVERGED = 3
 
 
 def _fields():
@@ -43,7 +51,11 @@ def _run(args):
         if key.startswith("field:") and value is not None:
             overrides.append(f"{key[len('field:'):]}={value}")
     cfg = load_config(args.config, overrides)
-    result = distill(cfg)
+    try:
+        result = distill(cfg)
+    except TrainingDiverged as exc:
+        print(f"fastalign distill: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     print(f"distilled {result.steps} steps; checkpoint {result.checkpoint}; report {result.report}")
     for key in ("human_acc", "val_acc", "val_kl", "loss"):
         if key in result.metrics:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+from ..distill.loop import TrainingDiverged
 from ..pipeline import load_config, run_pipeline
 
 DEFAULT_OUT = "fastalign-run"
@@ -30,6 +32,10 @@ def register(sub):
 
 def _run(args):
     cfg = load_config(args.config, args.overrides, args.preset)
-    run_pipeline(cfg, Path(args.out), force=args.force)
+    try:
+        run_pipeline(cfg, Path(args.out), force=args.force)
+    except TrainingDiverged as exc:  # the student stage: same status as fastalign distill
+        print(f"fastalign run: error: student stage: {exc}", file=sys.stderr)
+        return 3
     print((Path(args.out) / "report.md").read_text())
     return 0

@@ -26,6 +26,19 @@ step, and DDP (or FSDP) averages the gradients, so a run gives the same
 update on any number of ranks. Rerunning the same command resumes from the
 newest checkpoint in ``train.out_dir`` (on the same number of ranks: each
 rank's stream position is saved).
+
+Nothing silently wrong:
+
+- checkpoints are verified on resume (``fastalign.distill.checkpoint``): a
+  corrupt newest one is set aside and the newest intact one is used;
+- a resume restores every RNG stream and the intra-op thread count
+  (``fastalign.distill.host_state``), so it is bitwise identical to a run that
+  was never interrupted;
+- a non-finite loss or gradient norm stops training at once
+  (``TrainingDiverged``), before the optimiser applies it and before any
+  checkpoint could be written after it. This cannot be switched off: one NaN
+  gradient makes Adam's moments NaN for good, so every later step and
+  checkpoint would be NaN too; there is nothing to continue to.
 """
 
 from __future__ import annotations
@@ -45,12 +58,20 @@ from torch.utils.data import DataLoader
 
 from ..common.progress import Progress
 from ..common.seeds import derive_seed
-from ..io import atomic_write_json, atomic_write_text
-from .checkpoint import latest_checkpoint, load_checkpoint, load_model_state, save_checkpoint
+from .checkpoint import latest_checkpoint, load_model_state, remove_stale_temps, resume_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .data import StepStream
 from .evaluation import embed_items, evaluate  # noqa: F401  (embed_items re-exported: it lived here)
-from .metrics import MetricsWriter, nvtx_range, plot_curves
+from .host_state import restore_rng, restore_threads, rng_snapshot, seed_host_rngs
+from .metrics import (
+    RUN_STATS,
+    MetricsWriter,
+    nvtx_range,
+    plot_curves,
+    previous_report_metrics,
+    remove_report_temps,
+    write_report,
+)
 from .optim import lr_at, set_lr
 from .parallel import full_state, scalar, step_sync
 from .setup import Run, Source, setup
@@ -81,19 +102,36 @@ class DistillResult:
     steps: int
 
 
-def _rng_snapshot(device: torch.device) -> Dict[str, torch.Tensor]:
-    snap = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        snap["cuda"] = torch.cuda.get_rng_state(device)
-    return snap
+@dataclass
+class _Counters:
+    """Running totals of the loop (throughput over the last 20 steps, skipped inputs)."""
+
+    skipped_items: int = 0
+    skipped_triplets: int = 0
+    triplets: int = 0
+    window: List[tuple] = field(default_factory=list)
+
+    def add(self, batch: StepBatch, res: StepResult, seconds: float, world: int) -> Dict[str, float]:
+        self.skipped_items += batch.skipped_items
+        self.skipped_triplets += batch.skipped_triplets
+        self.triplets += res.triplets * world
+        self.window = (self.window + [(seconds, res.triplets * world, res.items * world)])[-20:]
+        wt = sum(w[0] for w in self.window)
+        return {"triplets_per_s": sum(w[1] for w in self.window) / wt, "items_per_s": sum(w[2] for w in self.window) / wt}
 
 
-def _resume(run: Run) -> None:
-    """Load the newest checkpoint of ``out_dir`` into the run, if any."""
-    path = latest_checkpoint(run.out_dir) if run.cfg.train.resume else None
-    if path is None:
-        return
-    ckpt = load_checkpoint(path)
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm of a step was NaN or infinite (see the module docstring)."""
+
+
+def _resume(run: Run, counters: _Counters) -> int:
+    """Load the newest intact checkpoint of ``out_dir`` into the run (and its skip
+    counts into ``counters``), if any. Returns the intra-op thread count to put back
+    when training ends."""
+    ckpt = resume_checkpoint(run.out_dir) if run.cfg.train.resume else None
+    if ckpt is None:
+        return torch.get_num_threads()
+    path = ckpt.path
     saved = ckpt.state.get("config", {})
     now = run.cfg.to_dict()
     changed = [f"{sec}.{k}" for sec in ("student", "data", "loss", "optim") for k in now[sec]
@@ -105,19 +143,21 @@ def _resume(run: Run) -> None:
     ranks = ckpt.state["ranks"]
     if len(ranks) != run.dist.world:
         raise ValueError(f"checkpoint {path} was written by {len(ranks)} ranks; this run has {run.dist.world}")
-    run.position = dict(ranks[run.dist.rank]["position"])
+    mine = ranks[run.dist.rank]
+    run.position = dict(mine["position"])
     run.step = ckpt.step
-    torch.set_rng_state(ckpt.rng[f"cpu.{run.dist.rank}"])
-    if run.device.type == "cuda" and f"cuda.{run.dist.rank}" in ckpt.rng:
-        torch.cuda.set_rng_state(ckpt.rng[f"cuda.{run.dist.rank}"], run.device)
+    counters.skipped_items, counters.skipped_triplets = mine.get("skipped", [0, 0])
+    restore_rng(ckpt.rng, run.dist.rank, run.device)
     if run.dist.rank == 0:
         log.info("resumed from %s at step %d", path, run.step)
+    return restore_threads(int(mine.get("threads", 0)), f"checkpoint {path}")
 
 
-def _save(run: Run) -> Path:
+def _save(run: Run, counters: _Counters) -> Path:
     """Checkpoint: gathers every rank's RNG and stream position to rank 0, which writes."""
-    rng = _rng_snapshot(run.device)
-    mine = {"position": dict(run.position)}
+    rng = rng_snapshot(run.device)
+    mine = {"position": dict(run.position), "threads": torch.get_num_threads(),
+            "skipped": [counters.skipped_items, counters.skipped_triplets]}
     if run.dist.active:
         gathered: List[Any] = [None] * run.dist.world
         dist.all_gather_object(gathered, (mine, {k: v.cpu() for k, v in rng.items()}))
@@ -159,21 +199,6 @@ def _allreduce_mean(run: Run, values: List[float]) -> List[float]:
     return (t / run.dist.world).tolist()
 
 
-def _write_report(run: Run, metrics: Dict[str, Any], ckpt: Path, curves: Optional[Path]) -> Path:
-    report = {"steps": run.step, "checkpoint": str(ckpt), "curves": str(curves) if curves else None,
-              "metrics": metrics, "config": run.cfg.to_dict()}
-    atomic_write_json(run.out_dir / "report.json", report)
-    lines = ["# Distillation report", "", f"- steps: {run.step}", f"- final checkpoint: `{ckpt}`"]
-    if curves:
-        lines.append(f"- curves: `{curves.name}`")
-    lines += ["", "| metric | value |", "|---|---|"]
-    for k, v in metrics.items():
-        lines.append(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |")
-    md = run.out_dir / "report.md"
-    atomic_write_text(md, "\n".join(lines) + "\n")
-    return md
-
-
 def distill(config: DistillConfig, *, student: Optional[nn.Module] = None, train_source: Optional[Source] = None,
             val_source: Optional[TripletSource] = None, features: Optional[np.ndarray] = None) -> DistillResult:
     """Distil a student on teacher-labelled triplets (see the module docstring).
@@ -187,6 +212,7 @@ def distill(config: DistillConfig, *, student: Optional[nn.Module] = None, train
         val_source: held-out triplets (a ``TripletSource``), optional.
         features: feature matrix for a "features" student instead of ``config.student.features``.
     """
+    seed_host_rngs(config.train.seed)  # a resume restores the states saved instead
     run = setup(config, student, train_source, val_source, features)
     try:
         return _train(run)
@@ -195,22 +221,31 @@ def distill(config: DistillConfig, *, student: Optional[nn.Module] = None, train
             dist.destroy_process_group()
 
 
-@dataclass
-class _Counters:
-    """Running totals of the loop (throughput over the last 20 steps, skipped inputs)."""
+def _stop_if_not_finite(run: Run, res: StepResult, grad_norm: float) -> None:
+    """Raise ``TrainingDiverged`` if this step's loss or gradient norm is NaN/Inf, on any rank.
 
-    skipped_items: int = 0
-    skipped_triplets: int = 0
-    triplets: int = 0
-    window: List[tuple] = field(default_factory=list)
-
-    def add(self, batch: StepBatch, res: StepResult, seconds: float, world: int) -> Dict[str, float]:
-        self.skipped_items += batch.skipped_items
-        self.skipped_triplets += batch.skipped_triplets
-        self.triplets += res.triplets * world
-        self.window = (self.window + [(seconds, res.triplets * world, res.items * world)])[-20:]
-        wt = sum(w[0] for w in self.window)
-        return {"triplets_per_s": sum(w[1] for w in self.window) / wt, "items_per_s": sum(w[2] for w in self.window) / wt}
+    Free: both values are Python floats the step has already synchronised. Under
+    DDP/FSDP the flag is all-reduced (one 1-element collective) so every rank
+    stops at the same step instead of leaving the others waiting in a collective.
+    """
+    bad = []
+    if not math.isfinite(res.loss):
+        bad.append(f"the loss is {res.loss} (distill {res.distill}, human {res.human})")
+    if not math.isfinite(grad_norm):
+        bad.append(f"the gradient norm is {grad_norm}")
+    stop = bool(bad)
+    if run.dist.active:
+        flag = torch.tensor([float(stop)], device=run.device if run.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = bool(flag.item())
+    if not stop:
+        return
+    where = latest_checkpoint(run.out_dir)
+    raise TrainingDiverged(
+        f"training stopped at step {run.step + 1}: {' and '.join(bad) or 'another rank saw a non-finite value'}. "
+        f"The update was not applied and nothing was saved after step {run.step}"
+        f"{f' (newest checkpoint: {where})' if where else ''}; lower optim.lr or check the inputs, then rerun "
+        "to resume from the newest checkpoint")
 
 
 def _step(run: Run, model: nn.Module, batch: StepBatch, sync, params: List[nn.Parameter]) -> tuple:
@@ -224,6 +259,7 @@ def _step(run: Run, model: nn.Module, batch: StepBatch, sync, params: List[nn.Pa
     with nvtx_range("optimizer"):
         clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else math.inf
         grad_norm = scalar(torch.nn.utils.clip_grad_norm_(params, clip))
+        _stop_if_not_finite(run, res, grad_norm)  # before the update: the weights stay finite
         run.optimizer.step()
     run.step += 1
     run.position = dict(batch.position)
@@ -245,19 +281,39 @@ def _log_row(run: Run, res: StepResult, lr: float, grad_norm: float, seconds: fl
 
 
 def _train(run: Run) -> DistillResult:
+    is_main = run.dist.rank == 0
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:  # leftovers of a killed save or report of this run: never read, so never kept
+        remove_stale_temps(run.out_dir)
+        remove_report_temps(run.out_dir)
+    counters = _Counters()
+    threads = _resume(run, counters)
+    try:
+        return _train_from(run, counters)
+    finally:
+        torch.set_num_threads(threads)  # the caller's count (a resume may have restored another)
+
+
+def _last_row(writer: Optional[MetricsWriter], step: int) -> Dict[str, Any]:
+    """The logged metrics of ``step`` (kept from before a resume), else nothing."""
+    if writer is not None and writer.rows and int(writer.rows[-1].get("step", -1)) == step:
+        return dict(writer.rows[-1])
+    return {}
+
+
+def _train_from(run: Run, counters: _Counters) -> DistillResult:
+    """The loop from ``run.step`` (0, or where ``_resume`` left it) to ``train.steps``, then the report."""
     cfg = run.cfg
     is_main = run.dist.rank == 0
     # A sharded student's forward is a collective: then every rank evaluates.
     evaluates = is_main or run.dist.sharded
-    run.out_dir.mkdir(parents=True, exist_ok=True)
-    _resume(run)
     writer = MetricsWriter(run.out_dir, resume_step=run.step) if is_main else None
     sync = step_sync(run.model, run.dist)
     params = list(run.names)
     progress = Progress(cfg.train.steps, "distill", cfg.train.progress and is_main, initial=run.step, unit="step")
     batches = _batches(run)
-    counters = _Counters()
-    last_metrics: Dict[str, Any] = {}
+    first_step = run.step
+    last_metrics = _last_row(writer, run.step)
     last_ckpt: Optional[Path] = None
     t_start = time.perf_counter()
     while run.step < cfg.train.steps:
@@ -271,10 +327,10 @@ def _train(run: Run) -> DistillResult:
             if writer is not None:
                 writer.log(last_metrics)
         if run.step % cfg.train.ckpt_every == 0 or at_end:
-            last_ckpt = _save(run)
+            last_ckpt = _save(run, counters)
     progress.close()
     if last_ckpt is None:  # resumed at (or past) the last step: nothing new to train
-        last_ckpt = latest_checkpoint(run.out_dir) or _save(run)
+        last_ckpt = latest_checkpoint(run.out_dir) or _save(run, counters)
     final = dict(last_metrics)
     if evaluates and (cfg.eval.human_triplets or run.val_source is not None or run.dense):
         final.update(evaluate(run))
@@ -284,6 +340,9 @@ def _train(run: Run) -> DistillResult:
     curves = report = None
     if is_main:
         writer.close()
+        if run.step == first_step:  # a rerun of a finished run: keep what the training run reported
+            prev = previous_report_metrics(run.out_dir, run.step)
+            final = {**prev, **final, **{k: prev[k] for k in RUN_STATS if k in prev}}
         curves = plot_curves(writer.rows, run.out_dir / "curves.png")
-        report = _write_report(run, final, last_ckpt, curves)
+        report = write_report(run.out_dir, run.step, final, last_ckpt, curves, run.cfg.to_dict())
     return DistillResult(run.out_dir, last_ckpt, final, curves, report or run.out_dir / "report.md", run.step)

@@ -1,6 +1,11 @@
 """Observability: NVTX ranges, metrics files (JSONL + CSV, TensorBoard when
-installed) and the PNG of training curves. (The progress bar is
-``fastalign.common.progress.Progress``.)"""
+installed), the PNG of training curves and the run's report (``report.json``,
+``report.md``). (The progress bar is ``fastalign.common.progress.Progress``.)
+
+Every file here is written through ``fastalign.io.atomic`` with named temp
+files (``.tmp-NAME.PID``), so a kill leaves a leftover whose name says what it
+was; ``remove_report_temps`` deletes them when the run starts again.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,19 @@ import contextlib
 import csv
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from ..common.jsonsafe import json_safe
-from ..io import atomic_write, atomic_write_text
+from ..io.atomic import TMP_PREFIX, atomic_write, atomic_write_json, atomic_write_text, read_json
 from ..io.figures import new_figure, save_figure
+from .faults import fault_point
+
+# Files of a run directory written here (curves.png by io.figures, with a random temp name).
+RUN_FILES = ("report.json", "report.md", "metrics.jsonl", "metrics.csv", "curves.png")
+# Final metrics that describe one call of distill(), not the trained model.
+RUN_STATS = ("run_seconds", "triplets_per_s_run")
 
 
 @contextlib.contextmanager
@@ -65,14 +76,14 @@ class MetricsWriter:
                 self.tb = None
 
     def _rewrite(self) -> None:
-        atomic_write_text(self.jsonl, "".join(json.dumps(row) + "\n" for row in self.rows))
+        atomic_write_text(self.jsonl, "".join(json.dumps(row) + "\n" for row in self.rows), named_tmp=True)
         self._write_csv()
 
     def _write_csv(self) -> None:
         keys: List[str] = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]
-        with atomic_write(self.csv, "w") as fh:
+        with atomic_write(self.csv, "w", named_tmp=True) as fh:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
             for row in self.rows:
@@ -119,3 +130,56 @@ def plot_curves(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
         ax.grid(alpha=0.3)
     save_figure(fig, path, dpi=100)
     return Path(path)
+
+
+def remove_report_temps(out_dir: Path) -> List[Path]:
+    """Delete the temp files a killed write of ``RUN_FILES`` left in ``out_dir``
+    (named ``.tmp-NAME.PID``, or ``.NAME.*.tmp`` from the random-name writers); returns them."""
+    out_dir = Path(out_dir)
+    found: List[Path] = []
+    for name in RUN_FILES:
+        found += list(out_dir.glob(f"{TMP_PREFIX}{name}.*")) + list(out_dir.glob(f".{name}.*.tmp"))
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
+def previous_report_metrics(out_dir: Path, steps: int) -> Dict[str, Any]:
+    """The metrics of ``out_dir/report.json`` if it reports ``steps`` steps, else ``{}``."""
+    path = Path(out_dir) / "report.json"
+    if not path.is_file():
+        return {}
+    try:
+        report = read_json(path)
+    except ValueError:  # a damaged report is rewritten, not trusted
+        return {}
+    if not isinstance(report, dict) or report.get("steps") != steps:
+        return {}
+    return dict(report.get("metrics") or {})
+
+
+def _report_lines(steps: int, metrics: Dict[str, Any], ckpt: Path, curves: Optional[Path]) -> Tuple[str, str]:
+    """``report.md`` in two halves (the fault point ``report.md`` falls between them)."""
+    lines = ["# Distillation report", "", f"- steps: {steps}", f"- final checkpoint: `{ckpt}`"]
+    if curves:
+        lines.append(f"- curves: `{curves.name}`")
+    lines += ["", "| metric | value |", "|---|---|"]
+    table = [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    return "\n".join(lines) + "\n", "".join(row + "\n" for row in table)
+
+
+def write_report(out_dir: Path, steps: int, metrics: Dict[str, Any], ckpt: Path, curves: Optional[Path],
+                 config: Dict[str, Any]) -> Path:
+    """Write ``report.json`` then ``report.md`` atomically; returns the ``report.md`` path."""
+    out_dir = Path(out_dir)
+    report = {"steps": steps, "checkpoint": str(ckpt), "curves": str(curves) if curves else None,
+              "metrics": metrics, "config": config}
+    atomic_write_json(out_dir / "report.json", report, named_tmp=True)
+    md = out_dir / "report.md"
+    head, table = _report_lines(steps, metrics, ckpt, curves)
+    with atomic_write(md, "w", named_tmp=True) as fh:
+        fh.write(head)
+        fh.flush()
+        fault_point("report.md")
+        fh.write(table)
+    return md
