@@ -1,5 +1,5 @@
 """Fault injection on ``fastalign distill``: a subprocess is SIGKILLed at each named point
-(``FASTALIGN_FAULT``, ``fastalign.distill.faults``): mid-checkpoint (after the model, before
+(``FASTALIGN_FAULT``, ``fastalign.io.faults``): mid-checkpoint (after the model, before
 the optimiser state), before the checkpoint's rename, after it, mid-prune and during
 ``report.md``. Each next process resumes; the end result is byte for byte that of an
 uninterrupted run, and no temp file is left.
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastalign.distill.faults import POINTS, _wanted
+from fastalign.io.faults import POINTS, _wanted
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("run_seconds", "triplets_per_s_run", "triplets_per_s", "items_per_s", "step_s", "t_embed", "t_loss",

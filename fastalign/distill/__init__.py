@@ -6,7 +6,7 @@ gradient-cached steps, decay-to-init Adam, checkpoints, metrics); see
 """
 
 from ..triplets import TripletBatch
-from .checkpoint import load_checkpoint
+from .checkpoint import CorruptCheckpoint, load_checkpoint
 from .config import (
     DataConfig,
     DistillConfig,
@@ -20,7 +20,7 @@ from .config import (
 )
 from .evaluation import embed_items
 from .export import embed_checkpoint, embed_student
-from .loop import DistillResult, distill
+from .loop import DistillResult, TrainingDiverged, distill
 from .optim import DecayToInitAdam, lr_at
 from .sampler import DenseTripletSampler
 from .source import ArrayTripletSource, TripletSource
@@ -28,6 +28,8 @@ from .step import StepBatch, StepOptions, StepResult, single_pass_step, two_pass
 from .student import FeatureStudent, Student, build_student, make_head
 
 __all__ = [
+    "CorruptCheckpoint",
+    "TrainingDiverged",
     "ArrayTripletSource", "DataConfig", "DecayToInitAdam", "DenseTripletSampler", "DistillConfig", "DistillResult",
     "EvalConfig", "FeatureStudent", "LossConfig", "OptimConfig", "StepBatch", "StepOptions", "StepResult",
     "Student", "StudentConfig", "TrainConfig", "TripletBatch", "TripletSource", "build_student", "config_from_dict", "distill",

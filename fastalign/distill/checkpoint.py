@@ -46,7 +46,7 @@ from torch import nn
 
 from ..common.jsonsafe import json_safe
 from ..io.atomic import HASH_NAME, atomic_write_json, file_checksum, fsync_dir, new_hash
-from .faults import fault_point
+from ..io.faults import fault_point
 from .parallel import load_full_state
 
 log = logging.getLogger("fastalign.distill")

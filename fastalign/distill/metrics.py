@@ -19,8 +19,8 @@ import torch
 
 from ..common.jsonsafe import json_safe
 from ..io.atomic import TMP_PREFIX, atomic_write, atomic_write_json, atomic_write_text, read_json
+from ..io.faults import fault_point
 from ..io.figures import new_figure, save_figure
-from .faults import fault_point
 
 # Files of a run directory written here (curves.png by io.figures, with a random temp name).
 RUN_FILES = ("report.json", "report.md", "metrics.jsonl", "metrics.csv", "curves.png")

@@ -19,6 +19,7 @@ from ..eval.levels_data import LevelsOptions
 from ..eval.plots import plot_accuracy_by_level, plot_rdm_panel
 from ..eval.report import EvalOptions, evaluate_representation
 from ..io import atomic_write_json, atomic_write_text
+from ..io.atomic import TMP_PREFIX
 
 LEVELS = ("fine", "class_boundary", "coarse")
 
@@ -51,6 +52,12 @@ def _measured_human_figures(results: Dict[str, Dict[str, Any]], fig_dir: Path) -
     if levels:
         figures.append(plot_levels_dataset(levels, fig_dir / "levels_dataset.png"))
     return [f for f in figures if f is not None]
+
+
+def _remove_report_temps(out: Path) -> None:
+    """The named temp files (``.tmp-report.*.PID``) a killed earlier write of the report left behind."""
+    for path in list(out.glob(f"{TMP_PREFIX}report.json.*")) + list(out.glob(f"{TMP_PREFIX}report.md.*")):
+        path.unlink(missing_ok=True)
 
 
 def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
@@ -100,8 +107,9 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
     stages = {name: {"seconds": r.seconds, "cached": r.cached, "metrics": r.metrics}
               for name, r in runner.results.items()}
     report = {"config": cfg.to_dict(), "heldout_triplets": int(len(held)), "results": results, "stages": stages}
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", render_markdown(report))
+    _remove_report_temps(out)
+    atomic_write_json(out / "report.json", report, named_tmp=True)
+    atomic_write_text(out / "report.md", render_markdown(report), named_tmp=True)
     summary = {name: {"accuracy": r["accuracy"], "noise_ceiling_normalized": r["noise_ceiling_normalized"]}
                for name, r in results.items()}
     return [out / "report.json", out / "report.md", *[f for f in figures if f]], summary

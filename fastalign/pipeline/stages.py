@@ -32,9 +32,9 @@ import torch
 
 from ..common.jsonsafe import json_safe
 from ..common.timing import StageTimer
-from ..distill.faults import fault_point
 from ..io import atomic_write_json
 from ..io.atomic import file_checksum
+from ..io.faults import fault_point
 from ..io.resolve import is_bundled
 from ..ops.registry import ENV_VAR as BACKEND_ENV_VAR
 from ..ops.registry import auto_choice
