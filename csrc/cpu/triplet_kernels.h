@@ -697,6 +697,291 @@ void run_parts(const Rows<T>& p, const Objective<typename Traits<T>::acc>* obj,
 }
 
 
+// ------------------------------------------------ owned-rows (large-N) path
+//
+// When the (N, D) gradient is much larger than the caches, the row path's
+// per-part buffers cost as much memory traffic as the useful work: (P - 1)
+// buffers of N x D are first-touch zeroed, written at random, then read back
+// by the reduction. Here every thread instead owns a contiguous range of
+// gradient rows and is the only one that writes them, straight into `grad`:
+//
+// 1. Ownership: the row ranges are cut so that each holds about 3B/P of the
+//    3B (triplet, slot) destinations (a histogram over the indices), so the
+//    writes stay balanced even for skewed index distributions.
+// 2. Each triplet is assigned to the owner of the majority of its three rows
+//    (the owner of slot 0 when all three differ), and a counting sort over B
+//    lists every thread's triplets in increasing b. For random triplets and
+//    P = 2, a quarter of the 3B slots then have a foreign destination
+//    (3/4 of the triplets split 2 + 1), against half with contiguous parts.
+// 3. Phase A: a thread runs the forward of each of its triplets (3 rows read
+//    once, as in the row path) and adds the row gradients of the slots it owns.
+//    A slot owned by thread u is deferred: its index 3b + j goes to the list
+//    (producer, u). That is 8 bytes per deferred slot, not a D-row.
+// 4. Phase B (after the barrier): thread u replays the deferred slots of its
+//    rows, producers in the order 0, ..., P-1, each list in b order. A slot
+//    needs the triplet's coefficients, recomputed bit for bit from dsim (dot)
+//    or from the rows' stats (cosine), and the other rows of the triplet: 2
+//    row reads (dot) or 3 (cosine) per deferred slot. The rows nobody touched
+//    are zeroed at the end.
+//
+// Every row's sum therefore has an order fixed by (inputs, P), so the
+// gradient is bitwise reproducible for a given thread count. Extra memory is
+// O(N + B): the ownership table (2 bytes per row), the histogram (8 bytes per
+// row, freed before phase A), one touched flag per row, the permutation and
+// the deferred lists (8 bytes per triplet and per deferred slot).
+
+// g += sum_{a != j} W[j][a] x_a: slot j's row gradient alone (dot similarity,
+// W from row_weights; the diagonal is 0). Same operation order as accumulate.
+template <class A>
+inline void accumulate_slot(A* __restrict g, int j, const A* const x[3], const A W[3][3], int64_t D) {
+  const int a = j == 0 ? 1 : 0, c = j == 2 ? 1 : 2;
+  const A* __restrict xa = x[a];
+  const A* __restrict xc = x[c];
+  const A wa = W[j][a], wc = W[j][c];
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) g[d] += wa * xa[d] + wc * xc[d];
+}
+
+// g += sum_{a != j} k[j][a] (u_a - h[j][a] u_j), u = x / n: slot j's cosine row
+// gradient alone (CosTerms; same operation order as accumulate_cos).
+template <class A>
+inline void accumulate_slot_cos(A* __restrict g, int j, const A* const x[3], const CosTerms<A>& t, int64_t D) {
+  const int a = j == 0 ? 1 : 0, c = j == 2 ? 1 : 2;
+  const A* __restrict xj = x[j];
+  const A* __restrict xa = x[a];
+  const A* __restrict xc = x[c];
+  const A nj = t.n[j], na = t.n[a], nc = t.n[c];
+  const A ka = t.k[j][a], kc = t.k[j][c], ha = t.h[j][a], hc = t.h[j][c];
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) {
+    const A uj = xj[d] / nj, ua = xa[d] / na, uc = xc[d] / nc;
+    g[d] += ka * (ua - ha * uj) + kc * (uc - hc * uj);
+  }
+}
+
+// The owner thread of every row: P contiguous ranges with about 3B/P slot
+// destinations each (a range may be empty when one row alone holds more).
+template <class T>
+std::vector<uint16_t> row_owners(const Rows<T>& p, int P) {
+  std::vector<uint16_t> owner(size_t(p.N));
+  {
+    std::vector<int64_t> count(size_t(p.N), 0);
+    for (int64_t i = 0; i < 3 * p.B; ++i) ++count[p.index(i)];
+    int64_t seen = 0;
+    int t = 0;
+    for (int64_t r = 0; r < p.N; ++r) {
+      // Row r goes to the first range whose share of the slots is not yet full.
+      while (t < P - 1 && seen >= 3 * p.B * (t + 1) / P) ++t;
+      owner[r] = uint16_t(t);
+      seen += count[r];
+    }
+  }
+  return owner;
+}
+
+// Fused forward + backward (obj != null) or scatter (obj == null, coef given)
+// into `grad` without per-thread gradient buffers. P = 1 is the row path.
+template <class T, bool COS>
+void run_owned(const Rows<T>& p, const Objective<typename Traits<T>::acc>* obj,
+               const typename Traits<T>::acc* coef, typename Traits<T>::acc* grad, int threads) {
+  using A = typename Traits<T>::acc;
+  const int P = std::min(grad_parts(threads, p.B, true), 65535);
+  if (P == 1 || p.N == 0) {
+    run_parts<T, COS>(p, obj, coef, grad, 1);
+    return;
+  }
+  const int64_t N = p.N, D = p.D, B = p.B;
+  const std::vector<uint16_t> owner = row_owners(p, P);
+  // Majority owner of a triplet: o1 == o2 means two of three; otherwise slot 0's
+  // owner holds a majority or all three owners differ.
+  auto triplet_owner = [&](int64_t b) {
+    const uint16_t o0 = owner[p.index(3 * b)], o1 = owner[p.index(3 * b + 1)], o2 = owner[p.index(3 * b + 2)];
+    return o1 == o2 ? o1 : o0;
+  };
+  // Stable counting sort of the triplets by owner: chunk c of B counts, then places.
+  std::vector<int64_t> pos(size_t(P) * P, 0);  // [chunk c][owner t]
+#pragma omp parallel for schedule(static, 1) num_threads(P)
+  for (int c = 0; c < P; ++c) {
+    int64_t lo, hi;
+    part_range(B, c, P, lo, hi);
+    for (int64_t b = lo; b < hi; ++b) ++pos[size_t(c) * P + triplet_owner(b)];
+  }
+  std::vector<int64_t> seg(size_t(P) + 1, 0);
+  {
+    int64_t at = 0;
+    for (int t = 0; t < P; ++t) {
+      seg[t] = at;
+      for (int c = 0; c < P; ++c) {
+        const int64_t n = pos[size_t(c) * P + t];
+        pos[size_t(c) * P + t] = at;
+        at += n;
+      }
+    }
+    seg[P] = at;
+  }
+  std::unique_ptr<int64_t[]> perm(new int64_t[size_t(std::max<int64_t>(B, 1))]);
+#pragma omp parallel for schedule(static, 1) num_threads(P)
+  for (int c = 0; c < P; ++c) {
+    int64_t lo, hi;
+    part_range(B, c, P, lo, hi);
+    int64_t* at = &pos[size_t(c) * P];
+    for (int64_t b = lo; b < hi; ++b) perm[at[triplet_owner(b)]++] = b;
+  }
+
+  advise_huge(grad, size_t(N) * size_t(D) * sizeof(A));
+  std::unique_ptr<uint8_t[]> touched(new uint8_t[size_t(N)]());
+  std::vector<std::vector<int64_t>> deferred(size_t(P) * P);  // [producer t][consumer u]: 3b + j
+  // Coefficients of triplet b for the gradient: dL/ds times the loss's
+  // scale (fused) or the given coef (scatter), in the row path's operations.
+  auto coefficients = [&](int64_t b, const A ds[3], A c[3]) {
+    if (obj) {
+      const A scale = obj->grad_scale * (obj->rowscale ? obj->rowscale[b] : A(1));
+      for (int j = 0; j < 3; ++j) c[j] = ds[j] * scale;
+    } else {
+      for (int j = 0; j < 3; ++j) c[j] = coef[3 * b + j];
+    }
+  };
+#pragma omp parallel num_threads(P)
+  {
+    std::vector<A> scratch(Traits<T>::kNative ? 0 : size_t(3 * D));
+    // Phase A: the forward of each owned triplet and the slots whose rows are ours.
+#pragma omp for schedule(static, 1)
+    for (int t = 0; t < P; ++t) {
+      GradPart<A> part{grad, touched.get(), D};
+      std::vector<int64_t>* out = &deferred[size_t(t) * P];
+      for (int64_t i = seg[t]; i < seg[t + 1]; ++i) {
+        const int64_t b = perm[i];
+        if (kPrefetchAhead > 0 && i + kPrefetchAhead < seg[t + 1]) {
+          prefetch_triplet_rows(p, perm[i + kPrefetchAhead]);
+          if (i + 1 < seg[t + 1]) {
+            for (int j = 0; j < 3; ++j) {
+              const int64_t r = p.index(3 * perm[i + 1] + j);
+              if (owner[r] == t) prefetch_bytes<1>(grad + r * D, D * int64_t(sizeof(A)));
+            }
+          }
+        }
+        int64_t r[3];
+        const A* x[3];
+        load_rows(p, b, scratch.data(), r, x);
+        A st[6], s[3] = {0, 0, 0}, n[3] = {1, 1, 1}, ds[3] = {0, 0, 0}, c[3];
+        bool unc[3] = {true, true, true};
+        if (obj || COS) {
+          row_stats<A, COS>(x[0], x[1], x[2], D, st);
+          pair_sims<A, COS>(st, s, n, unc);
+        }
+        if (obj) {
+          obj->loss[b] = objective<A>(s, obj->target ? obj->target + 3 * b : nullptr,
+                                      obj->choice ? obj->choice[b] : 0, obj->mode, obj->temperature, ds);
+          obj->dsim[3 * b] = ds[0], obj->dsim[3 * b + 1] = ds[1], obj->dsim[3 * b + 2] = ds[2];
+        }
+        coefficients(b, ds, c);
+        const bool mine[3] = {owner[r[0]] == t, owner[r[1]] == t, owner[r[2]] == t};
+        if (COS) {
+          CosTerms<A> ct;
+          cos_terms<A>(c, s, n, unc, ct);
+          if (mine[0] && mine[1] && mine[2]) {
+            accumulate_cos<A>(part, r, x[0], x[1], x[2], ct);
+          } else {
+            for (int j = 0; j < 3; ++j) {
+              if (mine[j]) accumulate_slot_cos<A>(part.row(r[j]), j, x, ct, D);
+            }
+          }
+        } else {
+          A W[3][3];
+          row_weights<A, COS>(c, s, n, unc, W);
+          if (mine[0] && mine[1] && mine[2]) {
+            accumulate<A, COS>(part, r, x[0], x[1], x[2], W);
+          } else {
+            for (int j = 0; j < 3; ++j) {
+              if (mine[j]) accumulate_slot<A>(part.row(r[j]), j, x, W, D);
+            }
+          }
+        }
+        for (int j = 0; j < 3; ++j) {
+          if (!mine[j]) out[owner[r[j]]].push_back(3 * b + j);
+        }
+      }
+    }
+    // (implicit barrier: every deferred list and dsim entry is complete)
+    // Phase B: the deferred slots of our rows, then zero the rows nobody touched.
+#pragma omp for schedule(static, 1)
+    for (int u = 0; u < P; ++u) {
+      GradPart<A> part{grad, touched.get(), D};
+      for (int t = 0; t < P; ++t) {
+        const std::vector<int64_t>& list = deferred[size_t(t) * P + u];
+        const int64_t m = int64_t(list.size());
+        for (int64_t e = 0; e < m; ++e) {
+          if (kPrefetchAhead > 0 && e + kPrefetchAhead < m) {
+            const int64_t ahead = list[e + kPrefetchAhead];
+            const int64_t bq = ahead / 3, jq = ahead % 3;
+            for (int j = 0; j < 3; ++j) {
+              const int64_t rq = p.index(3 * bq + j);
+              if (j == jq) {
+                prefetch_bytes<1>(grad + rq * D, D * int64_t(sizeof(A)));
+                if (!COS) continue;  // the dot slot gradient never reads its own row
+              }
+              prefetch_bytes<0>(p.emb + rq * p.ld, D * int64_t(sizeof(T)));
+            }
+          }
+          const int64_t b = list[e] / 3;
+          const int j = int(list[e] % 3);
+          int64_t r[3];
+          const A* x[3];
+          for (int k = 0; k < 3; ++k) {
+            r[k] = p.index(3 * b + k);
+            x[k] = nullptr;
+            if (k == j && !COS) continue;
+            const T* src = p.emb + r[k] * p.ld;
+            if constexpr (Traits<T>::kNative) {
+              x[k] = reinterpret_cast<const A*>(src);
+            } else {
+              Traits<T>::to_acc(src, scratch.data() + k * D, D);
+              x[k] = scratch.data() + k * D;
+            }
+          }
+          A ds[3] = {0, 0, 0}, c[3];
+          if (obj) ds[0] = obj->dsim[3 * b], ds[1] = obj->dsim[3 * b + 1], ds[2] = obj->dsim[3 * b + 2];
+          coefficients(b, ds, c);
+          A* g = part.row(r[j]);
+          if (COS) {
+            A st[6], s[3], n[3];
+            bool unc[3];
+            row_stats<A, COS>(x[0], x[1], x[2], D, st);
+            pair_sims<A, COS>(st, s, n, unc);
+            CosTerms<A> ct;
+            cos_terms<A>(c, s, n, unc, ct);
+            accumulate_slot_cos<A>(g, j, x, ct, D);
+          } else {
+            const A s[3] = {0, 0, 0}, n[3] = {1, 1, 1};
+            const bool unc[3] = {true, true, true};
+            A W[3][3];
+            row_weights<A, COS>(c, s, n, unc, W);
+            accumulate_slot<A>(g, j, x, W, D);
+          }
+        }
+      }
+      for (int64_t r = 0; r < N; ++r) {
+        if (owner[r] == u && !touched[r]) std::memset(grad + r * D, 0, sizeof(A) * size_t(D));
+      }
+    }
+  }
+}
+
+// x[i] *= s for i < n, s = *scale: the upstream gradient of a reduced
+// (scalar) loss applied to the fused gradient, which the forward computed for
+// a unit upstream gradient. The value is read here, not branched on by the
+// caller, so torch.compile traces no data-dependent branch; s == 1 (every
+// plain loss.backward()) returns at once, with no pass over the gradient.
+// Returns whether x changed (s != 1).
+template <class A>
+bool scale_inplace(A* x, int64_t n, const A* scale, int threads) {
+  const A s = *scale;
+  if (s == A(1)) return false;
+#pragma omp parallel for simd schedule(static) num_threads(std::max(1, threads))
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+  return true;
+}
+
 // ------------------------------------------------------ dense (Gram) path
 //
 // For small N (N^2 of the order of B or less) the caller computes the Gram

@@ -34,6 +34,7 @@ Strategies for ``fused`` (``CpuKernels(strategy=...)``):
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional, Tuple
@@ -42,7 +43,8 @@ import torch
 
 from .contract import acc_dtype
 
-STRATEGIES = ("auto", "rows", "gram")
+STRATEGIES = ("auto", "rows", "owned", "gram")
+STRATEGY_ENV = "FASTALIGN_CPU_STRATEGY"  # default strategy of CpuKernels() (tests force a path with it)
 # Cost model of "auto", in seconds on one core, measured on the 2-core dev
 # machine (Xeon, AVX-512) with D = 512, N = 2,000, B = 200,000:
 # - rows: ROW_S_PER_TRIPLET_D * D per triplet (3 rows read, 3 gradient rows
@@ -53,7 +55,20 @@ STRATEGIES = ("auto", "rows", "gram")
 ROW_S_PER_TRIPLET_D = 2.2e-9
 GEMM_FLOPS = 1.0e11
 GRAM_S_PER_TRIPLET = 3.0e-7
-GRAM_MAX_N = 4096  # bounds the (threads + 2) N^2 Gram and coefficient buffers
+GRAM_MAX_N = 4096
+OWNED_BUFFER_S = 1.0e-9
+OWNED_SLOT_S_PER_D = 1.0e-9
+
+
+def owned_deferred_slots(parts: int) -> float:
+    """Expected deferred slots per random triplet of the owned path with ``parts`` threads.
+
+    Owners o0, o1, o2 i.i.d. uniform over P ranges; the triplet goes to o1 when
+    o1 == o2 (1 deferred slot if o0 differs), else to o0 (o1 and o2 each
+    deferred unless equal to o0): (P - 1)(2P - 1) / P^2, 3/4 for P = 2.
+    """
+    p = float(parts)
+    return (p - 1.0) * (2.0 * p - 1.0) / (p * p)  # bounds the (threads + 2) N^2 Gram and coefficient buffers
 
 _DTYPE_CODES = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
 _INDEX_CODES = {torch.int32: 0, torch.int64: 1}
@@ -98,7 +113,9 @@ class CpuKernels:
 
     name = "cpu"
 
-    def __init__(self, num_threads: Optional[int] = None, strategy: str = "auto", keep_workspace: bool = True):
+    def __init__(self, num_threads: Optional[int] = None, strategy: Optional[str] = None, keep_workspace: bool = True):
+        if strategy is None:
+            strategy = os.environ.get(STRATEGY_ENV, "") or "auto"
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
         if strategy not in STRATEGIES:
@@ -138,6 +155,21 @@ class CpuKernels:
     def threads(self) -> int:
         """Threads the next call will use."""
         return self.num_threads if self.num_threads is not None else max(1, torch.get_num_threads())
+
+    def path(self, n: int, d: int, b: int) -> str:
+        """The path ``fused`` takes: "gram", "rows" (per-thread buffers) or "owned" (large N)."""
+        if self.uses_gram(n, d, b):
+            return "gram"
+        if self.strategy in ("rows", "owned"):
+            return self.strategy
+        return "owned" if self.uses_owned(n, d, b) else "rows"
+
+    def uses_owned(self, n: int, d: int, b: int) -> bool:
+        """Whether "auto" prefers the owned-rows path to the row path (module docstring)."""
+        if self.strategy != "auto":
+            return self.strategy == "owned"
+        t = self._ext.grad_parts(self.threads(), b, True)
+        return t > 1 and (t - 1) * n * d * OWNED_BUFFER_S > b * d * owned_deferred_slots(t) * OWNED_SLOT_S_PER_D
 
     def uses_gram(self, n: int, d: int, b: int) -> bool:
         """Whether ``fused`` takes the Gram path for N rows of width D and B triplets."""
@@ -203,7 +235,8 @@ class CpuKernels:
         rowscale = None if rowscale is None else rowscale.to(acc).contiguous()
         loss = torch.empty(b, dtype=acc)
         dsim = torch.empty(b, 3, dtype=acc)
-        if self.uses_gram(n, d, b):
+        path = self.path(n, d, b)
+        if path == "gram":
             grad = self._fused_gram(emb, triplets, target, choice, rowscale, mode, cosine, temperature, grad_scale,
                                     want_grad, loss, dsim)
             if grad is not None:
@@ -211,12 +244,13 @@ class CpuKernels:
                 return loss, dsim, grad
         # Rows no triplet touches are zeroed by the kernel, so empty() suffices.
         grad = torch.empty(n, d, dtype=acc) if want_grad else torch.empty(0, dtype=acc)
-        with self._buffers(n, d, b, acc) if want_grad else _no_buffers() as workspace:
+        owned = path == "owned"
+        with self._buffers(n, d, b, acc) if want_grad and not owned else _no_buffers() as workspace:
             self._ext.fused(
                 **rows, target=_ptr(target), choice=_ptr(choice), rowscale=_ptr(rowscale), mode=int(mode),
                 cosine=bool(cosine), temperature=float(temperature), grad_scale=float(grad_scale),
                 loss=loss.data_ptr(), dsim=dsim.data_ptr(), grad=grad.data_ptr() if want_grad else 0,
-                num_threads=self.threads(), workspace=workspace,
+                num_threads=self.threads(), workspace=workspace, owned=owned,
             )
         del keep
         return loss, dsim, grad
@@ -249,9 +283,26 @@ class CpuKernels:
         rows, keep = self._rows(emb, triplets)
         acc = acc_dtype(emb.dtype)
         coef = coef.to(acc).contiguous()
-        grad = torch.empty(emb.shape[0], emb.shape[1], dtype=acc)
-        with self._buffers(emb.shape[0], emb.shape[1], triplets.shape[0], acc) as workspace:
+        n, d = emb.shape
+        b = triplets.shape[0]
+        grad = torch.empty(n, d, dtype=acc)
+        # The scatter has no Gram form; it takes the owned path where fused would.
+        owned = self.strategy == "owned" or (self.strategy == "auto" and self.uses_owned(n, d, b))
+        with _no_buffers() if owned else self._buffers(n, d, b, acc) as workspace:
             self._ext.scatter(**rows, coef=coef.data_ptr(), cosine=bool(cosine), grad=grad.data_ptr(),
-                              num_threads=self.threads(), workspace=workspace)
+                              num_threads=self.threads(), workspace=workspace, owned=owned)
         del keep
         return grad
+
+    def scale_(self, grad: torch.Tensor, scale: torch.Tensor) -> bool:
+        """``grad *= scale`` in place, ``scale`` a 0-d tensor whose value the kernel reads.
+
+        Returns whether the values changed: a scale of exactly 1 (a plain
+        ``loss.backward()``) costs no pass over ``grad``.
+        """
+        if grad.dtype not in (torch.float32, torch.float64) or not grad.is_contiguous():
+            grad.mul_(scale.to(grad.dtype))
+            return True
+        s = scale.detach().to(device="cpu", dtype=grad.dtype).contiguous()
+        return bool(self._ext.scale_(x=grad.data_ptr(), f64=grad.dtype == torch.float64, n=grad.numel(),
+                                     scale=s.data_ptr(), num_threads=self.threads()))
