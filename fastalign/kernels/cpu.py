@@ -55,7 +55,7 @@ STRATEGY_ENV = "FASTALIGN_CPU_STRATEGY"  # default strategy of CpuKernels() (tes
 ROW_S_PER_TRIPLET_D = 2.2e-9
 GEMM_FLOPS = 1.0e11
 GRAM_S_PER_TRIPLET = 3.0e-7
-GRAM_MAX_N = 4096
+GRAM_MAX_N = 4096  # bounds the (threads + 2) N^2 Gram and coefficient buffers
 OWNED_BUFFER_S = 1.0e-9
 OWNED_SLOT_S_PER_D = 1.0e-9
 
@@ -68,7 +68,7 @@ def owned_deferred_slots(parts: int) -> float:
     deferred unless equal to o0): (P - 1)(2P - 1) / P^2, 3/4 for P = 2.
     """
     p = float(parts)
-    return (p - 1.0) * (2.0 * p - 1.0) / (p * p)  # bounds the (threads + 2) N^2 Gram and coefficient buffers
+    return (p - 1.0) * (2.0 * p - 1.0) / (p * p)
 
 _DTYPE_CODES = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
 _INDEX_CODES = {torch.int32: 0, torch.int64: 1}

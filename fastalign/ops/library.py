@@ -160,6 +160,9 @@ def _objective_setup(ctx, inputs, output):
     # path; the GPU backends keep grad * grad_out.
     ctx.scale_in_place = reduction != _NONE and hasattr(_kernels(backend, emb.device), "scale_")
     ctx.scaled = ctx.handed_out = False
+    # dsim and grad are outputs nobody differentiates; materialized, their
+    # "gradients" would be a zero (B, 3) and a zero (N, D) tensor per backward.
+    ctx.set_materialize_grads(False)
     if reduction == _NONE:
         ctx.save_for_backward(emb, triplets, dsim, weight if weight is not None else dsim.new_empty(0))
     else:
@@ -188,6 +191,8 @@ def _scale_in_place(grad: torch.Tensor, scale: torch.Tensor, backend: str) -> bo
 
 
 def _objective_backward(ctx, grad_out, _grad_dsim, _grad_grad):
+    if grad_out is None:  # only dsim or grad was used downstream: neither carries a gradient
+        return (None,) * 12
     if ctx.reduction != _NONE:
         (grad,) = ctx.saved_tensors
         if grad.numel() == 0:  # no gradient was requested in forward
