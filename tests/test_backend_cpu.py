@@ -692,6 +692,35 @@ def test_owned_path_skewed_indices_and_empty_ranges(threads):
         assert (grad[4:] == 0).all()  # untouched rows are zeroed (empty() holds garbage)
 
 
+def test_owned_path_with_fewer_granted_threads_is_bitwise_the_same(tmp_path):
+    """OMP_THREAD_LIMIT=1 makes one thread run all three parts' steps: the same bits."""
+    import os
+    import subprocess
+
+    script = (
+        "import sys, torch\n"
+        "from fastalign.kernels.cpu import CpuKernels\n"
+        "g = torch.Generator().manual_seed(2)\n"
+        "emb = torch.randn(300, 17, generator=g); trip = torch.randint(0, 300, (5000, 3), generator=g)\n"
+        "p = torch.softmax(torch.randn(5000, 3, generator=g), 1)\n"
+        "k = CpuKernels(num_threads=3, strategy='owned')\n"
+        "out = k.fused(emb, trip, p, None, None, 2, True, 0.5, 1e-3, True)\n"
+        "torch.save(list(out) + [k.scatter(emb, trip, p, False)], sys.argv[1])\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outs = []
+    for i, limit in enumerate((None, "1")):
+        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop("OMP_THREAD_LIMIT", None)
+        if limit:
+            env["OMP_THREAD_LIMIT"] = limit
+        path = tmp_path / f"{i}.pt"
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, cwd=root)
+        outs.append(torch.load(path))
+    for x, y in zip(*outs):
+        assert x.numel() > 0 and torch.equal(x, y)
+
+
 def test_cost_model_picks_each_path():
     k2 = cpu_mod.CpuKernels(num_threads=2)
     assert k2.path(2_000, 512, 200_000) == "gram"

@@ -98,7 +98,8 @@ void fused_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld
                      reinterpret_cast<A*>(dsim)};
     const Rows<T> rows = make_rows<T>(emb, n, d, ld, trip, itype, b);
     if (owned && grad) {
-      run_owned<T, decltype(cos)::value>(rows, &obj, nullptr, reinterpret_cast<A*>(grad), threads);
+      run_owned<T, decltype(cos)::value>(rows, &obj, nullptr, reinterpret_cast<A*>(grad), threads,
+                                            reinterpret_cast<A*>(workspace));
     } else {
       run_parts<T, decltype(cos)::value>(rows, &obj, nullptr, reinterpret_cast<A*>(grad), threads,
                                             reinterpret_cast<A*>(workspace));
@@ -118,7 +119,7 @@ void scatter_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t 
     const Rows<T> rows = make_rows<T>(emb, n, d, ld, trip, itype, b);
     if (owned) {
       run_owned<T, decltype(cos)::value>(rows, nullptr, reinterpret_cast<const A*>(coef),
-                                            reinterpret_cast<A*>(grad), threads);
+                                            reinterpret_cast<A*>(grad), threads, reinterpret_cast<A*>(workspace));
     } else {
       run_parts<T, decltype(cos)::value>(rows, nullptr, reinterpret_cast<const A*>(coef),
                                             reinterpret_cast<A*>(grad), threads, reinterpret_cast<A*>(workspace));
@@ -182,7 +183,8 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("loss"), py::arg("dsim"), py::arg("grad"), py::arg("num_threads"), py::arg("workspace") = 0, py::arg("owned") = false,
         "Fused loss, dL/ds and (grad != 0) the (N, D) gradient. Null pointers (0) mean 'absent'. workspace: "
         "0, or (grad_parts(num_threads, b) - 1) * n * d accumulation values the call may overwrite (row path). "
-        "owned: the large-N path (threads own row ranges; no per-thread buffers, workspace unused).");
+        "owned: the large-N path (threads own row ranges; no per-thread buffers); its workspace is 0 or "
+        "owned_workspace(n, d, b, num_threads) values.");
   m.def("scatter", &scatter_entry, nogil, py::arg("emb"), py::arg("dtype"), py::arg("n"), py::arg("d"),
         py::arg("ld"), py::arg("triplets"), py::arg("itype"), py::arg("b"), py::arg("coef"), py::arg("cosine"),
         py::arg("grad"), py::arg("num_threads"), py::arg("workspace") = 0, py::arg("owned") = false,
@@ -192,6 +194,8 @@ PYBIND11_MODULE(_cpu, m) {
         "x[:n] *= *scale in place (float64 if f64 else float32); returns False at once when *scale == 1, else True.");
   m.def("grad_parts", &grad_parts, py::arg("num_threads"), py::arg("b"), py::arg("grad") = true,
         "Number of accumulation parts a call with a gradient uses (workspace = parts - 1 buffers).");
+  m.def("owned_workspace", &owned_workspace, py::arg("n"), py::arg("d"), py::arg("b"), py::arg("num_threads"),
+        "Accumulation values of the owned path's message ring (its workspace; 0 with one part).");
   m.def("gram_fused", &gram_fused_entry, nogil, py::arg("gram"), py::arg("f64"), py::arg("n"), py::arg("triplets"),
         py::arg("itype"), py::arg("b"), py::arg("target"), py::arg("choice"), py::arg("rowscale"), py::arg("mode"),
         py::arg("cosine"), py::arg("temperature"), py::arg("grad_scale"), py::arg("loss"), py::arg("dsim"),

@@ -7,16 +7,26 @@ with torch and hands the kernels raw pointers, sizes, the row stride of
 
 Threads: ``CpuKernels(num_threads=k)`` fixes the count; by default each call
 uses ``torch.get_num_threads()`` (so ``OMP_NUM_THREADS`` and
-``torch.set_num_threads`` apply). The gradient is bitwise reproducible for the
-same inputs and thread count: triplets are split into one contiguous part per
-thread, each part accumulates into its own fp32 (fp64 for fp64 input) buffer,
-and the buffers are summed in a fixed order. Extra memory of a gradient call:
-``(threads - 1) * N * D`` accumulation values plus ``threads * N`` bytes.
+``torch.set_num_threads`` apply). Every path's gradient is bitwise
+reproducible for the same inputs and thread count (each sum has an order
+fixed by the inputs and the count).
 
-Strategies for ``fused`` (``CpuKernels(strategy=...)``):
+Strategies for ``fused`` (``CpuKernels(strategy=...)``, default
+``$FASTALIGN_CPU_STRATEGY`` or "auto"):
 
-- ``"rows"``: per triplet, read the three rows, compute the dots, the loss and
-  the row gradients in one pass (memory traffic O(B * D)).
+- ``"rows"`` (the cached path): per triplet, read the three rows, compute the
+  dots, the loss and the row gradients in one pass (memory traffic O(B * D)).
+  Triplets are split into one contiguous part per thread, each part
+  accumulates into its own fp32 (fp64 for fp64 input) N x D buffer, and the
+  buffers are summed in a fixed order. Extra memory ``(threads - 1) * N * D``
+  accumulation values (kept between calls, ``keep_workspace``) plus
+  ``threads * N`` bytes. Fast while those buffers stay in cache.
+- ``"owned"`` (the large-N path, ``csrc/cpu/triplet_kernels.h``): each thread
+  owns a range of gradient rows and alone writes them, straight into the
+  output; a triplet goes to the owner of most of its rows (a counting sort over
+  B), and the row gradient of a slot owned by another thread travels as a
+  message through a small ring (~10 % of N * D). No per-thread N x D buffers,
+  no reduction pass. With one thread it is "rows" (one part, no buffers).
 - ``"gram"``: for small N, ``G = E E^T`` and ``grad = C E`` are two GEMMs
   (torch.mm, torch's intra-op threads) and each triplet touches only O(1)
   entries of G and of the (N, N) coefficient matrix C that the kernel builds.
@@ -24,12 +34,18 @@ Strategies for ``fused`` (``CpuKernels(strategy=...)``):
   ``(threads + 2) * N^2`` values (G, the per-thread parts of C, C itself).
   If a row of ``emb`` is not finite the kernel falls back to "rows", which
   keeps NaN/Inf to the rows it touches.
-- ``"auto"`` (default) picks "gram" when ``N <= GRAM_MAX_N`` and the cost
-  model ``gram_cost < rows_cost`` says so (``uses_gram``): the two GEMMs
-  (4 N^2 D flops) plus O(1) scalar work per triplet against streaming 3 rows
-  in and 3 gradient rows in and out per triplet. The choice depends only on
-  (N, D, B), never on ``want_grad``, so a forward-only call returns bitwise
-  the loss of a forward+backward one.
+- ``"auto"`` (default) is the cost model (``path``): "gram" when
+  ``N <= GRAM_MAX_N`` and ``gram_cost < rows_cost`` (``uses_gram``: the two
+  GEMMs, 4 N^2 D flops, plus O(1) scalar work per triplet against streaming 3
+  rows in and 3 gradient rows in and out per triplet); otherwise "owned" when
+  ``uses_owned`` says the row path's buffers cost more than the owned path's
+  messages, else "rows". The choice depends only on (N, D, B, threads),
+  never on ``want_grad``, so a forward-only call returns bitwise the loss of a
+  forward+backward one.
+
+The scatter (the backward of ``reduction="none"``) takes "owned" where
+``fused`` would, else "rows". ``scale_`` applies a reduced loss's scalar
+upstream gradient to the fused gradient in place (``fastalign.ops.library``).
 """
 
 from __future__ import annotations
@@ -56,8 +72,15 @@ ROW_S_PER_TRIPLET_D = 2.2e-9
 GEMM_FLOPS = 1.0e11
 GRAM_S_PER_TRIPLET = 3.0e-7
 GRAM_MAX_N = 4096  # bounds the (threads + 2) N^2 Gram and coefficient buffers
+# Owned vs rows (both memory bound, D cancels): the row path's extra work is
+# the (threads - 1) N x D buffers (zeroed on first touch, reduced), the owned
+# path's is one message (a D-row written and read in the ring) per deferred
+# slot, owned_deferred_slots(P) per triplet. Measured on the 2-core machine
+# (benchmarks/README.md, D = 512, B = 200,000, 2 threads) the owned path is
+# 6-30 % slower than rows for N <= 100,000 and level with it at N = 200,000:
+# the constants put the crossover at N = 0.9 B for 2 threads.
 OWNED_BUFFER_S = 1.0e-9
-OWNED_SLOT_S_PER_D = 1.0e-9
+OWNED_MESSAGE_S = 1.2e-9
 
 
 def owned_deferred_slots(parts: int) -> float:
@@ -133,13 +156,18 @@ class CpuKernels:
             self._workspace = None
 
     @contextmanager
-    def _buffers(self, n: int, d: int, b: int, acc: torch.dtype) -> Iterator[int]:
-        """Pointer to (parts - 1) * N * D values of ``acc`` for one call, or 0 (kernel allocates).
+    def _buffers(self, n: int, d: int, b: int, acc: torch.dtype, owned: bool = False) -> Iterator[int]:
+        """Pointer to the call's workspace of ``acc`` values, or 0 (the kernel allocates).
 
-        The cache is used by one call at a time; a concurrent call (another
-        Python thread, the GIL is released) gets 0 and allocates its own.
+        Row path: (parts - 1) * N * D values; owned path: its message ring
+        (``owned_workspace``, ~10 % of N * D). The cache is used by one call
+        at a time; a concurrent call (another Python thread, the GIL is
+        released) gets 0 and allocates its own.
         """
-        count = (self._ext.grad_parts(self.threads(), b, True) - 1) * n * d
+        if owned:
+            count = self._ext.owned_workspace(n, d, b, self.threads())
+        else:
+            count = (self._ext.grad_parts(self.threads(), b, True) - 1) * n * d
         if not self.keep_workspace or count == 0 or not self._workspace_lock.acquire(blocking=False):
             yield 0
             return
@@ -169,7 +197,7 @@ class CpuKernels:
         if self.strategy != "auto":
             return self.strategy == "owned"
         t = self._ext.grad_parts(self.threads(), b, True)
-        return t > 1 and (t - 1) * n * d * OWNED_BUFFER_S > b * d * owned_deferred_slots(t) * OWNED_SLOT_S_PER_D
+        return t > 1 and (t - 1) * n * OWNED_BUFFER_S > b * owned_deferred_slots(t) * OWNED_MESSAGE_S
 
     def uses_gram(self, n: int, d: int, b: int) -> bool:
         """Whether ``fused`` takes the Gram path for N rows of width D and B triplets."""
@@ -245,7 +273,7 @@ class CpuKernels:
         # Rows no triplet touches are zeroed by the kernel, so empty() suffices.
         grad = torch.empty(n, d, dtype=acc) if want_grad else torch.empty(0, dtype=acc)
         owned = path == "owned"
-        with self._buffers(n, d, b, acc) if want_grad and not owned else _no_buffers() as workspace:
+        with self._buffers(n, d, b, acc, owned) if want_grad else _no_buffers() as workspace:
             self._ext.fused(
                 **rows, target=_ptr(target), choice=_ptr(choice), rowscale=_ptr(rowscale), mode=int(mode),
                 cosine=bool(cosine), temperature=float(temperature), grad_scale=float(grad_scale),
@@ -288,7 +316,7 @@ class CpuKernels:
         grad = torch.empty(n, d, dtype=acc)
         # The scatter has no Gram form; it takes the owned path where fused would.
         owned = self.strategy == "owned" or (self.strategy == "auto" and self.uses_owned(n, d, b))
-        with _no_buffers() if owned else self._buffers(n, d, b, acc) as workspace:
+        with self._buffers(n, d, b, acc, owned) as workspace:
             self._ext.scatter(**rows, coef=coef.data_ptr(), cosine=bool(cosine), grad=grad.data_ptr(),
                               num_threads=self.threads(), workspace=workspace, owned=owned)
         del keep
