@@ -20,7 +20,9 @@
 // committed pages. The buffers are then reduced row by row in the fixed order
 // part 0, 1, ..., P-1. Every sum therefore has an order fixed by (inputs, P):
 // the result is bitwise reproducible for a given thread count. Memory:
-// O(N * D * (P - 1) + N * P) on top of the outputs.
+// O(N * D * (P - 1) + N * P) on top of the outputs. For large N the
+// owned-rows path (run_owned, below) needs no per-part buffers: each thread
+// writes only its own range of gradient rows.
 #pragma once
 
 #include <omp.h>
