@@ -125,13 +125,16 @@ class CpuKernels:
     Args:
         num_threads: OpenMP threads per call; ``None`` uses
             ``torch.get_num_threads()`` at call time.
-        strategy: "auto", "rows" or "gram" for ``fused`` (module docstring).
-        keep_workspace: keep the per-thread gradient buffers of the row path
-            ((threads - 1) * N * D accumulation values) between calls. A fresh
-            buffer costs a page fault per 4 KiB on every call (~0.15 s per
-            400 MB here); a training loop reuses the same one. Its contents
-            never leak into results (rows are zeroed on first touch). Free it
-            with ``release_workspace()``.
+        strategy: "auto", "rows", "owned" or "gram" for ``fused`` (module
+            docstring); ``None`` reads ``$FASTALIGN_CPU_STRATEGY`` (default "auto").
+        keep_workspace: keep the call's workspace between calls: the per-thread
+            gradient buffers of the row path ((threads - 1) * N * D
+            accumulation values) or the owned path's message ring (~10 % of
+            N * D). A fresh buffer costs a page fault per 4 KiB on every call
+            (~0.15 s per 400 MB here); a training loop reuses the same one. Its
+            contents never leak into results (rows are zeroed on first touch,
+            messages written before they are read). Free it with
+            ``release_workspace()``.
     """
 
     name = "cpu"
