@@ -6,7 +6,17 @@ cache), 200,000 (rows come from memory)}:
 - ``cpu``: ``fastalign.triplet_distill_loss(..., backend="cpu")`` (the fused C++ kernel);
 - ``eager``: PyTorch on the gather-based math written below
   (``e[t]`` -> sims -> log_softmax -> KL -> backward);
-- ``compile``: ``torch.compile`` of that same eager function.
+- ``compile``: ``torch.compile`` of that same eager function;
+- ``gathered``: the gathered-bytes floor, torch's own gather of the 3B rows
+  (``emb[trip.reshape(-1)]``) plus its scatter-add of 3B rows into a zeroed
+  (N, D) gradient (``index_add_``): the memory traffic any kernel that reads
+  each triplet's rows and adds its row gradients must move. Beside it the
+  table keeps the row-once floor (each row and gradient row touched once).
+
+Optional implementations (``--impl``): ``cpu:rows``, ``cpu:owned``, ``cpu:gram``
+force one path of the cpu backend (``FASTALIGN_CPU_STRATEGY``) to show the
+cost model's choice side by side. ``--threads K`` sets ``torch.set_num_threads``
+in every case (default: torch's default).
 
 Two entry points:
 
@@ -51,7 +61,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-IMPLS = ("cpu", "eager", "compile")
+IMPLS = ("cpu", "eager", "compile", "gathered")
+EXTRA_IMPLS = ("cpu:rows", "cpu:owned", "cpu:gram")
 TEMPERATURE = 1.0
 
 
@@ -114,9 +125,22 @@ def cpu_loss(emb: torch.Tensor, trip: torch.Tensor, p: torch.Tensor) -> torch.Te
     return fastalign.triplet_distill_loss(emb, trip, target_probs=p, temperature=TEMPERATURE, backend="cpu")
 
 
+def gathered_floor(emb: torch.Tensor, trip: torch.Tensor) -> torch.Tensor:
+    """torch's gather of the 3B rows and scatter-add of 3B rows: the gathered-bytes floor."""
+    idx = trip.reshape(-1)
+    rows = emb[idx]
+    grad = torch.zeros_like(emb)
+    grad.index_add_(0, idx, rows)
+    return grad
+
+
 def make_step(impl: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """One training step's op: loss and gradient w.r.t. emb (returned, not accumulated)."""
-    if impl == "cpu":
+    if impl == "gathered":
+        return lambda emb, trip, p: gathered_floor(emb, trip)
+    if impl.startswith("cpu"):
+        if ":" in impl:
+            os.environ["FASTALIGN_CPU_STRATEGY"] = impl.split(":", 1)[1]
         fn = cpu_loss
     elif impl == "eager":
         fn = eager_loss
@@ -195,6 +219,7 @@ def run_case(impl: str, n: int, cfg: BenchConfig) -> Dict[str, object]:
     times.sort()
     return {
         "impl": impl, "n": n, "ms": 1e3 * times[len(times) // 2], "ms_min": 1e3 * times[0],
+        "ms_max": 1e3 * times[-1],
         "peak_extra_mb": peak_kb / 1024.0, "memory_method": how, "warmup_s": warm_s,
         "threads": torch.get_num_threads(),
     }
@@ -234,9 +259,11 @@ def floor_ms(n: int, cfg: BenchConfig, peaks: Dict[str, float]) -> Dict[str, flo
     return {"flop_ms": 1e3 * flops / peaks["flops"], "byte_ms": 1e3 * nbytes / peaks["bandwidth"]}
 
 
-def _worker(impl: str, n: int, cfg: BenchConfig) -> Dict[str, object]:
+def _worker(impl: str, n: int, cfg: BenchConfig, threads: Optional[int] = None) -> Dict[str, object]:
     """Run one case in a fresh interpreter so its peak memory is its own."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--n", str(n), "--config", json.dumps(asdict(cfg))]
+    if threads:
+        cmd += ["--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -255,37 +282,44 @@ def _progress(items):
         return items, lambda msg: print(msg, file=sys.stderr, flush=True)
 
 
-def markdown(cfg: BenchConfig, results: List[Dict[str, object]], peaks: Dict[str, float]) -> str:
+def markdown(cfg: BenchConfig, results: List[Dict[str, object]], peaks: Dict[str, float],
+             impls: Tuple[str, ...] = IMPLS) -> str:
+    threads = next((r["threads"] for r in results if "threads" in r), torch.get_num_threads())
     lines = [
         f"forward+backward of `triplet_distill_loss` (KL, fp32, mean), D={cfg.d}, B={cfg.b:,}, "
-        f"median of {cfg.repeats}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"median of {cfg.repeats}, torch {torch.__version__}, {threads} threads, "
         f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs)",
         "",
         f"Machine: fp32 matmul {peaks['flops'] / 1e9:.1f} GFLOP/s, copy {peaks['bandwidth'] / 1e9:.1f} GB/s (measured).",
         "",
-        "| N | implementation | ms | cpu speedup | peak extra MB | floor ms (flops / bytes) |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| N | implementation | ms (min-max) | cpu speedup | x gathered floor | peak extra MB | "
+        "row-once floor ms (flops / bytes) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for n in cfg.ns:
         rows = {r["impl"]: r for r in results if r["n"] == n}
         cpu_ms = rows.get("cpu", {}).get("ms")
+        gathered_ms = rows.get("gathered", {}).get("ms")
         fl = floor_ms(n, cfg, peaks)
-        for impl in IMPLS:
+        for impl in impls:
             r = rows.get(impl)
             if r is None:
                 continue
             if "error" in r:
-                lines.append(f"| {n:,} | {impl} | failed: {r['error']} | | | |")
+                lines.append(f"| {n:,} | {impl} | failed: {r['error']} | | | | |")
                 continue
-            speed = "1.0x" if impl == "cpu" else (f"{r['ms'] / cpu_ms:.1f}x" if cpu_ms else "n/a")
+            speed = "1.0x" if impl == "cpu" else (f"{r['ms'] / cpu_ms:.2f}x" if cpu_ms else "n/a")
+            vs_floor = f"{r['ms'] / gathered_ms:.2f}x" if gathered_ms else "n/a"
+            spread = f" ({r['ms_min']:.0f}-{r['ms_max']:.0f})" if "ms_max" in r else ""
             lines.append(
-                f"| {n:,} | {impl} | {r['ms']:.1f} | {speed} | {r['peak_extra_mb']:.0f} | "
+                f"| {n:,} | {impl} | {r['ms']:.1f}{spread} | {speed} | {vs_floor} | {r['peak_extra_mb']:.0f} | "
                 f"{fl['flop_ms']:.2f} / {fl['byte_ms']:.2f} |"
             )
     method = next((r.get("memory_method") for r in results if "memory_method" in r), "n/a")
     lines += [
         "",
-        "cpu speedup = that implementation's ms / cpu ms. Peak extra MB: resident-set high-water mark of the "
+        "cpu speedup = that implementation's ms / cpu ms; x gathered floor = ms / the `gathered` case's ms "
+        "(torch's gather of the 3B rows + index_add_ of 3B rows, measured in the same run). Peak extra MB: resident-set high-water mark of the "
         f"timed steps over the resident set with inputs loaded ({method}); it includes the (N, D) fp32 gradient.",
         "Floor: 18*D*B flops over the matmul peak / compulsory bytes (each row read once, each gradient row "
         "written once, per-triplet data once) over the copy bandwidth.",
@@ -300,10 +334,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--impl", default=",".join(IMPLS), help=f"comma-separated subset of {IMPLS}")
     ap.add_argument("--out", help="also write the table to this file (atomically)")
     ap.add_argument("--json", help="also write the raw results to this JSON file")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads in every case")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         cfg = BenchConfig(**{k: tuple(v) if k == "ns" else v for k, v in json.loads(args.config).items()})
         print(json.dumps(run_case(args.worker, args.n, cfg)))
@@ -311,17 +348,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = config_from_env(args.quick)
     impls = [x for x in args.impl.split(",") if x]
     for impl in impls:
-        if impl not in IMPLS:
-            ap.error(f"unknown implementation {impl!r}; expected some of {IMPLS}")
+        if impl not in IMPLS + EXTRA_IMPLS:
+            ap.error(f"unknown implementation {impl!r}; expected some of {IMPLS + EXTRA_IMPLS}")
     cases = [(impl, n) for n in cfg.ns for impl in impls]
     results = []
     items, write = _progress(cases)
     for impl, n in items:
-        r = _worker(impl, n, cfg)
+        r = _worker(impl, n, cfg, args.threads)
         results.append(r)
         write(f"  {impl:8s} N={n:>9,}: " + (r["error"] if "error" in r else f"{r['ms']:.1f} ms"))
     peaks = machine_peaks(args.quick or cfg.b < 100_000)
-    table = markdown(cfg, results, peaks)
+    table = markdown(cfg, results, peaks, tuple(impls))
     print(table)
     from fastalign.io import atomic_write_text  # here: the measured subprocesses import nothing extra
 

@@ -597,3 +597,212 @@ def test_property_random_shapes_and_repeats(strategy):
         torch.testing.assert_close(g_cpu, g_ref, rtol=1e-9, atol=1e-10)
 
     prop()
+
+
+# ------------------------------------------------ owned-rows (large-N) path
+#
+# The path is forced (strategy="owned") so these tests do not depend on the
+# cost model's choice for their sizes. Tolerances: the module's rule
+# (check_rule: cpu error <= 2 x torch error + 2e-6 (fp32 accumulation) or
+# 1e-12 (fp64) x max|ref|, 2^-10 (fp16) / 2^-7 (bf16) for gradients returned
+# in 16-bit), plus rtol 1e-10 / 1e-9 directly against the reference in fp64.
+
+# Repeats within a triplet (every position, all three equal) and across triplets.
+REPEATS = [[0, 0, 1], [1, 0, 0], [0, 1, 0], [2, 2, 2], [3, 1, 3], [1, 3, 3], [0, 1, 2], [0, 1, 2], [2, 1, 0],
+           [5, 5, 20], [20, 5, 5], [21, 22, 21], [23, 23, 23], [0, 23, 0]]
+
+
+@pytest.fixture
+def owned():
+    """Force the registered cpu kernels onto the owned path; yields a setter for the thread count."""
+    kernels = registry.resolve("cpu", torch.device("cpu"))
+    old = kernels.strategy, kernels.num_threads
+    kernels.strategy = "owned"
+
+    def set_threads(t):
+        kernels.num_threads = t
+    yield set_threads
+    kernels.strategy, kernels.num_threads = old
+
+
+def owned_case(dtype, seed=3, n=24, d=9, b=150):
+    emb, trip, p, odd, w, gout = make_case(n=n, d=d, b=b, dtype=dtype, seed=seed)
+    trip[: len(REPEATS)] = torch.tensor(REPEATS)
+    return emb, trip, p, odd, w, gout
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+@pytest.mark.parametrize("mode", ["hard_odd", "kl", "jsd"])
+def test_owned_path_matches_reference(mode, similarity, dtype, threads, owned):
+    owned(threads)
+    emb, trip, p, odd, w, gout = owned_case(dtype)
+    op, ref_fn, kw = loss_fns(mode)
+    for reduction, weight in (("mean", None), ("sum", w), ("none", w)):
+        kwargs = dict(kw(p, odd), temperature=0.7, similarity=similarity, reduction=reduction, weight=weight)
+        l_cpu, g_cpu = run_op(op, emb, trip, "cpu", gout, **kwargs)
+        l_tch, g_tch = run_op(op, emb, trip, "torch", gout, **kwargs)
+        l_ref, g_ref = R.loss_and_grad64(ref_fn, emb, trip, grad_out=gout if reduction == "none" else None, **kwargs)
+        assert g_cpu.dtype == dtype and torch.isfinite(g_cpu).all() and scale(g_ref) > 0
+        check_rule(f"{reduction} loss", l_cpu, l_tch, l_ref, dtype)
+        check_rule(f"{reduction} grad", g_cpu, g_tch, g_ref, dtype, out_dtype=dtype)
+        if dtype == torch.float64:
+            torch.testing.assert_close(l_cpu, l_ref, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(g_cpu, g_ref, rtol=1e-9, atol=1e-11 * max(scale(g_ref), 1.0))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+def test_owned_path_deterministic_for_a_thread_count(threads, similarity):
+    # Many triplets over few rows: every row gets own and deferred contributions.
+    emb, trip, p, odd, w, gout = make_case(n=40, d=37, b=3000, dtype=torch.float32, seed=11)
+    k = cpu_mod.CpuKernels(num_threads=threads, strategy="owned")
+    cos = similarity == "cosine"
+    runs = [k.fused(emb, trip, p, None, w, MODES["jsd"], cos, 0.3, 1.0 / 3000, True) for _ in range(3)]
+    for other in runs[1:]:
+        for x, y in zip(runs[0], other):
+            assert torch.equal(x, y)
+    coef = torch.randn(trip.shape[0], 3)
+    s1, s2 = k.scatter(emb, trip, coef, cos), k.scatter(emb, trip, coef, cos)
+    assert torch.equal(s1, s2)
+    # Same sums as the row path up to rounding (a different order).
+    rows = cpu_mod.CpuKernels(num_threads=threads, strategy="rows").fused(
+        emb, trip, p, None, w, MODES["jsd"], cos, 0.3, 1.0 / 3000, True)
+    torch.testing.assert_close(runs[0][2], rows[2], rtol=1e-4, atol=1e-6 * scale(rows[2]))
+    assert torch.equal(runs[0][0], rows[0]) and torch.equal(runs[0][1], rows[1])  # the forward is per triplet
+
+
+@pytest.mark.parametrize("threads", [2, 5])
+def test_owned_path_skewed_indices_and_empty_ranges(threads):
+    """One row in every triplet (a range may hold no rows), rows no triplet touches, more threads than rows."""
+    emb, _, p, odd, w, gout = make_case(n=30, d=5, b=64, dtype=torch.float64, seed=5)
+    g = torch.Generator().manual_seed(1)
+    trip = torch.randint(0, 4, (64, 3), generator=g)
+    trip[:, 1] = 2
+    for n in (30, 3):
+        e = emb[:n]
+        t = trip.clamp(max=n - 1)
+        k = cpu_mod.CpuKernels(num_threads=threads, strategy="owned")
+        loss, dsim, grad = k.fused(e, t, p, None, w, MODES["kl"], True, 0.5, 1.0, True)
+        e64 = e.clone().requires_grad_(True)
+        ref = R.distill_loss64(e64, t, target_probs=p, temperature=0.5, similarity="cosine", reduction="sum", weight=w)
+        (g_ref,) = torch.autograd.grad(ref, e64)
+        torch.testing.assert_close(grad, g_ref, rtol=1e-9, atol=1e-12)
+        assert (grad[4:] == 0).all()  # untouched rows are zeroed (empty() holds garbage)
+
+
+def test_owned_path_with_fewer_granted_threads_is_bitwise_the_same(tmp_path):
+    """OMP_THREAD_LIMIT=1 makes one thread run all three parts' steps: the same bits."""
+    import os
+    import subprocess
+
+    script = (
+        "import sys, torch\n"
+        "from fastalign.kernels.cpu import CpuKernels\n"
+        "g = torch.Generator().manual_seed(2)\n"
+        "emb = torch.randn(300, 17, generator=g); trip = torch.randint(0, 300, (5000, 3), generator=g)\n"
+        "p = torch.softmax(torch.randn(5000, 3, generator=g), 1)\n"
+        "k = CpuKernels(num_threads=3, strategy='owned')\n"
+        "out = k.fused(emb, trip, p, None, None, 2, True, 0.5, 1e-3, True)\n"
+        "torch.save(list(out) + [k.scatter(emb, trip, p, False)], sys.argv[1])\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outs = []
+    for i, limit in enumerate((None, "1")):
+        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop("OMP_THREAD_LIMIT", None)
+        if limit:
+            env["OMP_THREAD_LIMIT"] = limit
+        path = tmp_path / f"{i}.pt"
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, cwd=root)
+        outs.append(torch.load(path))
+    for x, y in zip(*outs):
+        assert x.numel() > 0 and torch.equal(x, y)
+
+
+def test_cost_model_picks_each_path():
+    k2 = cpu_mod.CpuKernels(num_threads=2)
+    assert k2.path(2_000, 512, 200_000) == "gram"
+    assert k2.path(200_000, 512, 200_000) == "owned"
+    assert k2.path(6_000, 512, 200_000) == "rows"  # the per-thread buffers stay in cache
+    assert cpu_mod.CpuKernels(num_threads=1).path(200_000, 512, 200_000) == "rows"  # one part: no buffers
+    for forced in ("rows", "owned", "gram"):
+        assert cpu_mod.CpuKernels(num_threads=2, strategy=forced).path(200_000, 512, 200_000) == forced
+
+
+def test_strategy_from_environment(monkeypatch):
+    monkeypatch.setenv(cpu_mod.STRATEGY_ENV, "owned")
+    assert cpu_mod.CpuKernels().strategy == "owned"
+    monkeypatch.setenv(cpu_mod.STRATEGY_ENV, "bogus")
+    with pytest.raises(ValueError, match="strategy"):
+        cpu_mod.CpuKernels()
+
+
+# ------------------------------------------- scalar grad_out: in-place scaling
+
+
+@pytest.mark.parametrize("kstrategy", ["rows", "owned", "gram"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_scalar_grad_out_is_applied_in_place(dtype, kstrategy):
+    kernels = registry.resolve("cpu", torch.device("cpu"))
+    old = kernels.strategy
+    kernels.strategy = kstrategy
+    try:
+        emb, trip, p, odd, w, gout = owned_case(dtype)
+        e = emb.clone().requires_grad_(True)
+        for factor in (1.0, 3.5, 0.0):
+            loss = fastalign.triplet_distill_loss(e, trip, target_probs=p, divergence="jsd", backend="cpu")
+            (g,) = torch.autograd.grad(loss * factor, e)
+            e64 = emb.double().requires_grad_(True)
+            ref = R.distill_loss64(e64, trip, target_probs=p, divergence="jsd") * factor
+            (g_ref,) = torch.autograd.grad(ref, e64)
+            assert g.dtype == dtype
+            tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+            torch.testing.assert_close(g.double(), g_ref, rtol=tol, atol=tol * max(scale(g_ref), 1e-3))
+    finally:
+        kernels.strategy = old
+
+
+def test_scalar_grad_out_with_a_retained_graph():
+    emb, trip, p, odd, w, gout = owned_case(torch.float64)
+    e = emb.clone().requires_grad_(True)
+    out = fastalign.triplet_distill_loss(e, trip, target_probs=p, backend="cpu")
+    (g1,) = torch.autograd.grad(out, e, retain_graph=True)  # unit scale: the buffer is not touched
+    g1 = g1.clone()
+    (g2,) = torch.autograd.grad(out, e, retain_graph=True)
+    (g3,) = torch.autograd.grad(out * 2, e, retain_graph=True)  # handed out already: a fresh product
+    assert torch.equal(g1, g2) and torch.equal(2 * g1, g3)
+    out = fastalign.triplet_distill_loss(e, trip, target_probs=p, backend="cpu") * 2
+    (g4,) = torch.autograd.grad(out, e, retain_graph=True)  # scaled in place
+    torch.testing.assert_close(g4, 2 * g1, rtol=1e-12, atol=0)
+    with pytest.raises(RuntimeError, match="retained graph"):
+        torch.autograd.grad(out, e)
+
+
+@pytest.mark.parametrize("kstrategy", ["rows", "owned"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_scalar_grad_out_under_compile_fullgraph(dtype, kstrategy):
+    kernels = registry.resolve("cpu", torch.device("cpu"))
+    old = kernels.strategy
+    kernels.strategy = kstrategy
+    try:
+        torch._dynamo.reset()
+        emb, trip, p, odd, w, gout = owned_case(dtype)
+
+        def f(e):
+            return 0.25 * fastalign.triplet_distill_loss(e, trip, target_probs=p, backend="cpu")
+
+        e = emb.clone().requires_grad_(True)
+        out = torch.compile(f, fullgraph=True)(e)  # fullgraph: a graph break is an error
+        (g,) = torch.autograd.grad(out, e)
+        (g_eager,) = torch.autograd.grad(f(e), e)
+        assert g.dtype == dtype
+        torch.testing.assert_close(out, f(e).detach())
+        assert torch.equal(g, g_eager)  # the same kernel and the same scaling
+        e64 = emb.double().requires_grad_(True)
+        (g_ref,) = torch.autograd.grad(0.25 * R.distill_loss64(e64, trip, target_probs=p), e64)
+        tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+        torch.testing.assert_close(g.double(), g_ref, rtol=tol, atol=tol * scale(g_ref))
+    finally:
+        kernels.strategy = old

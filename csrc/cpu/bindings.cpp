@@ -81,7 +81,7 @@ void similarities_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int
 void fused_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld, std::uintptr_t trip, int itype,
                  int64_t b, std::uintptr_t target, std::uintptr_t choice, std::uintptr_t rowscale, int mode,
                  bool cosine, double temperature, double grad_scale, std::uintptr_t loss, std::uintptr_t dsim,
-                 std::uintptr_t grad, int threads, std::uintptr_t workspace) {
+                 std::uintptr_t grad, int threads, std::uintptr_t workspace, bool owned) {
   check_sizes(n, d, b, threads);
   if (mode < kHard || mode > kJSD) throw std::invalid_argument("fastalign._cpu: mode must be 0, 1 or 2");
   if (mode != kHard && !target && b > 0) throw std::invalid_argument("fastalign._cpu: KL/JSD need a target");
@@ -96,23 +96,34 @@ void fused_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld
                      A(grad_scale),
                      reinterpret_cast<A*>(loss),
                      reinterpret_cast<A*>(dsim)};
-    run_parts<T, decltype(cos)::value>(make_rows<T>(emb, n, d, ld, trip, itype, b), &obj, nullptr,
-                                          reinterpret_cast<A*>(grad), threads, reinterpret_cast<A*>(workspace));
+    const Rows<T> rows = make_rows<T>(emb, n, d, ld, trip, itype, b);
+    if (owned && grad) {
+      run_owned<T, decltype(cos)::value>(rows, &obj, nullptr, reinterpret_cast<A*>(grad), threads,
+                                            reinterpret_cast<A*>(workspace));
+    } else {
+      run_parts<T, decltype(cos)::value>(rows, &obj, nullptr, reinterpret_cast<A*>(grad), threads,
+                                            reinterpret_cast<A*>(workspace));
+    }
   });
 }
 
 void scatter_entry(std::uintptr_t emb, int dtype, int64_t n, int64_t d, int64_t ld, std::uintptr_t trip, int itype,
                    int64_t b, std::uintptr_t coef, bool cosine, std::uintptr_t grad, int threads,
-                   std::uintptr_t workspace) {
+                   std::uintptr_t workspace, bool owned) {
   check_sizes(n, d, b, threads);
   if (n == 0) return;  // then B == 0 too, and the (0, D) gradient has no data
   if (!grad) throw std::invalid_argument("fastalign._cpu: scatter needs a gradient output");
   dispatch(dtype, cosine, [&](auto tt, auto cos) {
     using T = typename decltype(tt)::type;
     using A = typename Traits<T>::acc;
-    run_parts<T, decltype(cos)::value>(make_rows<T>(emb, n, d, ld, trip, itype, b), nullptr,
-                                          reinterpret_cast<const A*>(coef), reinterpret_cast<A*>(grad), threads,
-                                          reinterpret_cast<A*>(workspace));
+    const Rows<T> rows = make_rows<T>(emb, n, d, ld, trip, itype, b);
+    if (owned) {
+      run_owned<T, decltype(cos)::value>(rows, nullptr, reinterpret_cast<const A*>(coef),
+                                            reinterpret_cast<A*>(grad), threads, reinterpret_cast<A*>(workspace));
+    } else {
+      run_parts<T, decltype(cos)::value>(rows, nullptr, reinterpret_cast<const A*>(coef),
+                                            reinterpret_cast<A*>(grad), threads, reinterpret_cast<A*>(workspace));
+    }
   });
 }
 
@@ -136,6 +147,12 @@ bool gram_fused_entry(std::uintptr_t gram, bool f64, int64_t n, std::uintptr_t t
                   : gram_fused<A, false>(g, n, t, itype == kI64, b, obj, c, threads);
   };
   return f64 ? run(double{}) : run(float{});
+}
+
+bool scale_entry(std::uintptr_t x, bool f64, int64_t n, std::uintptr_t scale, int threads) {
+  if (n < 0 || threads < 1) throw std::invalid_argument("fastalign._cpu: need n >= 0 and num_threads >= 1");
+  if (f64) return scale_inplace<double>(reinterpret_cast<double*>(x), n, reinterpret_cast<const double*>(scale), threads);
+  return scale_inplace<float>(reinterpret_cast<float*>(x), n, reinterpret_cast<const float*>(scale), threads);
 }
 
 // Test hook: the portable fp16 conversion used when the compiler has no _Float16.
@@ -163,15 +180,22 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("fused", &fused_entry, nogil, py::arg("emb"), py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("ld"),
         py::arg("triplets"), py::arg("itype"), py::arg("b"), py::arg("target"), py::arg("choice"),
         py::arg("rowscale"), py::arg("mode"), py::arg("cosine"), py::arg("temperature"), py::arg("grad_scale"),
-        py::arg("loss"), py::arg("dsim"), py::arg("grad"), py::arg("num_threads"), py::arg("workspace") = 0,
+        py::arg("loss"), py::arg("dsim"), py::arg("grad"), py::arg("num_threads"), py::arg("workspace") = 0, py::arg("owned") = false,
         "Fused loss, dL/ds and (grad != 0) the (N, D) gradient. Null pointers (0) mean 'absent'. workspace: "
-        "0, or (grad_parts(num_threads, b) - 1) * n * d accumulation values the call may overwrite.");
+        "0, or (grad_parts(num_threads, b) - 1) * n * d accumulation values the call may overwrite (row path). "
+        "owned: the large-N path (threads own row ranges; no per-thread buffers); its workspace is 0 or "
+        "owned_workspace(n, d, b, num_threads) values.");
   m.def("scatter", &scatter_entry, nogil, py::arg("emb"), py::arg("dtype"), py::arg("n"), py::arg("d"),
         py::arg("ld"), py::arg("triplets"), py::arg("itype"), py::arg("b"), py::arg("coef"), py::arg("cosine"),
-        py::arg("grad"), py::arg("num_threads"), py::arg("workspace") = 0,
-        "Write the (N, D) gradient sum_b sum_p coef[b,p] ds_bp/demb (workspace: as for fused).");
+        py::arg("grad"), py::arg("num_threads"), py::arg("workspace") = 0, py::arg("owned") = false,
+        "Write the (N, D) gradient sum_b sum_p coef[b,p] ds_bp/demb (workspace, owned: as for fused).");
+  m.def("scale_", &scale_entry, nogil, py::arg("x"), py::arg("f64"), py::arg("n"), py::arg("scale"),
+        py::arg("num_threads"),
+        "x[:n] *= *scale in place (float64 if f64 else float32); returns False at once when *scale == 1, else True.");
   m.def("grad_parts", &grad_parts, py::arg("num_threads"), py::arg("b"), py::arg("grad") = true,
         "Number of accumulation parts a call with a gradient uses (workspace = parts - 1 buffers).");
+  m.def("owned_workspace", &owned_workspace, py::arg("n"), py::arg("d"), py::arg("b"), py::arg("num_threads"),
+        "Accumulation values of the owned path's message ring (its workspace; 0 with one part).");
   m.def("gram_fused", &gram_fused_entry, nogil, py::arg("gram"), py::arg("f64"), py::arg("n"), py::arg("triplets"),
         py::arg("itype"), py::arg("b"), py::arg("target"), py::arg("choice"), py::arg("rowscale"), py::arg("mode"),
         py::arg("cosine"), py::arg("temperature"), py::arg("grad_scale"), py::arg("loss"), py::arg("dsim"),

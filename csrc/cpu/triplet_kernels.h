@@ -20,7 +20,9 @@
 // committed pages. The buffers are then reduced row by row in the fixed order
 // part 0, 1, ..., P-1. Every sum therefore has an order fixed by (inputs, P):
 // the result is bitwise reproducible for a given thread count. Memory:
-// O(N * D * (P - 1) + N * P) on top of the outputs.
+// O(N * D * (P - 1) + N * P) on top of the outputs. For large N the
+// owned-rows path (run_owned, below) needs no per-part buffers: each thread
+// writes only its own range of gradient rows.
 #pragma once
 
 #include <omp.h>
@@ -29,11 +31,13 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <thread>
 #include <vector>
 
 namespace fastalign {
@@ -696,6 +700,368 @@ void run_parts(const Rows<T>& p, const Objective<typename Traits<T>::acc>* obj,
   if (grad) parts.reduce(threads);
 }
 
+
+// ------------------------------------------------ owned-rows (large-N) path
+//
+// When the (N, D) gradient is much larger than the caches, the row path's
+// per-part buffers cost as much memory as the gradient per extra thread, and
+// traffic for first-touch zeroing and the reduction. Here every thread owns a
+// contiguous range of gradient rows and is the only one that writes them,
+// straight into `grad`:
+//
+// 1. Ownership: the row ranges are cut so that each holds about 3B/P of the
+//    3B (triplet, slot) destinations (a histogram over the indices), so the
+//    writes stay balanced even for skewed index distributions.
+// 2. Each triplet is assigned to the owner of the majority of its three rows
+//    (the owner of slot 0 when all three differ), and a counting sort over B
+//    lists every thread's triplets in increasing b. For random triplets and
+//    P = 2, a quarter of the 3B slots then have a foreign destination (3/4 of
+//    the triplets split 2 + 1), against half with contiguous parts; at most
+//    two slots of a triplet are foreign.
+// 3. Rounds of kRoundTriplets triplets. In its own round k a thread runs the
+//    forward of each triplet (3 rows read once, as in the row path), adds the
+//    row gradients of the slots it owns, and writes the row gradient of each
+//    foreign slot as a message (D values) into ring slot k % (2 lag + 1),
+//    listed for the owner. After its own round k + lag, a thread adds the
+//    round-k messages for its rows, producers in the order 0, ..., P-1. A
+//    foreign slot thus costs one write and one read of D values in a small
+//    ring instead of a second gather of the triplet's rows, and the threads
+//    wait on each other only when one runs `lag` rounds ahead (counters with
+//    acquire/release, spin then yield).
+//
+// Each gradient row is written by its owner alone, in a sequence fixed by
+// (inputs, P): the result is bitwise reproducible for a given thread count,
+// also when OpenMP grants fewer threads than P (one thread then runs every
+// part's steps in the same order). Untouched rows are zeroed at the end.
+// Extra memory: the ring (owned_workspace, ~10 % of N * D; the Python wrapper
+// keeps it between calls), 2 bytes per row (owners), 8 per row (histogram,
+// freed before the rounds), 1 per row (touched flags), 8 per triplet
+// (permutation) and 16 per message of a round in flight.
+
+// g = sum_{a != j} W[j][a] x_a (ADD: g +=): slot j's row gradient alone (dot
+// similarity, W from row_weights; the diagonal is 0), in accumulate's order.
+template <class A, bool ADD>
+inline void slot_grad(A* __restrict g, int j, const A* const x[3], const A W[3][3], int64_t D) {
+  const int a = j == 0 ? 1 : 0, c = j == 2 ? 1 : 2;
+  const A* __restrict xa = x[a];
+  const A* __restrict xc = x[c];
+  const A wa = W[j][a], wc = W[j][c];
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) {
+    const A v = wa * xa[d] + wc * xc[d];
+    g[d] = ADD ? g[d] + v : v;
+  }
+}
+
+// g = sum_{a != j} k[j][a] (u_a - h[j][a] u_j), u = x / n (ADD: g +=): slot
+// j's cosine row gradient alone (CosTerms), in accumulate_cos's order.
+template <class A, bool ADD>
+inline void slot_grad_cos(A* __restrict g, int j, const A* const x[3], const CosTerms<A>& t, int64_t D) {
+  const int a = j == 0 ? 1 : 0, c = j == 2 ? 1 : 2;
+  const A* __restrict xj = x[j];
+  const A* __restrict xa = x[a];
+  const A* __restrict xc = x[c];
+  const A nj = t.n[j], na = t.n[a], nc = t.n[c];
+  const A ka = t.k[j][a], kc = t.k[j][c], ha = t.h[j][a], hc = t.h[j][c];
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) {
+    const A uj = xj[d] / nj, ua = xa[d] / na, uc = xc[d] / nc;
+    const A v = ka * (ua - ha * uj) + kc * (uc - hc * uj);
+    g[d] = ADD ? g[d] + v : v;
+  }
+}
+
+// The owner thread of every row: P contiguous ranges with about 3B/P slot
+// destinations each (a range may be empty when one row alone holds more).
+template <class T>
+std::vector<uint16_t> row_owners(const Rows<T>& p, int P) {
+  std::vector<uint16_t> owner(size_t(p.N));
+  {
+    std::vector<int64_t> count(size_t(p.N), 0);
+    for (int64_t i = 0; i < 3 * p.B; ++i) ++count[p.index(i)];
+    int64_t seen = 0;
+    int t = 0;
+    for (int64_t r = 0; r < p.N; ++r) {
+      // Row r goes to the first range whose share of the slots is not yet full.
+      while (t < P - 1 && seen >= 3 * p.B * (t + 1) / P) ++t;
+      owner[r] = uint16_t(t);
+      seen += count[r];
+    }
+  }
+  return owner;
+}
+
+// Rounds of the owned path: a round is kRoundTriplets triplets of one thread.
+// A consumer applies the messages of round k after its own round k + lag, and
+// each producer keeps 2 lag + 1 rounds of messages, so either thread may run
+// up to `lag` rounds ahead of the other before it waits: slack that absorbs a
+// thread being descheduled on a shared machine. `lag` is as large as fits the
+// ring into ~10 % of the gradient.
+constexpr int64_t kRoundTriplets = 256;
+
+inline int owned_parts(int threads, int64_t B) { return std::min(grad_parts(threads, B, true), 65535); }
+
+// Rounds a consumer trails its own: the largest that keeps the ring of
+// P * (2 lag + 1) * 2 * kRoundTriplets message rows within ~10 % of the
+// (N, D) gradient. Fixed by (N, P), so the schedule is too.
+inline int64_t owned_lag(int64_t N, int P) {
+  return std::max<int64_t>(1, std::min<int64_t>(64, (N / (20 * int64_t(P) * kRoundTriplets) - 1) / 2));
+}
+
+// Accumulation values of the owned path's message ring (0 for one part):
+// a caller may keep them between calls (their contents never matter).
+inline int64_t owned_workspace(int64_t N, int64_t D, int64_t B, int threads) {
+  const int P = owned_parts(threads, B);
+  if (P == 1 || N == 0) return 0;
+  return int64_t(P) * (2 * owned_lag(N, P) + 1) * 2 * kRoundTriplets * D;
+}
+
+// Spin briefly, then yield: the machine may run more threads than cores.
+inline void wait_at_least(const std::atomic<int64_t>& v, int64_t target) {
+  int spins = 0;
+  while (v.load(std::memory_order_acquire) < target) {
+    if (++spins < 512) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+// A message of the owned path: add row `msg` of a producer's ring slot to
+// gradient row `row`.
+struct SlotMessage {
+  int64_t row;
+  int64_t msg;
+};
+
+// Fused forward + backward (obj != null) or scatter (obj == null, coef given)
+// into `grad` without per-thread gradient buffers. P = 1 is the row path.
+template <class T, bool COS>
+void run_owned(const Rows<T>& p, const Objective<typename Traits<T>::acc>* obj,
+               const typename Traits<T>::acc* coef, typename Traits<T>::acc* grad, int threads,
+               typename Traits<T>::acc* workspace = nullptr) {
+  using A = typename Traits<T>::acc;
+  const int P = owned_parts(threads, p.B);
+  if (P == 1 || p.N == 0) {
+    run_parts<T, COS>(p, obj, coef, grad, 1);
+    return;
+  }
+  const int64_t N = p.N, D = p.D, B = p.B;
+  const std::vector<uint16_t> owner = row_owners(p, P);
+  // Majority owner of a triplet: o1 == o2 means two of three; otherwise slot 0's
+  // owner holds a majority or all three owners differ.
+  auto triplet_owner = [&](int64_t b) {
+    const uint16_t o0 = owner[p.index(3 * b)], o1 = owner[p.index(3 * b + 1)], o2 = owner[p.index(3 * b + 2)];
+    return o1 == o2 ? o1 : o0;
+  };
+  // Stable counting sort of the triplets by owner: chunk c of B counts, then places.
+  std::vector<int64_t> pos(size_t(P) * P, 0);  // [chunk c][owner t]
+#pragma omp parallel for schedule(static, 1) num_threads(P)
+  for (int c = 0; c < P; ++c) {
+    int64_t lo, hi;
+    part_range(B, c, P, lo, hi);
+    for (int64_t b = lo; b < hi; ++b) ++pos[size_t(c) * P + triplet_owner(b)];
+  }
+  std::vector<int64_t> seg(size_t(P) + 1, 0);
+  int64_t longest = 0;
+  {
+    int64_t at = 0;
+    for (int t = 0; t < P; ++t) {
+      seg[t] = at;
+      for (int c = 0; c < P; ++c) {
+        const int64_t n = pos[size_t(c) * P + t];
+        pos[size_t(c) * P + t] = at;
+        at += n;
+      }
+      longest = std::max(longest, at - seg[t]);
+    }
+    seg[P] = at;
+  }
+  std::unique_ptr<int64_t[]> perm(new int64_t[size_t(std::max<int64_t>(B, 1))]);
+#pragma omp parallel for schedule(static, 1) num_threads(P)
+  for (int c = 0; c < P; ++c) {
+    int64_t lo, hi;
+    part_range(B, c, P, lo, hi);
+    int64_t* at = &pos[size_t(c) * P];
+    for (int64_t b = lo; b < hi; ++b) perm[at[triplet_owner(b)]++] = b;
+  }
+
+  const int64_t round = kRoundTriplets, lag = owned_lag(N, P), kRing = 2 * lag + 1;
+  const int64_t rounds = (longest + round - 1) / round;
+  const int64_t cap = 2 * round;  // at most two foreign slots per triplet
+  advise_huge(grad, size_t(N) * size_t(D) * sizeof(A));
+  std::unique_ptr<uint8_t[]> touched(new uint8_t[size_t(N)]());
+  std::unique_ptr<A[]> owned_ring;
+  A* ring = workspace;
+  if (!ring) {
+    owned_ring.reset(new A[size_t(owned_workspace(N, D, B, threads))]);
+    ring = owned_ring.get();
+  }
+  std::vector<std::vector<SlotMessage>> lists(size_t(P) * kRing * P);  // [producer][slot][consumer]
+  std::unique_ptr<std::atomic<int64_t>[]> produced(new std::atomic<int64_t>[size_t(P)]);
+  std::unique_ptr<std::atomic<int64_t>[]> applied(new std::atomic<int64_t>[size_t(P)]);
+  for (int t = 0; t < P; ++t) produced[t].store(0), applied[t].store(0);
+
+  // Thread t's own round k: the forward of its triplets, the slots of its
+  // rows, and messages for the other slots into ring slot k % kRing.
+  auto own_round = [&](int t, int64_t k, A* scratch) {
+    GradPart<A> part{grad, touched.get(), D};
+    const int64_t slot = k % kRing;
+    A* msg = ring + (size_t(t) * kRing + size_t(slot)) * size_t(cap) * size_t(D);
+    std::vector<SlotMessage>* out = &lists[(size_t(t) * kRing + size_t(slot)) * P];
+    int64_t used = 0;
+    const int64_t lo = std::min(seg[t] + k * round, seg[t + 1]);
+    const int64_t hi = std::min(lo + round, seg[t + 1]);
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t b = perm[i];
+      if (kPrefetchAhead > 0 && i + kPrefetchAhead < seg[t + 1]) {
+        prefetch_triplet_rows(p, perm[i + kPrefetchAhead]);
+        for (int j = 0; j < 3; ++j) {  // the next triplet's own gradient rows, for writing
+          const int64_t r = p.index(3 * perm[i + 1] + j);
+          if (owner[r] == t) prefetch_bytes<1>(grad + r * D, D * int64_t(sizeof(A)));
+        }
+      }
+      int64_t r[3];
+      const A* x[3];
+      load_rows(p, b, scratch, r, x);
+      A st[6], s[3] = {0, 0, 0}, n[3] = {1, 1, 1}, c[3];
+      bool unc[3] = {true, true, true};
+      if (obj || COS) {
+        row_stats<A, COS>(x[0], x[1], x[2], D, st);
+        pair_sims<A, COS>(st, s, n, unc);
+      }
+      if (obj) {
+        A ds[3];
+        obj->loss[b] = objective<A>(s, obj->target ? obj->target + 3 * b : nullptr, obj->choice ? obj->choice[b] : 0,
+                                    obj->mode, obj->temperature, ds);
+        obj->dsim[3 * b] = ds[0], obj->dsim[3 * b + 1] = ds[1], obj->dsim[3 * b + 2] = ds[2];
+        const A scale = obj->grad_scale * (obj->rowscale ? obj->rowscale[b] : A(1));
+        for (int j = 0; j < 3; ++j) c[j] = ds[j] * scale;
+      } else {
+        for (int j = 0; j < 3; ++j) c[j] = coef[3 * b + j];
+      }
+      const bool mine[3] = {owner[r[0]] == t, owner[r[1]] == t, owner[r[2]] == t};
+      const bool all_mine = mine[0] && mine[1] && mine[2];
+      if (COS) {
+        CosTerms<A> ct;
+        cos_terms<A>(c, s, n, unc, ct);
+        if (all_mine) {
+          accumulate_cos<A>(part, r, x[0], x[1], x[2], ct);
+          continue;
+        }
+        for (int j = 0; j < 3; ++j) {
+          if (mine[j]) {
+            slot_grad_cos<A, true>(part.row(r[j]), j, x, ct, D);
+          } else {
+            slot_grad_cos<A, false>(msg + used * D, j, x, ct, D);
+            out[owner[r[j]]].push_back(SlotMessage{r[j], used++});
+          }
+        }
+      } else {
+        A W[3][3];
+        row_weights<A, COS>(c, s, n, unc, W);
+        if (all_mine) {
+          accumulate<A, COS>(part, r, x[0], x[1], x[2], W);
+          continue;
+        }
+        for (int j = 0; j < 3; ++j) {
+          if (mine[j]) {
+            slot_grad<A, true>(part.row(r[j]), j, x, W, D);
+          } else {
+            slot_grad<A, false>(msg + used * D, j, x, W, D);
+            out[owner[r[j]]].push_back(SlotMessage{r[j], used++});
+          }
+        }
+      }
+    }
+  };
+  // Thread u adds round k's messages for its rows, producers in the order 0, ..., P-1.
+  auto apply_round = [&](int u, int64_t k) {
+    GradPart<A> part{grad, touched.get(), D};
+    const int64_t slot = k % kRing;
+    for (int t = 0; t < P; ++t) {
+      std::vector<SlotMessage>& list = lists[(size_t(t) * kRing + size_t(slot)) * P + u];
+      const A* msg = ring + (size_t(t) * kRing + size_t(slot)) * size_t(cap) * size_t(D);
+      const size_t m = list.size();
+      for (size_t e = 0; e < m; ++e) {
+        if (kPrefetchAhead > 0 && e + kPrefetchAhead < m)
+          prefetch_bytes<1>(grad + list[e + kPrefetchAhead].row * D, D * int64_t(sizeof(A)));
+        A* __restrict g = part.row(list[e].row);
+        const A* __restrict v = msg + list[e].msg * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) g[d] += v[d];
+      }
+      list.clear();
+    }
+  };
+  // Step k of thread u: own round k, then the messages of round k - lag.
+  // Every gradient row is written by its owner alone, in this fixed sequence.
+  const int64_t steps = rounds + lag;
+#pragma omp parallel num_threads(P)
+  {
+    std::vector<A> scratch(Traits<T>::kNative ? 0 : size_t(3 * D));
+    if (omp_get_num_threads() != P) {
+      // Fewer threads than parts (thread limits, nesting): thread 0 runs every
+      // part's steps in order; each row still sees the same sequence of adds.
+#pragma omp single
+      {
+        for (int64_t k = 0; k < steps; ++k) {
+          for (int u = 0; u < P; ++u) {
+            if (k < rounds) own_round(u, k, scratch.data());
+            if (k >= lag) apply_round(u, k - lag);
+          }
+        }
+      }
+    } else {
+      const int u = omp_get_thread_num();
+      for (int64_t k = 0; k < steps; ++k) {
+        if (k < rounds) {
+          // Ring slot k % kRing held round k - kRing: every consumer must be done with it.
+          if (k >= kRing) {
+            for (int v = 0; v < P; ++v) {
+              if (v != u) wait_at_least(applied[v], k - kRing + 1);
+            }
+          }
+          own_round(u, k, scratch.data());
+          produced[u].store(k + 1, std::memory_order_release);
+        }
+        if (k >= lag) {
+          const int64_t j = k - lag;
+          for (int t = 0; t < P; ++t) {
+            if (t != u) wait_at_least(produced[t], j + 1);
+          }
+          apply_round(u, j);
+          applied[u].store(j + 1, std::memory_order_release);
+        }
+      }
+    }
+#pragma omp barrier
+#pragma omp for schedule(static, 1)
+    for (int v = 0; v < P; ++v) {
+      for (int64_t r = 0; r < N; ++r) {
+        if (owner[r] == v && !touched[r]) std::memset(grad + r * D, 0, sizeof(A) * size_t(D));
+      }
+    }
+  }
+}
+
+// x[i] *= s for i < n, s = *scale: the upstream gradient of a reduced
+// (scalar) loss applied to the fused gradient, which the forward computed for
+// a unit upstream gradient. The value is read here, not branched on by the
+// caller, so torch.compile traces no data-dependent branch; s == 1 (every
+// plain loss.backward()) returns at once, with no pass over the gradient.
+// Returns whether x changed (s != 1).
+template <class A>
+bool scale_inplace(A* x, int64_t n, const A* scale, int threads) {
+  const A s = *scale;
+  if (s == A(1)) return false;
+#pragma omp parallel for simd schedule(static) num_threads(std::max(1, threads))
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+  return true;
+}
 
 // ------------------------------------------------------ dense (Gram) path
 //

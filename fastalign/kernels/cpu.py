@@ -7,16 +7,26 @@ with torch and hands the kernels raw pointers, sizes, the row stride of
 
 Threads: ``CpuKernels(num_threads=k)`` fixes the count; by default each call
 uses ``torch.get_num_threads()`` (so ``OMP_NUM_THREADS`` and
-``torch.set_num_threads`` apply). The gradient is bitwise reproducible for the
-same inputs and thread count: triplets are split into one contiguous part per
-thread, each part accumulates into its own fp32 (fp64 for fp64 input) buffer,
-and the buffers are summed in a fixed order. Extra memory of a gradient call:
-``(threads - 1) * N * D`` accumulation values plus ``threads * N`` bytes.
+``torch.set_num_threads`` apply). Every path's gradient is bitwise
+reproducible for the same inputs and thread count (each sum has an order
+fixed by the inputs and the count).
 
-Strategies for ``fused`` (``CpuKernels(strategy=...)``):
+Strategies for ``fused`` (``CpuKernels(strategy=...)``, default
+``$FASTALIGN_CPU_STRATEGY`` or "auto"):
 
-- ``"rows"``: per triplet, read the three rows, compute the dots, the loss and
-  the row gradients in one pass (memory traffic O(B * D)).
+- ``"rows"`` (the cached path): per triplet, read the three rows, compute the
+  dots, the loss and the row gradients in one pass (memory traffic O(B * D)).
+  Triplets are split into one contiguous part per thread, each part
+  accumulates into its own fp32 (fp64 for fp64 input) N x D buffer, and the
+  buffers are summed in a fixed order. Extra memory ``(threads - 1) * N * D``
+  accumulation values (kept between calls, ``keep_workspace``) plus
+  ``threads * N`` bytes. Fast while those buffers stay in cache.
+- ``"owned"`` (the large-N path, ``csrc/cpu/triplet_kernels.h``): each thread
+  owns a range of gradient rows and alone writes them, straight into the
+  output; a triplet goes to the owner of most of its rows (a counting sort over
+  B), and the row gradient of a slot owned by another thread travels as a
+  message through a small ring (~10 % of N * D). No per-thread N x D buffers,
+  no reduction pass. With one thread it is "rows" (one part, no buffers).
 - ``"gram"``: for small N, ``G = E E^T`` and ``grad = C E`` are two GEMMs
   (torch.mm, torch's intra-op threads) and each triplet touches only O(1)
   entries of G and of the (N, N) coefficient matrix C that the kernel builds.
@@ -24,17 +34,24 @@ Strategies for ``fused`` (``CpuKernels(strategy=...)``):
   ``(threads + 2) * N^2`` values (G, the per-thread parts of C, C itself).
   If a row of ``emb`` is not finite the kernel falls back to "rows", which
   keeps NaN/Inf to the rows it touches.
-- ``"auto"`` (default) picks "gram" when ``N <= GRAM_MAX_N`` and the cost
-  model ``gram_cost < rows_cost`` says so (``uses_gram``): the two GEMMs
-  (4 N^2 D flops) plus O(1) scalar work per triplet against streaming 3 rows
-  in and 3 gradient rows in and out per triplet. The choice depends only on
-  (N, D, B), never on ``want_grad``, so a forward-only call returns bitwise
-  the loss of a forward+backward one.
+- ``"auto"`` (default) is the cost model (``path``): "gram" when
+  ``N <= GRAM_MAX_N`` and ``gram_cost < rows_cost`` (``uses_gram``: the two
+  GEMMs, 4 N^2 D flops, plus O(1) scalar work per triplet against streaming 3
+  rows in and 3 gradient rows in and out per triplet); otherwise "owned" when
+  ``uses_owned`` says the row path's buffers cost more than the owned path's
+  messages, else "rows". The choice depends only on (N, D, B, threads),
+  never on ``want_grad``, so a forward-only call returns bitwise the loss of a
+  forward+backward one.
+
+The scatter (the backward of ``reduction="none"``) takes "owned" where
+``fused`` would, else "rows". ``scale_`` applies a reduced loss's scalar
+upstream gradient to the fused gradient in place (``fastalign.ops.library``).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional, Tuple
@@ -43,7 +60,8 @@ import torch
 
 from .contract import acc_dtype
 
-STRATEGIES = ("auto", "rows", "gram")
+STRATEGIES = ("auto", "rows", "owned", "gram")
+STRATEGY_ENV = "FASTALIGN_CPU_STRATEGY"  # default strategy of CpuKernels() (tests force a path with it)
 # Cost model of "auto", in seconds on one core, measured on the 2-core dev
 # machine (Xeon, AVX-512) with D = 512, N = 2,000, B = 200,000:
 # - rows: ROW_S_PER_TRIPLET_D * D per triplet (3 rows read, 3 gradient rows
@@ -55,6 +73,26 @@ ROW_S_PER_TRIPLET_D = 2.2e-9
 GEMM_FLOPS = 1.0e11
 GRAM_S_PER_TRIPLET = 3.0e-7
 GRAM_MAX_N = 4096  # bounds the (threads + 2) N^2 Gram and coefficient buffers
+# Owned vs rows (both memory bound, D cancels): the row path's extra work is
+# the (threads - 1) N x D buffers (zeroed on first touch, reduced), the owned
+# path's is one message (a D-row written and read in the ring) per deferred
+# slot, owned_deferred_slots(P) per triplet. Measured on the 2-core machine
+# (benchmarks/README.md, D = 512, B = 200,000, 2 threads) the owned path is
+# 6-30 % slower than rows for N <= 100,000 and level with it at N = 200,000:
+# the constants put the crossover at N = 0.9 B for 2 threads.
+OWNED_BUFFER_S = 1.0e-9
+OWNED_MESSAGE_S = 1.2e-9
+
+
+def owned_deferred_slots(parts: int) -> float:
+    """Expected deferred slots per random triplet of the owned path with ``parts`` threads.
+
+    Owners o0, o1, o2 i.i.d. uniform over P ranges; the triplet goes to o1 when
+    o1 == o2 (1 deferred slot if o0 differs), else to o0 (o1 and o2 each
+    deferred unless equal to o0): (P - 1)(2P - 1) / P^2, 3/4 for P = 2.
+    """
+    p = float(parts)
+    return (p - 1.0) * (2.0 * p - 1.0) / (p * p)
 
 _DTYPE_CODES = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
 _INDEX_CODES = {torch.int32: 0, torch.int64: 1}
@@ -90,18 +128,23 @@ class CpuKernels:
     Args:
         num_threads: OpenMP threads per call; ``None`` uses
             ``torch.get_num_threads()`` at call time.
-        strategy: "auto", "rows" or "gram" for ``fused`` (module docstring).
-        keep_workspace: keep the per-thread gradient buffers of the row path
-            ((threads - 1) * N * D accumulation values) between calls. A fresh
-            buffer costs a page fault per 4 KiB on every call (~0.15 s per
-            400 MB here); a training loop reuses the same one. Its contents
-            never leak into results (rows are zeroed on first touch). Free it
-            with ``release_workspace()``.
+        strategy: "auto", "rows", "owned" or "gram" for ``fused`` (module
+            docstring); ``None`` reads ``$FASTALIGN_CPU_STRATEGY`` (default "auto").
+        keep_workspace: keep the call's workspace between calls: the per-thread
+            gradient buffers of the row path ((threads - 1) * N * D
+            accumulation values) or the owned path's message ring (~10 % of
+            N * D). A fresh buffer costs a page fault per 4 KiB on every call
+            (~0.15 s per 400 MB here); a training loop reuses the same one. Its
+            contents never leak into results (rows are zeroed on first touch,
+            messages written before they are read). Free it with
+            ``release_workspace()``.
     """
 
     name = "cpu"
 
-    def __init__(self, num_threads: Optional[int] = None, strategy: str = "auto", keep_workspace: bool = True):
+    def __init__(self, num_threads: Optional[int] = None, strategy: Optional[str] = None, keep_workspace: bool = True):
+        if strategy is None:
+            strategy = os.environ.get(STRATEGY_ENV, "") or "auto"
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
         if strategy not in STRATEGIES:
@@ -119,13 +162,18 @@ class CpuKernels:
             self._workspace = None
 
     @contextmanager
-    def _buffers(self, n: int, d: int, b: int, acc: torch.dtype) -> Iterator[int]:
-        """Pointer to (parts - 1) * N * D values of ``acc`` for one call, or 0 (kernel allocates).
+    def _buffers(self, n: int, d: int, b: int, acc: torch.dtype, owned: bool = False) -> Iterator[int]:
+        """Pointer to the call's workspace of ``acc`` values, or 0 (the kernel allocates).
 
-        The cache is used by one call at a time; a concurrent call (another
-        Python thread, the GIL is released) gets 0 and allocates its own.
+        Row path: (parts - 1) * N * D values; owned path: its message ring
+        (``owned_workspace``, ~10 % of N * D). The cache is used by one call
+        at a time; a concurrent call (another Python thread, the GIL is
+        released) gets 0 and allocates its own.
         """
-        count = (self._ext.grad_parts(self.threads(), b, True) - 1) * n * d
+        if owned:
+            count = self._ext.owned_workspace(n, d, b, self.threads())
+        else:
+            count = (self._ext.grad_parts(self.threads(), b, True) - 1) * n * d
         if not self.keep_workspace or count == 0 or not self._workspace_lock.acquire(blocking=False):
             yield 0
             return
@@ -141,6 +189,21 @@ class CpuKernels:
     def threads(self) -> int:
         """Threads the next call will use."""
         return self.num_threads if self.num_threads is not None else max(1, torch.get_num_threads())
+
+    def path(self, n: int, d: int, b: int) -> str:
+        """The path ``fused`` takes: "gram", "rows" (per-thread buffers) or "owned" (large N)."""
+        if self.uses_gram(n, d, b):
+            return "gram"
+        if self.strategy in ("rows", "owned"):
+            return self.strategy
+        return "owned" if self.uses_owned(n, d, b) else "rows"
+
+    def uses_owned(self, n: int, d: int, b: int) -> bool:
+        """Whether "auto" prefers the owned-rows path to the row path (module docstring)."""
+        if self.strategy != "auto":
+            return self.strategy == "owned"
+        t = self._ext.grad_parts(self.threads(), b, True)
+        return t > 1 and (t - 1) * n * OWNED_BUFFER_S > b * owned_deferred_slots(t) * OWNED_MESSAGE_S
 
     def uses_gram(self, n: int, d: int, b: int) -> bool:
         """Whether ``fused`` takes the Gram path for N rows of width D and B triplets."""
@@ -206,7 +269,8 @@ class CpuKernels:
         rowscale = None if rowscale is None else rowscale.to(acc).contiguous()
         loss = torch.empty(b, dtype=acc)
         dsim = torch.empty(b, 3, dtype=acc)
-        if self.uses_gram(n, d, b):
+        path = self.path(n, d, b)
+        if path == "gram":
             grad = self._fused_gram(emb, triplets, target, choice, rowscale, mode, cosine, temperature, grad_scale,
                                     want_grad, loss, dsim)
             if grad is not None:
@@ -214,12 +278,13 @@ class CpuKernels:
                 return loss, dsim, grad
         # Rows no triplet touches are zeroed by the kernel, so empty() suffices.
         grad = torch.empty(n, d, dtype=acc) if want_grad else torch.empty(0, dtype=acc)
-        with self._buffers(n, d, b, acc) if want_grad else _no_buffers() as workspace:
+        owned = path == "owned"
+        with self._buffers(n, d, b, acc, owned) if want_grad else _no_buffers() as workspace:
             self._ext.fused(
                 **rows, target=_ptr(target), choice=_ptr(choice), rowscale=_ptr(rowscale), mode=int(mode),
                 cosine=bool(cosine), temperature=float(temperature), grad_scale=float(grad_scale),
                 loss=loss.data_ptr(), dsim=dsim.data_ptr(), grad=grad.data_ptr() if want_grad else 0,
-                num_threads=self.threads(), workspace=workspace,
+                num_threads=self.threads(), workspace=workspace, owned=owned,
             )
         del keep
         return loss, dsim, grad
@@ -252,9 +317,26 @@ class CpuKernels:
         rows, keep = self._rows(emb, triplets)
         acc = acc_dtype(emb.dtype)
         coef = coef.to(acc).contiguous()
-        grad = torch.empty(emb.shape[0], emb.shape[1], dtype=acc)
-        with self._buffers(emb.shape[0], emb.shape[1], triplets.shape[0], acc) as workspace:
+        n, d = emb.shape
+        b = triplets.shape[0]
+        grad = torch.empty(n, d, dtype=acc)
+        # The scatter has no Gram form; it takes the owned path where fused would.
+        owned = self.strategy == "owned" or (self.strategy == "auto" and self.uses_owned(n, d, b))
+        with self._buffers(n, d, b, acc, owned) as workspace:
             self._ext.scatter(**rows, coef=coef.data_ptr(), cosine=bool(cosine), grad=grad.data_ptr(),
-                              num_threads=self.threads(), workspace=workspace)
+                              num_threads=self.threads(), workspace=workspace, owned=owned)
         del keep
         return grad
+
+    def scale_(self, grad: torch.Tensor, scale: torch.Tensor) -> bool:
+        """``grad *= scale`` in place, ``scale`` a 0-d tensor whose value the kernel reads.
+
+        Returns whether the values changed: a scale of exactly 1 (a plain
+        ``loss.backward()``) costs no pass over ``grad``.
+        """
+        if grad.dtype not in (torch.float32, torch.float64) or not grad.is_contiguous():
+            grad.mul_(scale.to(grad.dtype))
+            return True
+        s = scale.detach().to(device="cpu", dtype=grad.dtype).contiguous()
+        return bool(self._ext.scale_(x=grad.data_ptr(), f64=grad.dtype == torch.float64, n=grad.numel(),
+                                     scale=s.data_ptr(), num_threads=self.threads()))

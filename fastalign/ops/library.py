@@ -158,17 +158,70 @@ def _objective_setup(ctx, inputs, output):
     ctx.cosine, ctx.backend, ctx.reduction = cosine, backend, reduction
     ctx.has_weight = weight is not None
     ctx.emb_dtype = emb.dtype
+    # Only kernels with a scale_ method (the cpu backend) take the in-place
+    # path; the GPU backends keep grad * grad_out.
+    ctx.scale_in_place = reduction != _NONE and hasattr(_kernels(backend, emb.device), "scale_")
+    ctx.scaled = ctx.handed_out = False
+    # dsim and grad are outputs nobody differentiates; materialized, their
+    # "gradients" would be a zero (B, 3) and a zero (N, D) tensor per backward.
+    ctx.set_materialize_grads(False)
     if reduction == _NONE:
         ctx.save_for_backward(emb, triplets, dsim, weight if weight is not None else dsim.new_empty(0))
     else:
         ctx.save_for_backward(grad)
 
 
+@torch.library.custom_op("fastalign::triplet_grad_scale_", mutates_args=("grad",))
+def triplet_grad_scale_op(grad: torch.Tensor, scale: torch.Tensor, backend: str) -> None:
+    """``grad *= scale`` in place, ``scale`` a 0-d tensor whose value the kernel reads."""
+    _scale_in_place(grad, scale, backend)
+
+
+@triplet_grad_scale_op.register_fake
+def _(grad, scale, backend):
+    return None
+
+
+def _scale_in_place(grad: torch.Tensor, scale: torch.Tensor, backend: str) -> bool:
+    """Scale the fused gradient in place; True when its values changed (scale != 1)."""
+    kernels = _kernels(backend, grad.device)
+    scale_ = getattr(kernels, "scale_", None)
+    if scale_ is not None:
+        return bool(scale_(grad, scale))
+    grad.mul_(scale.to(grad.dtype))
+    return True
+
+
 def _objective_backward(ctx, grad_out, _grad_dsim, _grad_grad):
+    if grad_out is None:  # only dsim or grad was used downstream: neither carries a gradient
+        return (None,) * 12
     if ctx.reduction != _NONE:
         (grad,) = ctx.saved_tensors
         if grad.numel() == 0:  # no gradient was requested in forward
             return (None,) * 12
+        if grad_out.dim() == 0 and ctx.scale_in_place:
+            # A reduced loss's upstream gradient is a scalar (known from its
+            # shape, so tracing takes no data-dependent branch): the kernel
+            # scales the fused gradient, which only this node holds, in place
+            # instead of allocating grad * grad_out, and skips the pass when
+            # the scale is 1. Under torch.compile the op is functionalized
+            # like any in-place op.
+            if torch.compiler.is_compiling():
+                triplet_grad_scale_op(grad, grad_out, ctx.backend)
+            elif ctx.scaled:
+                raise RuntimeError(
+                    "backward ran twice through a retained graph of a reduced fastalign loss whose first "
+                    "upstream gradient was not 1: its fused gradient was scaled in place then; "
+                    "evaluate the loss again instead")
+            elif ctx.handed_out:
+                # A retained graph's later backward: the buffer went to the
+                # caller the first time (still unscaled), so copy.
+                return ((grad * grad_out.to(grad.dtype)).to(ctx.emb_dtype),) + (None,) * 11
+            else:
+                ctx.scaled = _scale_in_place(grad, grad_out, ctx.backend)
+                ctx.handed_out = True
+            grad_emb = grad if grad.dtype == ctx.emb_dtype else grad.to(ctx.emb_dtype)
+            return (grad_emb,) + (None,) * 11
         grad_emb = (grad * grad_out.to(grad.dtype)).to(ctx.emb_dtype)
     else:
         emb, triplets, dsim, weight = ctx.saved_tensors
