@@ -188,3 +188,16 @@ def test_cluster_border_recovers_a_separated_mixture(tmp_path):
     lab = truth[TripletStore.open(tmp_path / "s").indices[:].astype(np.int64)]
     same = (lab[:, 0] == lab[:, 1]).astype(int) + (lab[:, 0] == lab[:, 2]) + (lab[:, 1] == lab[:, 2])
     assert (same == 1).mean() >= 0.99
+
+
+def test_bundled_categories_hash_their_bundled_file():
+    import torch
+
+    from fastalign.datasets.things import ROOT
+    from fastalign.io.atomic import file_checksum
+    from fastalign.triplets.fingerprint import run_fingerprint
+
+    o = GenerateOptions(embeddings="things:clip", out="unused", num=1, categories="things", strategy="within_category")
+    rec = run_fingerprint(o, torch.device("cpu"))["inputs"]["categories"]
+    assert rec["file"] == str(ROOT / "concepts/category_mat_manual.tsv")
+    assert rec["blake2b"] == file_checksum(ROOT / "concepts/category_mat_manual.tsv")

@@ -15,6 +15,11 @@ Coordination between ranks is through files only (``fastalign.triplets.ranks``):
 rank 0 checks the output path, writes ``run.json`` and the cluster labels
 (``clusters.npy``); other ranks wait for them; rank 0 merges the manifest.
 
+Inputs besides the embeddings: ``labels`` (one class per item, the ``*_class`` strategies) and
+``categories`` (an (N, K) multi-label matrix, the ``*_category`` strategies, see
+``fastalign.triplets.sampling``), both read through ``fastalign.io.resolve`` (a row count other
+than the embeddings' is refused) and hashed into the resume fingerprint.
+
 Output layout: ``OUT/`` is the training store; with ``val_num > 0`` the
 validation store (over a disjoint item subset) is ``OUT/val/``. Beside the
 store files: ``run.json`` (options), ``clusters.npy`` + ``kmeans.json``,
