@@ -19,10 +19,17 @@ def register(sub) -> None:
     p.add_argument("--transform", help="teacher transform (.npz/.safetensors); its calibrated T sets the probabilities")
     p.add_argument("--labels", help="per-item class labels: things (THINGS objects in one category) or "
                                     ".npy/.npz/.txt (negative = no label)")
+    p.add_argument("--categories",
+                   help="(N, K) 0/1 multi-label category matrix for the category strategies: things (the 27 THINGS "
+                        "categories) or a .npy/.tsv/.csv/.txt table, one row per embedding row (as for evaluate)")
     p.add_argument("--file-names", help="file_names.txt naming the N items, or things (copied into the store)")
     p.add_argument("--strategy", default="cluster_border",
-                   help="random|between_class|within_class|class_border|cluster_border, or a mix such as "
-                        "cluster_border:0.8,random:0.2 (default: cluster_border)")
+                   help="random|between_class|within_class|class_border|cluster_border|within_category|"
+                        "between_category|category_border, or a mix such as cluster_border:0.8,random:0.2 "
+                        "(default: cluster_border). Category strategies (need --categories; an object may be in "
+                        "several categories or none; objects in none are never used): within_category = all three "
+                        "share a category; between_category = no two share a category; category_border = items 0 "
+                        "and 1 share a category and item 2 (the odd one out) shares none with either")
     p.add_argument("--clusters", type=int, default=500, help="k of k-means for cluster_border (default 500)")
     p.add_argument("--num", type=int, required=True, help="number of training triplets")
     p.add_argument("--out", required=True, help="store directory to create (validation store goes to OUT/val)")
@@ -56,7 +63,7 @@ def register(sub) -> None:
 def _run(args) -> int:
     opts = GenerateOptions(
         embeddings=args.embeddings, out=args.out, num=args.num, strategy=args.strategy, clusters=args.clusters,
-        labels=args.labels, transform=args.transform, file_names=args.file_names, val_num=args.val_num,
+        labels=args.labels, categories=args.categories, transform=args.transform, file_names=args.file_names, val_num=args.val_num,
         val_fraction=args.val_fraction, seed=args.seed, resume=args.resume, shard_size=args.shard_size,
         chunk_size=args.chunk_size, label_batch=args.label_batch, sim_dtype=args.sim_dtype, with_probs=not args.no_probs,
         temperature=args.temperature, similarity=args.similarity, weighting=args.weighting,

@@ -6,8 +6,8 @@ two teachers (shards ``0..k`` old, the rest new) and still open as complete.
 So rank 0 records in ``run.json``, besides the content options
 (``options.content_options``):
 
-- ``inputs``: for the embeddings, the transform, the labels and the file
-  names, the blake2b digest and size of the full bytes of the file each names
+- ``inputs``: for the embeddings, the transform, the labels, the category
+  matrix and the file names, the blake2b digest and size of the full bytes of the file each names
   (a bundled ``things:KEY`` input: of its bundled file), hashed once at start;
 - ``execution``: every setting outside the options that can change the bytes:
   the similarity backend as resolved (``auto`` and ``$FASTALIGN_BACKEND``
@@ -41,8 +41,10 @@ from ..ops.registry import ENV_VAR as BACKEND_ENV
 from ..ops.registry import auto_choice
 from .options import GenerateOptions
 
-# The bundled files behind ``--labels things`` and ``--file-names things`` (fastalign.datasets.things).
-_BUNDLED = {"labels": "concepts/category_mat_manual.tsv", "file_names": "concepts/unique_id.txt"}
+# The bundled files behind ``--labels things``, ``--categories things`` and ``--file-names things``
+# (fastalign.datasets.things).
+_BUNDLED = {"labels": "concepts/category_mat_manual.tsv", "categories": "concepts/category_mat_manual.tsv",
+            "file_names": "concepts/unique_id.txt"}
 
 
 def _input_file(role: str, spec: str) -> Path:
@@ -68,7 +70,8 @@ def resolved_backend(backend: Optional[str], device: torch.device) -> str:
 
 def run_fingerprint(o: GenerateOptions, device: torch.device) -> Dict[str, Any]:
     """``{"inputs": ..., "execution": ...}`` of this run (see the module docstring)."""
-    specs = {"embeddings": o.embeddings, "transform": o.transform, "labels": o.labels, "file_names": o.file_names}
+    specs = {"embeddings": o.embeddings, "transform": o.transform, "labels": o.labels, "categories": o.categories,
+             "file_names": o.file_names}
     inputs = {role: _file_record(role, spec) for role, spec in specs.items() if spec}
     execution = {
         "backend": resolved_backend(o.backend, device),

@@ -15,6 +15,11 @@ Coordination between ranks is through files only (``fastalign.triplets.ranks``):
 rank 0 checks the output path, writes ``run.json`` and the cluster labels
 (``clusters.npy``); other ranks wait for them; rank 0 merges the manifest.
 
+Inputs besides the embeddings: ``labels`` (one class per item, the ``*_class`` strategies) and
+``categories`` (an (N, K) multi-label matrix, the ``*_category`` strategies, see
+``fastalign.triplets.sampling``), both read through ``fastalign.io.resolve`` (a row count other
+than the embeddings' is refused) and hashed into the resume fingerprint.
+
 Output layout: ``OUT/`` is the training store; with ``val_num > 0`` the
 validation store (over a disjoint item subset) is ``OUT/val/``. Beside the
 store files: ``run.json`` (options), ``clusters.npy`` + ``kmeans.json``,
@@ -40,7 +45,7 @@ from ..common.seeds import derive_rng
 from ..common.timing import StageTimer
 from ..io.atomic import atomic_save_npy, atomic_write_text, read_json
 from ..io.faults import fault_point
-from ..io.resolve import resolve_features, resolve_file_names, resolve_labels
+from ..io.resolve import resolve_categories, resolve_features, resolve_file_names, resolve_labels
 from ..teacher import load_transform
 from .fingerprint import input_digests, run_fingerprint
 from .kmeans import KMeansOptions, check_finite, kmeans
@@ -55,7 +60,7 @@ from .report import (
     plot_entropy,
     write_summary,
 )
-from .sampling import TripletSampler
+from .sampling import CategorySets, TripletSampler
 from .split_writer import SplitJob, write_split
 from .store import TripletStore
 
@@ -73,6 +78,8 @@ class _Inputs:
     info: Dict[str, object]
     classes: Optional[np.ndarray]
     names: Optional[List[str]]
+    categories: Optional[CategorySets] = None  # shared by every split's sampler
+    category_info: Optional[Dict[str, object]] = None
 
 
 def load_labels(spec: str, n: int) -> np.ndarray:
@@ -116,7 +123,17 @@ def _load_inputs(o: GenerateOptions, device: torch.device) -> _Inputs:
         names = resolve_file_names(o.file_names)
         if len(names) != n:
             raise ValueError(f"{o.file_names}: lists {len(names)} names but the embeddings have {n} rows")
-    return _Inputs(emb, temperature, info, classes, names)
+    categories, category_info = _load_categories(o.categories, n) if o.categories else (None, None)
+    return _Inputs(emb, temperature, info, classes, names, categories, category_info)
+
+
+def _load_categories(spec: str, n: int) -> Tuple[CategorySets, Dict[str, object]]:
+    """The (N, K) category matrix (``fastalign.io.resolve_categories``: other row counts refused) and its description."""
+    matrix, names = resolve_categories(spec, n=n)
+    sets = CategorySets(matrix)
+    info = {"spec": str(spec), "shape": list(matrix.shape), "categorised": int(sets.categorised.sum()),
+            "names": names}
+    return sets, info
 
 
 # k-means options that cannot change the labels (chunking only bounds memory: the sums are float64).
@@ -165,7 +182,7 @@ def _split_items(o: GenerateOptions, n: int) -> Tuple[np.ndarray, Optional[np.nd
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def _split_jobs(o: GenerateOptions, root: Path, n: int, mix, classes: Optional[np.ndarray],
+def _split_jobs(o: GenerateOptions, root: Path, n: int, mix, inputs: _Inputs,
                 clusters: Optional[np.ndarray]) -> List[SplitJob]:
     """The splits to write, every strategy checked on every split before anything is written
     (so a bad validation split cannot fail after the training store is already written)."""
@@ -175,7 +192,8 @@ def _split_jobs(o: GenerateOptions, root: Path, n: int, mix, classes: Optional[n
         splits.append((1, "val", root / "val", o.val_num, val_items))
     jobs = []
     for index, name, path, num, items in splits:
-        sampler = TripletSampler(n, classes=classes, clusters=clusters, items=items, weighting=o.weighting)
+        sampler = TripletSampler(n, classes=inputs.classes, clusters=clusters, items=items, weighting=o.weighting,
+                                 categories=inputs.categories)
         for s, _ in mix:
             try:
                 sampler.check(s)
@@ -197,6 +215,7 @@ def _store_meta(o: GenerateOptions, mix, inputs: _Inputs, options: Dict[str, obj
         "similarity": o.similarity,
         "chunk_size": o.chunk_size,
         "embeddings": inputs.info,
+        "categories": inputs.category_info,
         "file_names": "file_names.txt" if inputs.names is not None else None,
         "teacher": transform.get("path") if isinstance(transform, dict) else None,
         "inputs": input_digests(fingerprint),
@@ -242,7 +261,7 @@ def generate(o: GenerateOptions, say: Callable[[str], None] = lambda s: print(s,
     if uses_clusters(mix):
         with timer("kmeans"):
             clusters, summary.kmeans = _clusters(o, inputs.emb, root, rank, device, quiet)
-    jobs = _split_jobs(o, root, n, mix, inputs.classes, clusters)
+    jobs = _split_jobs(o, root, n, mix, inputs, clusters)
     meta = _store_meta(o, mix, inputs, options, fingerprint)
     for job in jobs:
         if rank == 0 and inputs.names is not None:

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .sampling import parse_strategy
+from .sampling import CATEGORY_STRATEGIES, parse_strategy
 from .store.layout import SIM_DTYPES
 
 EMB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,6 +36,9 @@ class GenerateOptions:
         clusters: k for k-means on the teacher embeddings (needed by ``cluster_border``).
         labels: optional per-item class labels: ``things`` (THINGS objects in one category) or a file
             (.npy/.npz/.txt, one label per item; negative = none), see ``fastalign.io.resolve_labels``.
+        categories: optional (N, K) 0/1 multi-label category matrix for the category strategies
+            (``within_category``, ``between_category``, ``category_border``): ``things`` (the 27 THINGS
+            categories) or a file, read by ``fastalign.io.resolve_categories`` (the flag ``evaluate`` uses).
         transform: optional teacher transform (``fastalign.teacher.load_transform``); its calibrated
             temperature is the default ``temperature``.
         file_names: optional ``file_names.txt`` naming the N items, or ``things`` (copied into the store).
@@ -69,6 +72,7 @@ class GenerateOptions:
     strategy: str = "cluster_border"
     clusters: int = 500
     labels: Optional[str] = None
+    categories: Optional[str] = None
     transform: Optional[str] = None
     file_names: Optional[str] = None
     val_num: int = 0
@@ -115,6 +119,8 @@ def check_options(o: GenerateOptions) -> List[Tuple[str, float]]:
         _int("clusters", o.clusters, 1)
     if any(n in ("between_class", "within_class", "class_border") for n, _ in mix) and not o.labels:
         raise ValueError(f"strategy {o.strategy!r} needs per-item class labels (--labels)")
+    if uses_categories(mix) and not o.categories:
+        raise ValueError(f"strategy {o.strategy!r} needs a category matrix (--categories FILE|things)")
     if o.sim_dtype not in SIM_DTYPES:
         raise ValueError(f"sim_dtype must be float16 or float32, got {o.sim_dtype!r}")
     if o.emb_dtype not in EMB_DTYPES:
@@ -135,3 +141,7 @@ def content_options(o: GenerateOptions) -> Dict[str, Any]:
 
 def uses_clusters(mix: List[Tuple[str, float]]) -> bool:
     return any(s == "cluster_border" for s, _ in mix)
+
+
+def uses_categories(mix: List[Tuple[str, float]]) -> bool:
+    return any(s in CATEGORY_STRATEGIES for s, _ in mix)
