@@ -171,7 +171,10 @@ def _read_category_file(p: Path) -> Tuple[np.ndarray, Optional[List[str]]]:
             raise ValueError(f"{p}: categories must be a numeric 0/1 table ({exc})") from None
     if arr.ndim != 2:
         raise ValueError(f"{p}: categories must be a 2-D (N, K) table, got shape {arr.shape}")
-    if not np.isin(arr, (0, 1)).all():
+    # min/max for integer matrices: np.isin sorts, which is ~50x slower on a 1e6 x 1000 matrix.
+    only_01 = (arr.min(initial=0) >= 0 and arr.max(initial=0) <= 1) if arr.dtype.kind in "iub" \
+        else bool(np.isin(arr, (0, 1)).all())
+    if not only_01:
         raise ValueError(f"{p}: categories must hold only 0 and 1")
     if names is not None and len(names) != arr.shape[1]:
         raise ValueError(f"{p}: header names {len(names)} categories but rows have {arr.shape[1]} columns")
