@@ -13,6 +13,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import torch
+
+from ..bench import run_bench
+from ..bench.config import BenchOptions
+from ..bench.presets import PRESETS
+from ..bench.report import TABLE
+
 
 def _csv(value: str):
     items = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -21,8 +28,6 @@ def _csv(value: str):
 
 def add_arguments(p) -> None:
     """The bench options (shared with ``benchmarks/bench_gpu.py``)."""
-    from ..bench.presets import PRESETS  # heavy (torch): CLI modules import on use, so --help stays quick
-
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="case list: " + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
                    + " (default: gpu-quick with a GPU, else cpu-tiny)")
@@ -47,10 +52,6 @@ def add_arguments(p) -> None:
 
 def options_from_args(args):
     """``BenchOptions`` from parsed arguments (ValueError on a bad value)."""
-    import torch  # heavy: CLI modules import on use, so --help stays quick
-
-    from ..bench.config import BenchOptions
-
     preset = args.preset or ("gpu-quick" if torch.cuda.is_available() and args.device != "cpu" else "cpu-tiny")
     baselines = args.baselines
     if baselines is not None and tuple(baselines) == ("none",):
@@ -76,9 +77,6 @@ def register(sub):
 
 
 def _run(args):
-    from ..bench import run_bench  # heavy (torch, ops): imported when the command runs
-    from ..bench.report import TABLE
-
     options = options_from_args(args)
     run_bench(options, out_dir=args.out)
     if not args.quiet:

@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import torch
+
+from ..datasets.levels import load_levels
+from ..eval import (
+    EvalOptions,
+    FewShotOptions,
+    LevelsOptions,
+    evaluate_representation,
+    format_table,
+    load_level_labels,
+    plot_human_rdms,
+    plot_levels_dataset,
+)
+from ..io import atomic_write_json, check_triplets_fit, read_file_names
+from ..io.rdm import read_human_rdm, read_rdm_items
+from ..io.resolve import resolve_categories, resolve_features, resolve_labels, resolve_triplets
+from ..teacher import load_transform
+from .main import CLIError
 
 EPILOG = """\
 bundled THINGS data (1,854 objects) by name instead of a path:
@@ -32,8 +55,6 @@ examples:
 
 
 def register(sub):
-    import argparse
-
     p = sub.add_parser(
         "evaluate",
         help="score a representation: accuracy, levels, uncertainty, calibration, RSA, few-shot",
@@ -101,46 +122,61 @@ def _log(msg: str) -> None:
     print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
 
-def _run(args):
-    # The command's stack is imported when it runs, so that `fastalign --help` never waits for torch.
-    import numpy as np
-    import torch
-
-    from ..eval import (
-        EvalOptions,
-        FewShotOptions,
-        LevelsOptions,
-        evaluate_representation,
-        format_table,
-        load_level_labels,
+def _run(args) -> int:
+    _check_args(args)
+    device = _device(args.device)
+    inputs = _load_inputs(args)  # every input loaded and checked before any long work starts
+    emb, temperature = _representation(inputs["features"], args, device)
+    n = emb.shape[0]
+    _log(f"evaluating {n} objects x {emb.shape[1]} dims on {inputs['triplets'].shape[0]} triplets")
+    report = evaluate_representation(
+        emb, inputs["triplets"], categories=inputs["categories"], levels=inputs["levels"],
+        human_rdm_emb=inputs["human"], few_shot_labels=inputs["labels"], human_rdms=inputs["human_rdms"],
+        human_rdm_items=inputs["rdm_items"], levels_data=inputs["levels_data"], file_names=inputs["file_names"],
+        similarity=args.similarity, temperature=temperature, options=_options(args), backend=args.backend,
     )
-    from ..io import atomic_write_json, check_triplets_fit, read_file_names
-    from ..io.resolve import resolve_categories, resolve_features, resolve_labels, resolve_triplets
-    from ..teacher import load_transform
-    from .main import CLIError
+    report["inputs"] = {
+        "features": args.features, "transform": args.transform, "triplets": args.triplets,
+        "categories": args.categories, "category_names": inputs["category_names"], "levels": args.levels,
+        "human_embedding": args.human_embedding, "human_rdm": args.human_rdm, "rdm_items": args.rdm_items,
+        "levels_data": args.levels_data, "few_shot": args.few_shot,
+    }
+    print(format_table(report))
+    if args.out:
+        atomic_write_json(args.out, report)
+        _log(f"wrote {args.out}")
+    if args.figures:
+        _write_figures(report, args.figures, args.features)
+    return 0
 
+
+def _check_args(args) -> None:
     if args.episodes < 2:
         raise CLIError("--episodes must be >= 2")
     if args.rdm_bootstrap < 0 or args.levels_seeds < 1:
         raise CLIError("--rdm-bootstrap must be >= 0 and --levels-seeds >= 1")
     if any(k < 1 for k in args.shots):
         raise CLIError("--shots must be positive")
+
+
+def _device(spec: str) -> torch.device:
     try:
-        device = torch.device(args.device)
+        device = torch.device(spec)
     except RuntimeError as exc:
-        raise CLIError(f"--device {args.device!r}: {exc}") from None
+        raise CLIError(f"--device {spec!r}: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda, but no CUDA device is available")
+    return device
 
-    # Load and check every input before any long work starts.
+
+def _load_inputs(args) -> Dict[str, Any]:
+    """Features, triplets and every optional input, each checked against the features' objects."""
     _log(f"loading features {args.features}")
     feats = resolve_features(args.features, args.file_names)
-    n, d = feats.shape
+    n = feats.shape[0]
     triplets = resolve_triplets(args.triplets)
     check_triplets_fit(triplets, n, name=args.triplets)
-    categories = cat_names = None
-    if args.categories:
-        categories, cat_names = resolve_categories(args.categories, n=n)
+    categories, cat_names = resolve_categories(args.categories, n=n) if args.categories else (None, None)
     levels = None
     if args.levels:
         levels = load_level_labels(args.levels)
@@ -153,26 +189,32 @@ def _run(args):
             raise CLIError(f"--human-embedding has {human.shape[0]} rows but the features have {n}")
     file_names = read_file_names(args.file_names) if args.file_names else None
     human_rdms, rdm_items = _load_human_rdms(args, n, file_names)
-    levels_data = _load_levels_data(args, file_names)
-    labels = None
-    if args.few_shot:
-        labels, _ = resolve_labels(args.few_shot, n=n)
+    labels = resolve_labels(args.few_shot, n=n)[0] if args.few_shot else None
+    return {"features": feats, "triplets": triplets, "categories": categories, "category_names": cat_names,
+            "levels": levels, "human": human, "file_names": file_names, "human_rdms": human_rdms,
+            "rdm_items": rdm_items, "levels_data": _load_levels_data(args, file_names), "labels": labels}
 
+
+def _representation(feats: np.ndarray, args, device: torch.device) -> Tuple[torch.Tensor, float]:
+    """The evaluated embeddings (the features, or the teacher transform applied to them) and their
+    temperature (``--temperature``, else the transform's, else 1)."""
     emb = torch.from_numpy(np.ascontiguousarray(feats)).to(device)
     temperature = args.temperature
     if args.transform:
+        d = feats.shape[1]
         transform = load_transform(args.transform, dim_in=d).to(device)
         with torch.no_grad():
             emb = transform(emb)
         if temperature is None:
             temperature = float(transform.temperature)
         _log(f"applied transform {args.transform}: D={d} -> {emb.shape[1]}")
-    if temperature is None:
-        temperature = 1.0
+    return emb, 1.0 if temperature is None else temperature
 
+
+def _options(args) -> EvalOptions:
     probes = ("centroid", "logreg") if args.probe == "both" else (args.probe,)
     category_name = "THINGS category levels" if args.categories in ("things", "things:categories") else "category levels"
-    opts = EvalOptions(
+    return EvalOptions(
         ceiling=args.ceiling,
         min_repeats=args.min_repeats,
         uncategorized=args.uncategorized,
@@ -187,43 +229,10 @@ def _run(args):
         levels_data=LevelsOptions(n_seeds=args.levels_seeds, seed=args.seed, ties=args.levels_ties,
                                   allow_missing=args.allow_missing),
     )
-    _log(f"evaluating {n} objects x {emb.shape[1]} dims on {triplets.shape[0]} triplets")
-    report = evaluate_representation(
-        emb,
-        triplets,
-        categories=categories,
-        levels=levels,
-        human_rdm_emb=human,
-        few_shot_labels=labels,
-        human_rdms=human_rdms,
-        human_rdm_items=rdm_items,
-        levels_data=levels_data,
-        file_names=file_names,
-        similarity=args.similarity,
-        temperature=temperature,
-        options=opts,
-        backend=args.backend,
-    )
-    report["inputs"] = {
-        "features": args.features, "transform": args.transform, "triplets": args.triplets,
-        "categories": args.categories, "category_names": cat_names, "levels": args.levels,
-        "human_embedding": args.human_embedding, "human_rdm": args.human_rdm, "rdm_items": args.rdm_items,
-        "levels_data": args.levels_data, "few_shot": args.few_shot,
-    }
-    print(format_table(report))
-    if args.out:
-        atomic_write_json(args.out, report)
-        _log(f"wrote {args.out}")
-    if args.figures:
-        _write_figures(report, args.figures, args.features)
-    return 0
 
 
 def _load_human_rdms(args, n: int, file_names):
     """Read every --human-rdm and its --rdm-items before any long work starts."""
-    from ..io.rdm import read_human_rdm, read_rdm_items
-    from .main import CLIError
-
     specs = args.human_rdm or []
     items = args.rdm_items or []
     if items and not specs:
@@ -247,9 +256,6 @@ def _load_human_rdms(args, n: int, file_names):
 
 
 def _load_levels_data(args, file_names):
-    from ..datasets.levels import load_levels
-    from .main import CLIError
-
     if not args.levels_data:
         return None
     if file_names is None:
@@ -259,10 +265,6 @@ def _load_levels_data(args, file_names):
 
 
 def _write_figures(report, folder: str, model_name: str) -> None:
-    from pathlib import Path
-
-    from ..eval import plot_human_rdms, plot_levels_dataset
-
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     if report.get("human_rdms"):

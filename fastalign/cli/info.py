@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 
+import torch
+
+import fastalign
+
 
 def register(sub):
     p = sub.add_parser("info", help="show the version and the available backends")
@@ -12,10 +16,6 @@ def register(sub):
 
 
 def _run(args):
-    import torch
-
-    import fastalign
-
     report = {"fastalign": fastalign.__version__, "torch": torch.__version__,
               "cuda_available": torch.cuda.is_available(), **fastalign.backends()}
     if args.json:

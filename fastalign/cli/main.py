@@ -1,8 +1,8 @@
 """``fastalign`` command line: one module per subcommand.
 
 Each module in ``COMMANDS`` defines ``register(subparsers)``, which adds its
-parser and sets ``func(args) -> int``. Heavy imports happen inside ``func`` so
-that ``fastalign --help`` stays instant.
+parser and sets ``func(args) -> int``. Command modules import what they use at the
+top (the package root imports torch anyway, so deferring imports would save nothing).
 """
 
 from __future__ import annotations

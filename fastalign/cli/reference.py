@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from .main import build_parser
+
 START = "<!-- cli-reference:start -->"
 END = "<!-- cli-reference:end -->"
 
 
 def render() -> str:
     os.environ["COLUMNS"] = "100"  # argparse wraps usage lines to the terminal width
-    from .main import build_parser
-
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: c.help for c in sub._choices_actions}

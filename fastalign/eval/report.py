@@ -147,12 +147,28 @@ def evaluate_representation(
     if not bool(torch.isfinite(e).all()):
         row = int((~torch.isfinite(e)).any(1).nonzero()[0, 0])
         raise ValueError(f"emb has a NaN or Inf in row {row}")
-    n = e.shape[0]
-    t = as_triplets(triplets, n, e.device)
+    t = as_triplets(triplets, e.shape[0], e.device)
     o = None if odd is None else as_index(odd, "odd", e.device)
+    report = _accuracy_and_calibration(e, t, o, similarity, temperature, opts, backend)
+    _levels(report, e, t, o, categories, levels, level_names, similarity, opts, backend, stage)
+    stage("human uncertainty")
+    report["uncertainty"] = human_uncertainty(e, t, o, similarity, temperature, opts.min_repeats, backend)
+    if human_rdm_emb is not None:
+        stage("RSA and CKA")
+        report["rsa"] = _rsa(e, human_rdm_emb, similarity, opts)
+    _measured_human(report, e, human_rdms, human_rdm_items, levels_data, file_names, similarity, opts,
+                    backend, stage)
+    if few_shot_labels is not None:
+        report["few_shot"] = _few_shot(e, few_shot_labels, opts, stage)
+    return report
+
+
+def _accuracy_and_calibration(e: torch.Tensor, t: torch.Tensor, o: Optional[torch.Tensor], similarity: str,
+                              temperature: float, opts: EvalOptions, backend: Optional[str]) -> Dict[str, Any]:
+    """The report's head: sizes, accuracy against chance and the ceiling, and calibration."""
     acc = triplet_accuracy(e, t, o, similarity, backend)
     report: Dict[str, Any] = {
-        "n_objects": n,
+        "n_objects": int(e.shape[0]),
         "dim": int(e.shape[1]),
         "n_triplets": int(t.shape[0]),
         "similarity": similarity,
@@ -165,6 +181,14 @@ def evaluate_representation(
         k: (nan_to_none(v) if isinstance(v, float) else v)
         for k, v in triplet_calibration(e, t, o, temperature, similarity, opts.n_bins, backend).items()
     }
+    return report
+
+
+def _levels(report: Dict[str, Any], e: torch.Tensor, t: torch.Tensor, o: Optional[torch.Tensor],
+            categories: Optional[Any], levels: Optional[Any], level_names: Optional[Sequence[str]],
+            similarity: str, opts: EvalOptions, backend: Optional[str], stage) -> None:
+    """``levels`` (from a category matrix) and ``levels_file`` (per-triplet labels), when given."""
+    n = e.shape[0]
     if categories is not None:
         stage("accuracy by level")
         cats = categories if isinstance(categories, torch.Tensor) else torch.from_numpy(np.array(categories))
@@ -183,33 +207,30 @@ def evaluate_representation(
             "source": "levels",
             "accuracy": _level_dict(accuracy_by_level(e, t, codes, o, similarity, names, backend)),
         }
-    stage("human uncertainty")
-    report["uncertainty"] = human_uncertainty(e, t, o, similarity, temperature, opts.min_repeats, backend)
-    if human_rdm_emb is not None:
-        stage("RSA and CKA")
-        h = as_emb(human_rdm_emb, "human_rdm_emb", device=e.device)
-        if h.shape[0] != n:
-            raise ValueError(f"human_rdm_emb has {h.shape[0]} rows but emb has {n}; both must list the same objects")
-        metric = opts.rdm_metric or ("dot" if similarity == "dot" else "cosine")
-        scores = rsa(e, h, metric, opts.human_rdm_metric, opts.rsa_methods, opts.chunk_size)
-        report["rsa"] = {
-            "metric": metric,
-            "human_metric": opts.human_rdm_metric,
-            **{k: nan_to_none(v) for k, v in scores.items()},
-            "cka": nan_to_none(linear_cka(e, h)),
-        }
-    _measured_human(report, e, human_rdms, human_rdm_items, levels_data, file_names, similarity, opts,
-                    backend, stage)
-    if few_shot_labels is not None:
-        fs: Dict[str, Any] = {}
-        for probe in opts.few_shot_probes:
-            stage(f"few-shot ({probe})")
-            o_fs = FewShotOptions(**{**asdict(opts.few_shot), "probe": probe, "shots": tuple(opts.few_shot.shots),
-                                     "show_progress": opts.few_shot.show_progress or opts.show_progress})
-            res = few_shot_accuracy(e, few_shot_labels, options=o_fs)
-            fs[probe] = {str(k): v for k, v in res.items()}
-        report["few_shot"] = fs
-    return report
+
+
+def _rsa(e: torch.Tensor, human_rdm_emb: Any, similarity: str, opts: EvalOptions) -> Dict[str, Any]:
+    """RSA and linear CKA against a human similarity embedding over the same objects."""
+    h = as_emb(human_rdm_emb, "human_rdm_emb", device=e.device)
+    if h.shape[0] != e.shape[0]:
+        raise ValueError(f"human_rdm_emb has {h.shape[0]} rows but emb has {e.shape[0]}; "
+                         "both must list the same objects")
+    metric = opts.rdm_metric or ("dot" if similarity == "dot" else "cosine")
+    scores = rsa(e, h, metric, opts.human_rdm_metric, opts.rsa_methods, opts.chunk_size)
+    return {"metric": metric, "human_metric": opts.human_rdm_metric,
+            **{k: nan_to_none(v) for k, v in scores.items()}, "cka": nan_to_none(linear_cka(e, h))}
+
+
+def _few_shot(e: torch.Tensor, labels: Any, opts: EvalOptions, stage) -> Dict[str, Any]:
+    """Few-shot accuracy of every configured probe."""
+    fs: Dict[str, Any] = {}
+    for probe in opts.few_shot_probes:
+        stage(f"few-shot ({probe})")
+        o_fs = FewShotOptions(**{**asdict(opts.few_shot), "probe": probe, "shots": tuple(opts.few_shot.shots),
+                                 "show_progress": opts.few_shot.show_progress or opts.show_progress})
+        res = few_shot_accuracy(e, labels, options=o_fs)
+        fs[probe] = {str(k): v for k, v in res.items()}
+    return fs
 
 
 def _measured_human(report: Dict[str, Any], e: torch.Tensor, human_rdms: Sequence[HumanRDMs],
