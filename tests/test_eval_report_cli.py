@@ -173,3 +173,21 @@ def test_cli_errors(run_cli, tmp_path, case):
     assert rc == 2
     lines = err.strip().splitlines()
     assert lines[-1].startswith("fastalign evaluate: error:") and "Traceback" not in err
+
+
+def test_empty_triplet_file_is_a_clear_error(tmp_path, run_cli):
+    """Before: an empty triplets file gave a NumPy warning, NaN accuracy and exit 0."""
+    path = tmp_path / "empty.txt"
+    path.write_text("")
+    rc, _, err = run_cli("--features", "things:clip", "--triplets", str(path))
+    assert rc == 2 and "holds no triplets" in err and "Traceback" not in err
+
+
+def test_info_json_into_a_closed_pipe_ends_quietly():
+    """Before: `fastalign info --json | head -1` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m fastalign.cli.main info --json | head -c 1", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout == "{" and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

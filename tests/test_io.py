@@ -465,3 +465,35 @@ def test_object_dtype_labels_and_categories_are_refused_naming_the_file(tmp_path
     np.save(path, np.array([object(), 1], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match=rf"{kind}\.npy.*refused"):
         (resolve_labels if kind == "labels" else resolve_categories)(str(path))
+
+
+def test_one_based_triplets_get_a_hint(tmp_path):
+    """Before: a 1-based file that reached index N said only 'indexes past', and one that stayed in range
+    scored chance silently."""
+    from fastalign.io import check_triplets_fit
+
+    rng = np.random.default_rng(0)
+    zero_based = np.stack([rng.permutation(10)[:3] for _ in range(200)])
+    with pytest.raises(ValueError, match="looks 1-based"):
+        check_triplets_fit(zero_based + 1, 10, "t.txt")
+    in_range = np.stack([rng.permutation(9)[:3] + 1 for _ in range(200)])  # 1..9 of 10 rows
+    with pytest.warns(UserWarning, match="index 0 never appears"):
+        check_triplets_fit(in_range, 10, "t.txt")
+
+
+def test_empty_triplet_file_is_an_empty_table_without_warnings(tmp_path):
+    import warnings
+
+    path = tmp_path / "empty.txt"
+    path.write_text("")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_triplets(path)) == 0
+
+
+def test_alignet_npz_export_reads_as_triplets(tmp_path):
+    """Before: evaluate --triplets could not read fastalign's own export-triplets --format alignet-npz."""
+    path = tmp_path / "export.npz"
+    idx = np.array([[0, 1, 2], [3, 4, 5]], dtype=np.int32)
+    np.savez(path, indices=idx, similarities=np.zeros((2, 3), np.float32), filenames=np.array(["a"] * 6))
+    assert load_triplets(path).triplets.tolist() == idx.tolist()

@@ -175,6 +175,8 @@ def _load_inputs(args) -> Dict[str, Any]:
     feats = resolve_features(args.features, args.file_names)
     n = feats.shape[0]
     triplets = resolve_triplets(args.triplets)
+    if len(triplets) == 0:
+        raise CLIError(f"--triplets {args.triplets}: holds no triplets")
     check_triplets_fit(triplets, n, name=args.triplets)
     categories, cat_names = resolve_categories(args.categories, n=n) if args.categories else (None, None)
     levels = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -51,7 +52,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe raises here, inside the handler, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        # `fastalign info --json | head`: the reader left; no traceback, and no second error when
+        # Python flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (CLIError, ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
         print(f"fastalign {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -91,7 +92,12 @@ def load_triplets(path: PathLike, key: Optional[str] = None) -> TripletTable:
     name = str(p)
     if suffix in (".txt", ".tsv", ".csv"):
         try:
-            arr = np.loadtxt(p, dtype=np.float64, delimiter="," if suffix == ".csv" else None, ndmin=2)
+            with warnings.catch_warnings():
+                # An empty file is an empty table (the caller decides whether that is an error),
+                # not numpy's "input contained no data" warning.
+                warnings.filterwarnings("ignore", message=".*[Ee]mpty input file.*")
+                warnings.filterwarnings("ignore", message=".*input contained no data.*")
+                arr = np.loadtxt(p, dtype=np.float64, delimiter="," if suffix == ".csv" else None, ndmin=2)
         except ValueError as exc:
             raise ValueError(f"{name}: not a numeric triplet table: {exc}") from None
         if arr.size == 0:
@@ -101,6 +107,8 @@ def load_triplets(path: PathLike, key: Optional[str] = None) -> TripletTable:
         return _as_table(load_npy(p), name)
     if suffix == ".npz":
         z = load_npz(p)
+        if key is None and "triplets" not in z and "indices" in z:
+            key = "indices"  # fastalign's own AligNet export (export-triplets --format alignet-npz)
         k = key or "triplets"
         if k not in z:
             raise ValueError(f"{name}: no array {k!r}; available: {sorted(z)}")
@@ -128,9 +136,16 @@ def check_triplets_fit(triplets: np.ndarray, n: int, name: str = "triplets") -> 
     bad = ((t < 0) | (t >= n)).any(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
+        hint = ("; the file looks 1-based (index 0 never appears, index N does): subtract 1 from every index"
+                if int(t.max()) == n and int(t.min()) >= 1 else "")
         raise ValueError(
             f"{name}: row {row} = {t[row].tolist()} indexes past the {n} feature rows (valid indices 0..{n - 1})"
-        )
+            + hint)
+    if int(t.min()) >= 1 and 3 * len(t) >= 20 * n:
+        # In range, but a 1-based file that happens to fit scores chance without any error. With 20+
+        # appearances per object expected, a missing object 0 is no accident (p ~ e^-20 if uniform).
+        warnings.warn(f"{name}: index 0 never appears in {len(t)} triplets; if the file is 1-based, subtract 1 "
+                      "from every index (fastalign's indices are 0-based rows of the features)", stacklevel=2)
 
 
 def save_triplets_txt(path: PathLike, triplets: np.ndarray, participants: Optional[np.ndarray] = None) -> None:
