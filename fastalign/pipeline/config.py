@@ -41,12 +41,27 @@ class RunDataConfig:
     human_triplets: str = "things:test_10"  # human odd-one-out triplets (column 2 odd)
     heldout_fraction: float = 0.2  # share of human triplets no stage ever trains on
     categories: str = "things"  # (N, C) 0/1 category matrix, for levels and few-shot
-    human_embedding: str = "things:spose49"  # human similarity embedding, for RSA
+    human_embedding: str = "things:spose49"  # human similarity model: the dense teacher's targets, and RSA
     seed: int = 0
+
+
+TEACHER_RECIPES = ("dense", "human")
 
 
 @dataclass
 class TeacherConfig:
+    # "dense" (AligNet): KL to the choice distributions of data.human_embedding on soft_triplets triplets
+    # sampled over all objects, lambda chosen by the NLL of a validation split of the teacher-train human
+    # triplets. "human": the earlier recipe, a fit to the human triplets alone (lambdas by folds-fold CV).
+    # A run without data.human_embedding falls back to "human" and says so.
+    recipe: str = "dense"
+    soft_triplets: int = 1_000_000
+    human_temperature: float = 1.0  # T_h of the embedding's softmax
+    human_weight: float = 0.0  # weight of the teacher-train human triplets' hard NLL added to the KL
+    strata: str = ""  # category matrix ("things" or a file) for a level-stratified draw; "" = uniform
+    dense_lambdas: List[float] = field(default_factory=lambda: [1e-5, 1e-4, 1e-3])
+    max_extensions: int = 2  # times the dense grid may be extended past an edge holding the best lambda
+    # The "human" recipe's options (lambdas, folds, val_fraction); calibrate and similarity are shared.
     lambdas: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1])
     folds: int = 3
     val_fraction: float = 0.1
@@ -157,7 +172,8 @@ EvalConfig = RunEvalConfig
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     # A reduced run for CI and quick looks: same stages, fewer triplets and steps.
     "quick": {
-        "teacher": {"lambdas": [1e-2, 1e-1], "folds": 2},
+        "teacher": {"lambdas": [1e-2, 1e-1], "folds": 2, "soft_triplets": 200_000, "dense_lambdas": [1e-4, 1e-3],
+                    "max_extensions": 1},
         "triplets": {"num": 100_000, "val_num": 2_000, "clusters": 20},
         "student": {"train": {"steps": 300, "eval_every": 100}},
         "eval": {"few_shot_episodes": 20},
@@ -184,7 +200,19 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), prese
         deep_merge(data, apply_aliases(RunConfig, layer))
     cfg = build_dataclass(RunConfig, data)
     check_student_section(cfg)
+    check_teacher_section(cfg)
     return cfg
+
+
+def check_teacher_section(cfg: RunConfig) -> None:
+    """Refuse an unknown teacher recipe or a dense option out of range (one line, before any work)."""
+    t = cfg.teacher
+    if t.recipe not in TEACHER_RECIPES:
+        raise ValueError(f"teacher.recipe must be one of {list(TEACHER_RECIPES)}, got {t.recipe!r}")
+    if t.soft_triplets < 1:
+        raise ValueError(f"teacher.soft_triplets must be >= 1, got {t.soft_triplets}")
+    if not (t.human_temperature > 0) or not (t.human_weight >= 0):
+        raise ValueError("teacher.human_temperature must be > 0 and teacher.human_weight >= 0")
 
 
 def check_student_section(cfg: RunConfig) -> None:

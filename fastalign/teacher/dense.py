@@ -13,6 +13,7 @@ Rows are sorted object ids ``i < j < k``; targets are in pair order
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -86,8 +87,6 @@ class DenseTargets:
 
     def digest_parts(self) -> Dict[str, Any]:
         """What a cache key needs: the source, the counts and a content hash of the targets."""
-        import hashlib  # only cache keys need it
-
         h = hashlib.sha256()
         for a in (self.train, self.train_targets, self.val, self.val_targets):
             h.update(np.ascontiguousarray(a).tobytes())

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..common.jsonsafe import json_safe
 from ..common.progress import Progress
 from .calibrate import calibrate_temperature, uncertainty_metrics
 from .dense import DenseTargets
@@ -140,8 +141,6 @@ class DenseFitReport:
     config: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
-        from ..common.jsonsafe import json_safe  # the common layer's cleaner
-
         out = json_safe(self)
         out["candidates"] = [{**json_safe(c), "val_loss": c.val_loss, "val_accuracy": c.val_accuracy}
                              for c in self.candidates]
