@@ -10,6 +10,7 @@ from fastalign.pipeline import load_config, run_pipeline
 # Fewer triplets and steps than the default run; the same stages and data.
 SMALL = [
     "teacher.lambdas=[0.1]", "teacher.folds=1",
+    "teacher.soft_triplets=100000", "teacher.dense_lambdas=[0.0001]", "teacher.max_extensions=0",
     "triplets.num=20000", "triplets.val_num=1000", "triplets.clusters=20",
     "student.train.steps=300", "student.train.batch_triplets=1024", "student.train.eval_every=0",
     "eval.few_shot_episodes=5", "eval.few_shot_shots=[5]",
@@ -133,3 +134,25 @@ def test_student_options_change_the_student_key():
               "student.student.head=mlp", "student.data.image_size=32", "student.eval.val_batches=2"]:
         assert key([o]) != base, o
     assert key([]) == base
+
+
+def test_teacher_recipe_defaults_fallback_and_key(tmp_path):
+    """The dense teacher is the default; no human embedding falls back; the key follows the embedding's bytes."""
+    import numpy as np
+
+    from fastalign.pipeline.run import _teacher_key, teacher_recipe
+    from fastalign.pipeline.stages import digest_obj
+
+    cfg = load_config()
+    assert teacher_recipe(cfg) == "dense" and cfg.teacher.soft_triplets == 1_000_000
+    assert cfg.data.human_embedding == "things:spose49"
+    assert teacher_recipe(load_config(overrides=["data.human_embedding="])) == "human"
+    assert teacher_recipe(load_config(overrides=["teacher.recipe=human"])) == "human"
+    with pytest.raises(ValueError, match="teacher.recipe must be one of"):
+        load_config(overrides=["teacher.recipe=magic"])
+    emb = tmp_path / "emb.npy"
+    np.save(emb, np.ones((1854, 3)))
+    one = digest_obj(_teacher_key(load_config(overrides=[f"data.human_embedding={emb}"])))
+    np.save(emb, np.full((1854, 3), 2.0))
+    two = digest_obj(_teacher_key(load_config(overrides=[f"data.human_embedding={emb}"])))
+    assert one != two
