@@ -156,3 +156,22 @@ def test_teacher_recipe_defaults_fallback_and_key(tmp_path):
     np.save(emb, np.full((1854, 3), 2.0))
     two = digest_obj(_teacher_key(load_config(overrides=[f"data.human_embedding={emb}"])))
     assert one != two
+
+
+def test_residual_mlp_head_starts_at_the_raw_features():
+    """head "mlp" + head_init "identity": identity plus an MLP whose last layer starts at zero."""
+    import torch
+
+    from fastalign.distill.student import FeatureStudent, ResidualMLP
+
+    feats = torch.randn(12, 5)
+    idx = torch.arange(12)
+    for out_dim in (0, 3, 8):
+        student = FeatureStudent(feats, head="mlp", out_dim=out_dim, hidden_dim=16, init="identity")
+        head = student.head[-1]
+        assert isinstance(head, ResidualMLP)
+        want = feats if out_dim in (0, 5) else (feats[:, :3] if out_dim == 3 else torch.nn.functional.pad(feats, (0, 3)))
+        torch.testing.assert_close(student(idx), want)
+        with torch.no_grad():
+            head.mlp[2].weight.normal_()
+        assert not torch.allclose(student(idx), want)
