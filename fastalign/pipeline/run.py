@@ -101,6 +101,17 @@ def _strata(cfg: RunConfig) -> np.ndarray:
     return np.ascontiguousarray(resolve_categories(cfg.teacher.strata)[0], dtype=np.uint8)
 
 
+def check_teacher(cfg: RunConfig, inputs: Inputs) -> None:
+    """Refuse dense-teacher options that cannot work with these inputs, before any stage runs."""
+    if teacher_recipe(cfg) != "dense":
+        return
+    DenseOptions(num=cfg.teacher.soft_triplets, temperature=cfg.teacher.human_temperature).validate(
+        inputs.n, "teacher.soft_triplets")
+    if cfg.teacher.strata and _strata(cfg).shape[0] != inputs.n:
+        raise ValueError(f"teacher.strata {cfg.teacher.strata}: the category matrix has {_strata(cfg).shape[0]} rows "
+                         f"but there are {inputs.n} objects")
+
+
 def _fit_dense_teacher(cfg: RunConfig, inputs: Inputs, split: Dict[str, np.ndarray], say):
     """KL to the human embedding on sampled triplets; held-out and calibration object sets never sampled."""
     t = cfg.teacher
@@ -302,6 +313,7 @@ def run_pipeline(cfg: RunConfig, out: Path, force: Iterable[str] = (), say: Call
 def _run_stages(cfg: RunConfig, out: Path, force: Iterable[str], say: Callable[[str], None]) -> Dict[str, Any]:
     inputs = Inputs(cfg)  # every input error surfaces here, before any long work
     check_student(cfg, inputs, out)
+    check_teacher(cfg, inputs)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
     runner = StageRunner(out, force, say)

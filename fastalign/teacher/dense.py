@@ -52,12 +52,16 @@ class DenseOptions:
     proportions: Tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
     seed: int = 0
 
-    def validate(self, n: int) -> None:
-        """Raise ValueError (one line) for an option that cannot work with N = ``n`` objects."""
+    def validate(self, n: int, name: str = "--soft-triplets") -> None:
+        """Raise ValueError (one line) for an option that cannot work with N = ``n`` objects.
+
+        Args:
+            n: number of objects.
+            name: how the caller spells the count in its message (a CLI flag or a config key).
+        """
         top = max_triplets(n)
         if not (1 <= int(self.num) <= top):
-            raise ValueError(f"--soft-triplets must be in [1, {top}] (the distinct triplets of {n} objects), "
-                             f"got {self.num}")
+            raise ValueError(f"{name} must be in [1, {top}] (the distinct triplets of {n} objects), got {self.num}")
         if not (self.temperature > 0 and np.isfinite(self.temperature)):
             raise ValueError(f"the soft-target temperature must be finite and > 0, got {self.temperature!r}")
         if not (0.0 < self.val_fraction < 1.0):
