@@ -131,7 +131,7 @@ def test_student_options_change_the_student_key():
 
     base = key([])
     for o in ["student.train.steps=7", "student.optim.lr=0.1", "student.loss.divergence=kl",
-              "student.student.head=mlp", "student.data.image_size=32", "student.eval.val_batches=2"]:
+              "student.student.head=linear", "student.data.image_size=32", "student.eval.val_batches=2"]:
         assert key([o]) != base, o
     assert key([]) == base
 
