@@ -17,6 +17,20 @@ Run (one command, prints a markdown table, writes it with ``--out``)::
 
     python benchmarks/bench_fit_transform.py [--lam 0.1] [--threads 2] [--out bench.md]
     python benchmarks/bench_fit_transform.py --smoke     # small and quick
+
+``--dense`` benchmarks the dense teacher instead (AligNet's recipe): ``--soft-triplets``
+(default 1M) triplets over the 1,854 objects labelled by SPoSE-49, the pipeline's split of
+``test_10`` (10k held out, 5k calibration, 35k teacher-train), and
+
+- fastalign: ``fit_dense``, the whole selection (every lambda, extensions, the final model),
+  L-BFGS full batch, the KL read off the N x N similarity matrix (``pairs``) or from the fused
+  kernel (``--dense-loss fused``);
+- baseline: a plain-PyTorch minibatch fit of the same objective at the chosen lambda (Adam,
+  4096 soft triplets per step, rows gathered and transformed per triplet, early stopping on the
+  soft-validation KL);
+- a per-evaluation profile: transform GEMM, pair KL forward/backward, fused kernel, optimiser::
+
+    python benchmarks/bench_fit_transform.py --dense [--soft-triplets 1000000] [--out dense.md]
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -39,7 +54,16 @@ from fastalign.common.seeds import derive_rng  # noqa: E402
 from fastalign.common.timing import StageTimer  # noqa: E402
 from fastalign.datasets.things import load_things  # noqa: E402
 from fastalign.io import atomic_write_text  # noqa: E402
-from fastalign.teacher import fit_transform  # noqa: E402
+from fastalign.teacher import (  # noqa: E402
+    AffineTransform,
+    DenseOptions,
+    PairKL,
+    dense_targets,
+    fit_dense,
+    fit_transform,
+    pair_kl,  # noqa: E402
+)
+from fastalign.teacher.objective import regulariser  # noqa: E402
 
 
 @dataclass
@@ -113,6 +137,145 @@ def evaluate(z: torch.Tensor, test: np.ndarray) -> Tuple[float, float]:
         return float(fastalign.odd_one_out_accuracy(z, t)), float(fastalign.triplet_loss(z, t))
 
 
+def _pipeline_split(trip: np.ndarray, seed: int = 0):
+    """``fastalign run``'s split: (teacher-train, calibration, held-out)."""
+    perm = np.random.default_rng(seed).permutation(len(trip))
+    rest = perm[10_000:] if len(trip) > 20_000 else perm[len(trip) // 5:]
+    held = perm[:len(trip) - len(rest)]
+    n_cal = max(1, len(rest) // 8)
+    return trip[rest[n_cal:]], trip[rest[:n_cal]], trip[held]
+
+
+def _timed(f, repeats: int = 3) -> Tuple[float, float]:
+    """Best wall and process-CPU seconds of ``f()`` over ``repeats`` calls."""
+    wall, cpu = math.inf, math.inf
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        f()
+        wall, cpu = min(wall, time.perf_counter() - w0), min(cpu, time.process_time() - c0)
+    return wall, cpu
+
+
+def dense_profile(x: np.ndarray, targets, lam: float) -> List[Tuple[str, float, float]]:
+    """Where one L-BFGS evaluation's time goes (best of 3, wall and CPU seconds)."""
+    xt = torch.from_numpy(x)
+    t = AffineTransform.from_features(x)
+    t.weight.data.mul_(50.0)
+    trip = torch.from_numpy(targets.train)
+    p = torch.from_numpy(targets.train_targets).float()
+    pairs = PairKL.build(trip, p, len(x), torch.float32)
+    rows: List[Tuple[str, float, float]] = []
+
+    def gemm():
+        with torch.no_grad():
+            t(xt)
+
+    def pairs_step():
+        z = t(xt).detach().requires_grad_()
+        pair_kl(z, pairs).backward()
+
+    def fused_step():
+        z = t(xt).detach().requires_grad_()
+        fastalign.triplet_distill_loss(z, trip, target_probs=p, divergence="kl", backend="cpu").backward()
+
+    def full_eval():
+        t.zero_grad()
+        (pair_kl(t(xt), pairs) + lam * regulariser(t.weight)).backward()
+
+    for name, f in [("transform GEMM z = ((x-mu)/sigma) W + b (N rows)", gemm),
+                    ("pair KL fwd+bwd (S = Z Z^T, gathers, scatter, (G+G^T) Z)", pairs_step),
+                    ("fused kernel KL fwd+bwd (triplet_distill_loss, backend cpu)", fused_step),
+                    ("one whole evaluation (pairs): transform, KL, reg, backward to W", full_eval)]:
+        rows.append((name, *_timed(f)))
+    return rows
+
+
+def minibatch_dense(x: np.ndarray, targets, lam: float, batch: int, max_epochs: int, patience: int,
+                    seed: int) -> Tuple[torch.Tensor, Dict]:
+    """Plain-PyTorch minibatch fit of the dense objective: Adam, rows gathered and transformed per triplet."""
+    torch.manual_seed(seed)
+    xt = torch.from_numpy(x)
+    xs = (xt - xt.mean()) / xt.std(unbiased=False)
+    d = xs.shape[1]
+    W = torch.nn.Parameter(0.05 * torch.eye(d))
+    b = torch.nn.Parameter(torch.zeros(d))
+    opt = torch.optim.Adam([W, b], lr=1e-3)
+    tr, p = torch.from_numpy(targets.train), torch.from_numpy(targets.train_targets).float()
+    va, pv = torch.from_numpy(targets.val), torch.from_numpy(targets.val_targets).float()
+    eye = torch.eye(d)
+
+    def kl(trip, target):
+        e = (xs[trip.reshape(-1)] @ W + b).view(-1, 3, d)
+        s = torch.stack([(e[:, 0] * e[:, 1]).sum(1), (e[:, 0] * e[:, 2]).sum(1), (e[:, 1] * e[:, 2]).sum(1)], 1)
+        return torch.nn.functional.kl_div(torch.log_softmax(s, 1), target, reduction="batchmean")
+
+    best, state, since, epochs = math.inf, None, 0, 0
+    for epoch in range(max_epochs):
+        epochs = epoch + 1
+        perm = torch.randperm(len(tr))
+        for s0 in range(0, len(tr), batch):
+            rows = perm[s0:s0 + batch]
+            opt.zero_grad()
+            (kl(tr[rows], p[rows]) + lam * ((W - W.diagonal().mean() * eye) ** 2).sum()).backward()
+            opt.step()
+        with torch.no_grad():
+            vl = float(sum(kl(va[i:i + 8192], pv[i:i + 8192]) * len(va[i:i + 8192])
+                           for i in range(0, len(va), 8192)) / len(va))
+        if vl < best - 1e-5:
+            best, state, since = vl, (W.detach().clone(), b.detach().clone()), 0
+        else:
+            since += 1
+            if since >= patience:
+                break
+    with torch.no_grad():
+        return xs @ state[0] + state[1], {"epochs": epochs, "val_kl": best}
+
+
+def dense_main(args: argparse.Namespace) -> int:
+    """The dense benchmark (see the module docstring)."""
+    data = load_things()
+    x = np.array(data.features["clip"], dtype=np.float32)
+    train, calib, held = _pipeline_split(np.array(data.triplets["test_10"]), args.seed)
+    w0 = time.perf_counter()
+    targets = dense_targets("things:spose49", len(x), DenseOptions(num=args.soft_triplets, seed=args.seed),
+                            exclude=np.concatenate([held, calib]))
+    t_targets = time.perf_counter() - w0
+    w0, c0 = time.perf_counter(), time.process_time()
+    model, report = fit_dense(x, targets, train, loss=args.dense_loss, progress=False, seed=args.seed)
+    t_fit, c_fit = time.perf_counter() - w0, time.process_time() - c0
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        acc, nll = evaluate(model(xt), held)
+    evals = sum(c.evaluations for c in report.candidates)
+    lam = report.chosen["lam"]
+    lines = [f"dense teacher benchmark: CLIP ViT-B/32 (1854x512), {len(targets.train)} + {len(targets.val)} "
+             f"SPoSE-49 soft triplets (labelled in {t_targets:.1f} s), {len(train)} teacher-train human triplets, "
+             f"{len(held)} held out; torch threads {torch.get_num_threads()}; load average "
+             f"{os.getloadavg()[0]:.1f} at the start", "",
+             "| method | wall (s) | CPU (s) | fits / evaluations | chosen lambda | held-out accuracy | held-out NLL |",
+             "|---|---|---|---|---|---|---|",
+             f"| fastalign fit_dense, whole selection ({report.loss}) | {t_fit:.1f} | {c_fit:.1f} | "
+             f"{len(report.candidates)} / {evals} | {lam:g} | {100 * acc:.2f}% | {nll:.4f} |"]
+    if not args.skip_baseline:
+        w0, c0 = time.perf_counter(), time.process_time()
+        z, info = minibatch_dense(x, targets, lam, 4096, args.max_epochs, args.patience, args.seed)
+        tb, cb = time.perf_counter() - w0, time.process_time() - c0
+        acc_b, nll_b = evaluate(z, held)
+        lines.append(f"| plain PyTorch minibatch (Adam 1e-3, 4096/step), one lambda | {tb:.1f} | {cb:.1f} | "
+                     f"1 / {info['epochs']} epochs | {lam:g} | {100 * acc_b:.2f}% | {nll_b:.4f} |")
+    lines += ["", "Lambda search: " + ", ".join(f"{c.lam:g}: human val NLL {c.human_val_nll:.4f} "
+                                                 f"({c.evaluations} evals, {c.seconds:.1f} s)"
+                                                 for c in report.candidates),
+              "Extensions: " + ("; ".join(report.extensions) or "none"), "",
+              "| one evaluation, 1M triplets | wall (s) | CPU (s) |", "|---|---|---|"]
+    lines += [f"| {name} | {w:.3f} | {c:.3f} |" for name, w, c in dense_profile(x, targets, lam)]
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        atomic_write_text(args.out, table + "\n")
+    return 0
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lam", type=float, default=0.1, help="regulariser weight for both fits")
@@ -128,6 +291,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the markdown table here")
+    ap.add_argument("--dense", action="store_true", help="benchmark the dense teacher (SPoSE-49 soft triplets)")
+    ap.add_argument("--soft-triplets", type=int, default=1_000_000, help="dense: sampled soft triplets")
+    ap.add_argument("--dense-loss", choices=("auto", "pairs", "fused"), default="auto", help="dense: KL path")
     args = ap.parse_args(argv)
     if args.smoke:
         args.limit, args.max_epochs = args.limit or 5000, min(args.max_epochs, 3)
@@ -138,6 +304,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.dense:
+        return dense_main(args)
 
     data = load_things()
     x = np.array(data.features["clip"], dtype=np.float32)

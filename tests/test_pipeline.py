@@ -10,6 +10,7 @@ from fastalign.pipeline import load_config, run_pipeline
 # Fewer triplets and steps than the default run; the same stages and data.
 SMALL = [
     "teacher.lambdas=[0.1]", "teacher.folds=1",
+    "teacher.soft_triplets=100000", "teacher.dense_lambdas=[0.0001]", "teacher.max_extensions=0",
     "triplets.num=20000", "triplets.val_num=1000", "triplets.clusters=20",
     "student.train.steps=300", "student.train.batch_triplets=1024", "student.train.eval_every=0",
     "eval.few_shot_episodes=5", "eval.few_shot_shots=[5]",
@@ -130,6 +131,47 @@ def test_student_options_change_the_student_key():
 
     base = key([])
     for o in ["student.train.steps=7", "student.optim.lr=0.1", "student.loss.divergence=kl",
-              "student.student.head=mlp", "student.data.image_size=32", "student.eval.val_batches=2"]:
+              "student.student.head=linear", "student.data.image_size=32", "student.eval.val_batches=2"]:
         assert key([o]) != base, o
     assert key([]) == base
+
+
+def test_teacher_recipe_defaults_fallback_and_key(tmp_path):
+    """The dense teacher is the default; no human embedding falls back; the key follows the embedding's bytes."""
+    import numpy as np
+
+    from fastalign.pipeline.run import _teacher_key, teacher_recipe
+    from fastalign.pipeline.stages import digest_obj
+
+    cfg = load_config()
+    assert teacher_recipe(cfg) == "dense" and cfg.teacher.soft_triplets == 1_000_000
+    assert cfg.data.human_embedding == "things:spose49"
+    assert teacher_recipe(load_config(overrides=["data.human_embedding="])) == "human"
+    assert teacher_recipe(load_config(overrides=["teacher.recipe=human"])) == "human"
+    with pytest.raises(ValueError, match="teacher.recipe must be one of"):
+        load_config(overrides=["teacher.recipe=magic"])
+    emb = tmp_path / "emb.npy"
+    np.save(emb, np.ones((1854, 3)))
+    one = digest_obj(_teacher_key(load_config(overrides=[f"data.human_embedding={emb}"])))
+    np.save(emb, np.full((1854, 3), 2.0))
+    two = digest_obj(_teacher_key(load_config(overrides=[f"data.human_embedding={emb}"])))
+    assert one != two
+
+
+def test_residual_mlp_head_starts_at_the_raw_features():
+    """head "mlp" + head_init "identity": identity plus an MLP whose last layer starts at zero."""
+    import torch
+
+    from fastalign.distill.student import FeatureStudent, ResidualMLP
+
+    feats = torch.randn(12, 5)
+    idx = torch.arange(12)
+    for out_dim in (0, 3, 8):
+        student = FeatureStudent(feats, head="mlp", out_dim=out_dim, hidden_dim=16, init="identity")
+        head = student.head[-1]
+        assert isinstance(head, ResidualMLP)
+        want = feats if out_dim in (0, 5) else (feats[:, :3] if out_dim == 3 else torch.nn.functional.pad(feats, (0, 3)))
+        torch.testing.assert_close(student(idx), want)
+        with torch.no_grad():
+            head.mlp[2].weight.normal_()
+        assert not torch.allclose(student(idx), want)

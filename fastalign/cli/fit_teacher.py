@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from ..teacher import FitConfig, TeacherOptions, fit_teacher, write_outputs
+from ..teacher import DenseFitConfig, FitConfig, TeacherOptions, fit_teacher, write_outputs
 from .main import CLIError
 
 
@@ -53,6 +53,17 @@ def register(sub) -> None:
                         "repeats (choice distributions of repeated triplets), a (k, 3) probability file aligned "
                         "with --triplets, or an (N, d) embedding (file or things:KEY) whose dot products give "
                         "the targets")
+    p.add_argument("--soft-triplets", type=int, default=None,
+                   help="with an embedding in --soft-targets (things:spose49, things:vice, a .npy): label this many "
+                        "triplets sampled over all objects and fit them (KL), lambda chosen by human NLL")
+    p.add_argument("--soft-strata", default=None,
+                   help="category matrix (things or a file) to sample fine / class-boundary / coarse triplets in "
+                        "equal shares (default: uniform)")
+    p.add_argument("--soft-temperature", type=float, default=1.0, help="T_h of the embedding's softmax (default 1)")
+    p.add_argument("--human-weight", type=float, default=0.0,
+                   help="weight of the training human triplets' hard NLL added to the dense KL (default 0)")
+    p.add_argument("--dense-lambdas", type=float, nargs="+", default=None,
+                   help="initial lambda grid of the dense fit (default 1e-5 1e-4 1e-3; extended at an edge)")
     p.add_argument("--safetensors", action="store_true", help="also write DIR/transform.safetensors")
     p.add_argument("--backend", default=None, help="triplet-op backend (default: auto)")
     p.add_argument("--seed", type=int, default=0)
@@ -70,10 +81,14 @@ def _options(args: argparse.Namespace) -> TeacherOptions:
     for name in ("lambdas", "alphas", "taus"):
         if getattr(args, name):
             fit[name] = tuple(getattr(args, name))
+    dense = DenseFitConfig(human_weight=args.human_weight)
+    if args.dense_lambdas:
+        dense = DenseFitConfig(lambdas=tuple(args.dense_lambdas), human_weight=args.human_weight)
     return TeacherOptions(
         features=args.features, triplets=args.triplets, file_names=args.file_names, key=args.key,
         val_triplets=args.val_triplets, test_triplets=args.test_triplets, local_features=args.local_features,
-        init=args.init, calibrate=args.calibrate, soft_targets=args.soft_targets, fit=FitConfig(**fit),
+        init=args.init, calibrate=args.calibrate, soft_targets=args.soft_targets, soft_triplets=args.soft_triplets,
+        soft_strata=args.soft_strata, soft_temperature=args.soft_temperature, dense=dense, fit=FitConfig(**fit),
     )
 
 

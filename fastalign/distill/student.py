@@ -74,6 +74,32 @@ def feature_lookup(model: nn.Module) -> Optional[FeatureLookup]:
     return backbone if isinstance(backbone, FeatureLookup) else None
 
 
+class ResidualMLP(nn.Module):
+    """``x E + MLP(x)``: a fixed rectangular identity ``E`` plus a GELU MLP whose last layer starts at zero.
+
+    It starts exactly at the raw features (as the identity linear head does), and decay-to-init
+    pulls the last layer back to zero, i.e. the head back toward the raw features, while the MLP
+    can still bend the representation where a linear map cannot.
+
+    Args:
+        in_dim, out_dim: backbone and output widths (the skip truncates or zero-pads).
+        hidden_dim: hidden width of the MLP.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int):
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+        with torch.no_grad():
+            self.mlp[2].weight.zero_()
+            self.mlp[2].bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = min(self.in_dim, self.out_dim)
+        skip = x[:, :k] if k == self.out_dim else nn.functional.pad(x[:, :k], (0, self.out_dim - k))
+        return skip + self.mlp(x)
+
+
 def make_head(kind: str, in_dim: int, out_dim: int = 0, hidden_dim: int = 1024, init: str = "random",
               dropout: float = 0.0) -> Optional[nn.Module]:
     """Build a triplet head.
@@ -83,7 +109,8 @@ def make_head(kind: str, in_dim: int, out_dim: int = 0, hidden_dim: int = 1024, 
         in_dim: backbone width D.
         out_dim: head output width; 0 keeps D.
         hidden_dim: hidden width of the MLP.
-        init: "random" or "identity" (linear only: rectangular identity, zero bias).
+        init: "random" or "identity" (linear: rectangular identity, zero bias; mlp: ``ResidualMLP``,
+            the identity plus an MLP whose last layer starts at zero).
         dropout: dropout probability applied to the backbone features first.
     """
     out_dim = out_dim or in_dim
@@ -97,9 +124,9 @@ def make_head(kind: str, in_dim: int, out_dim: int = 0, hidden_dim: int = 1024, 
                 lin.weight.copy_(torch.eye(out_dim, in_dim))
                 lin.bias.zero_()
         layers.append(lin)
+    elif kind == "mlp" and init == "identity":
+        layers.append(ResidualMLP(in_dim, out_dim, hidden_dim))
     elif kind == "mlp":
-        if init == "identity":
-            raise ValueError("student.head_init 'identity' is only defined for a linear head")
         layers += [nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim)]
     else:
         raise ValueError(f"student.head must be 'linear', 'mlp' or 'none', got {kind!r}")

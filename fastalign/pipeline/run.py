@@ -3,8 +3,13 @@
 1. ``data``      resolve and check every input; split the human triplets into
                  teacher-train, calibration and held-out parts (held-out
                  triplets are never trained, calibrated or selected on).
-2. ``teacher``   fit the affine transform on the teacher features (lambda by
-                 cross-validation), calibrate its temperature.
+2. ``teacher``   fit the affine transform on the teacher features: by default
+                 KL to the choice distributions of ``data.human_embedding``
+                 on ``teacher.soft_triplets`` sampled triplets (lambda by the
+                 NLL of a validation split of the teacher-train human
+                 triplets); without a human embedding, or with
+                 ``teacher.recipe = "human"``, to the human triplets alone
+                 (lambda by cross-validation). Then calibrate its temperature.
 3. ``triplets``  cluster the teacher representation, sample soft-labelled
                  triplets (train store + item-disjoint validation store).
 4. ``student``   distil the student with decay-to-init: a ``FeatureStudent``
@@ -19,6 +24,7 @@ Every stage calls the public API that users call.
 from __future__ import annotations
 
 import copy
+import hashlib
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -32,13 +38,23 @@ from ..common.timing import StageTimer
 from ..distill import DistillConfig, Student, build_student, distill, embed_checkpoint, embed_student
 from ..eval.calibration import plot_reliability
 from ..io import atomic_save_npy, atomic_save_npz, atomic_write_json, save_triplets_txt
+from ..io.resolve import feature_path, resolve_categories
 from ..ops import odd_one_out_probs
-from ..teacher import calibrate_temperature, fit_transform, plot_lambda_search, save_transform
+from ..teacher import (
+    DenseFitConfig,
+    DenseOptions,
+    calibrate_temperature,
+    dense_targets,
+    fit_dense,
+    fit_transform,
+    plot_lambda_search,
+    save_transform,
+)
 from ..triplets.generate import GenerateOptions, generate
 from .config import RunConfig
 from .inputs import Inputs
 from .report import write_report
-from .stages import Stage, StageRunner
+from .stages import Stage, StageRunner, digest_files
 
 __all__ = ["STAGES", "Inputs", "check_student", "run_pipeline", "student_config"]
 
@@ -75,17 +91,78 @@ def _load_split(out: Path) -> Dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def teacher_recipe(cfg: RunConfig) -> str:
+    """The recipe the teacher stage runs: ``teacher.recipe``, or "human" without a human embedding."""
+    return cfg.teacher.recipe if cfg.data.human_embedding else "human"
+
+
+def _strata(cfg: RunConfig) -> np.ndarray:
+    """The category matrix ``teacher.strata`` names, as a contiguous 0/1 array."""
+    return np.ascontiguousarray(resolve_categories(cfg.teacher.strata)[0], dtype=np.uint8)
+
+
+def check_teacher(cfg: RunConfig, inputs: Inputs) -> None:
+    """Refuse dense-teacher options that cannot work with these inputs, before any stage runs."""
+    if teacher_recipe(cfg) != "dense":
+        return
+    DenseOptions(num=cfg.teacher.soft_triplets, temperature=cfg.teacher.human_temperature).validate(
+        inputs.n, "teacher.soft_triplets")
+    if cfg.teacher.strata and _strata(cfg).shape[0] != inputs.n:
+        raise ValueError(f"teacher.strata {cfg.teacher.strata}: the category matrix has {_strata(cfg).shape[0]} rows "
+                         f"but there are {inputs.n} objects")
+
+
+def _fit_dense_teacher(cfg: RunConfig, inputs: Inputs, split: Dict[str, np.ndarray], say):
+    """KL to the human embedding on sampled triplets; held-out and calibration object sets never sampled."""
+    t = cfg.teacher
+    opts = DenseOptions(num=t.soft_triplets, temperature=t.human_temperature, seed=cfg.data.seed)
+    targets = dense_targets(inputs.human, inputs.n, opts, strata=_strata(cfg) if t.strata else None,
+                            exclude=np.concatenate([split["heldout"], split["calibration"]]))
+    targets.source = f"embedding:{cfg.data.human_embedding}"
+    say(f"  {len(targets.train) + len(targets.val)} triplets labelled by {cfg.data.human_embedding} "
+        f"(T_h = {t.human_temperature:g}); held-out and calibration object sets excluded")
+    dense = DenseFitConfig(lambdas=tuple(t.dense_lambdas), max_extensions=t.max_extensions,
+                           human_weight=t.human_weight, seed=cfg.data.seed, progress=False)
+    transform, report = fit_dense(inputs.teacher, targets, split["train"], dense)
+    for note in report.extensions:
+        say(f"  {note}")
+    say(f"  dense fit: lambda {report.chosen['lam']:g} chosen by human validation NLL ({report.seconds:.1f} s)")
+    return transform, {"recipe": "dense", "targets": {"source": targets.source, **targets.info},
+                       **report.to_dict()}
+
+
+def _fit_teacher(cfg: RunConfig, inputs: Inputs, split: Dict[str, np.ndarray], say):
+    """(transform, the fit's report as a dict) for the recipe ``teacher_recipe`` names."""
+    t = cfg.teacher
+    if teacher_recipe(cfg) == "dense":
+        return _fit_dense_teacher(cfg, inputs, split, say)
+    if t.recipe == "dense":
+        say("  no data.human_embedding: the teacher is fitted to the human triplets alone (teacher.recipe human)")
+    transform, report = fit_transform(inputs.teacher, split["train"], lambdas=tuple(t.lambdas), folds=t.folds,
+                                      val_fraction=t.val_fraction, seed=cfg.data.seed, progress=False)
+    return transform, {"recipe": "human", **report.to_dict()}
+
+
+def _teacher_key(cfg: RunConfig) -> Dict[str, Any]:
+    """The teacher stage's key: its options, the recipe it runs and the content its targets come from."""
+    key: Dict[str, Any] = {"teacher": asdict(cfg.teacher), "recipe": teacher_recipe(cfg)}
+    if key["recipe"] == "dense":
+        key["human_embedding"] = digest_files([feature_path(cfg.data.human_embedding)])
+        if cfg.teacher.strata:
+            key["strata"] = hashlib.sha256(_strata(cfg).tobytes()).hexdigest()
+    return key
+
+
 def _stage_teacher(cfg: RunConfig, inputs: Inputs, out: Path, say):
     def body(stage_dir: Path):
         split = _load_split(out)
         t = cfg.teacher
-        transform, report = fit_transform(inputs.teacher, split["train"], lambdas=tuple(t.lambdas), folds=t.folds,
-                                          val_fraction=t.val_fraction, seed=cfg.data.seed)
+        transform, fit_report = _fit_teacher(cfg, inputs, split, say)
         x = torch.from_numpy(np.ascontiguousarray(inputs.teacher, dtype=np.float32))
         with torch.no_grad():
             z = transform(x)
         calib = torch.from_numpy(split["calibration"])
-        metrics: Dict[str, Any] = {"fit": report.to_dict()}
+        metrics: Dict[str, Any] = {"fit": fit_report}
         figures = []
         if t.calibrate:
             cal = calibrate_temperature(z, calib)
@@ -100,7 +177,7 @@ def _stage_teacher(cfg: RunConfig, inputs: Inputs, out: Path, say):
                                             labels=("T = 1", f"calibrated T = {cal.temperature:.2f}"),
                                             title="Teacher reliability on held-out human triplets"))
         save_transform(stage_dir / "transform.npz", transform)
-        figures.append(plot_lambda_search(report.to_dict(), stage_dir / "lambda_search.png"))
+        figures.append(plot_lambda_search(fit_report, stage_dir / "lambda_search.png"))
         emb_dir = out / "embeddings"
         emb_dir.mkdir(exist_ok=True)
         atomic_save_npy(emb_dir / "teacher.npy", z.numpy().astype(np.float32))
@@ -108,7 +185,7 @@ def _stage_teacher(cfg: RunConfig, inputs: Inputs, out: Path, say):
         outputs = [stage_dir / "transform.npz", emb_dir / "teacher.npy", stage_dir / "report.json"]
         return outputs + [f for f in figures if f is not None], metrics
 
-    return Stage("teacher", asdict(cfg.teacher), ["data"], body)
+    return Stage("teacher", _teacher_key(cfg), ["data"], body)
 
 
 def _stage_triplets(cfg: RunConfig, inputs: Inputs, out: Path, say):
@@ -240,6 +317,7 @@ def run_pipeline(cfg: RunConfig, out: Path, force: Iterable[str] = (), say: Call
 def _run_stages(cfg: RunConfig, out: Path, force: Iterable[str], say: Callable[[str], None]) -> Dict[str, Any]:
     inputs = Inputs(cfg)  # every input error surfaces here, before any long work
     check_student(cfg, inputs, out)
+    check_teacher(cfg, inputs)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
     runner = StageRunner(out, force, say)

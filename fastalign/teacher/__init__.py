@@ -3,14 +3,19 @@
 - ``fit_transform``: one fit with the search over lambda (arrays in, transform and report out);
 - ``fit_teacher``: the whole ``fastalign fit-teacher`` flow (inputs named as ``things:KEY`` or
   files, calibration, soft targets, metrics), with ``write_outputs`` for its files;
+- ``dense_targets`` + ``fit_dense``: AligNet's teacher: KL to a human similarity model's choice
+  distributions on triplets sampled over all objects, lambda chosen by held-out human NLL;
 - ``save_transform`` / ``load_transform``: transform files (``.npz``, gLocal keys, or ``.safetensors``).
 """
 
 from ..common.calibration import expected_calibration_error, mean_entropy
 from .calibrate import CalibrationResult, UncertaintyMetrics, calibrate_temperature, uncertainty_metrics
+from .dense import DenseOptions, DenseTargets, dense_targets, embedding_targets, sample_triplets
+from .dense_fit import DenseCandidate, DenseFitConfig, DenseFitReport, fit_dense, next_lambda
 from .fit import fit_transform
 from .objective import ObjectiveConfig, local_loss, regulariser
 from .options import FitConfig
+from .pairs import PairKL, pair_kl
 from .plots import plot_lambda_search
 from .results import CandidateResult, FitReport
 from .soft import SoftTargets, choice_distributions, model_targets, soft_targets
@@ -32,9 +37,15 @@ __all__ = [
     "AffineTransform",
     "CalibrationResult",
     "CandidateResult",
+    "DenseCandidate",
+    "DenseFitConfig",
+    "DenseFitReport",
+    "DenseOptions",
+    "DenseTargets",
     "FitConfig",
     "FitReport",
     "ObjectiveConfig",
+    "PairKL",
     "SoftTargets",
     "Split",
     "TeacherFitResult",
@@ -43,7 +54,10 @@ __all__ = [
     "UncertaintyMetrics",
     "calibrate_temperature",
     "choice_distributions",
+    "dense_targets",
+    "embedding_targets",
     "expected_calibration_error",
+    "fit_dense",
     "fit_teacher",
     "fit_transform",
     "kfold_splits",
@@ -52,9 +66,12 @@ __all__ = [
     "local_loss",
     "mean_entropy",
     "model_targets",
+    "next_lambda",
+    "pair_kl",
     "plot_lambda_search",
     "regulariser",
     "run_teacher",
+    "sample_triplets",
     "save_transform",
     "soft_targets",
     "train_val_split",

@@ -20,6 +20,7 @@ from typing import Dict, Optional
 import torch
 
 from ..ops import triplet_distill_loss, triplet_loss
+from .pairs import PairKL, pair_kl
 from .transform import AffineTransform
 
 REGULARISERS = ("identity", "l2")
@@ -106,12 +107,19 @@ class Batch:
         triplets: (B, 3) int64, column 2 the odd one out.
         target: optional (B, 3) soft targets ``[p01, p02, p12]``; None for hard labels.
         local_x: optional (M, D) unlabelled features for the local term.
+        pairs: optional ``PairKL`` of the same triplets and targets: the KL is then read off
+            the N x N similarity matrix (dense soft targets: many triplets, few objects).
+        human: optional (H, 3) human triplets whose hard loss is added with ``human_weight``.
+        human_weight: weight of the human term (dense fits; 0 = none).
     """
 
     x: torch.Tensor
     triplets: torch.Tensor
     target: Optional[torch.Tensor] = None
     local_x: Optional[torch.Tensor] = None
+    pairs: Optional[PairKL] = None
+    human: Optional[torch.Tensor] = None
+    human_weight: float = 0.0
 
 
 def triplet_term(z: torch.Tensor, triplets: torch.Tensor, target: Optional[torch.Tensor],
@@ -136,7 +144,12 @@ def objective(
     """
     if z is None:
         z = transform(batch.x)
-    glob = triplet_term(z, batch.triplets, batch.target, backend)
+    if batch.pairs is not None:
+        glob = pair_kl(z, batch.pairs)
+    else:
+        glob = triplet_term(z, batch.triplets, batch.target, backend)
+    if batch.human is not None and batch.human_weight > 0:
+        glob = glob + batch.human_weight * triplet_loss(z, batch.human, backend=backend)
     reg = regulariser(transform.weight, cfg.reg)
     total = glob + cfg.lam * reg
     loc = torch.zeros((), dtype=glob.dtype)

@@ -12,6 +12,7 @@ import torch
 from .inputs import FitInputs
 from .objective import Batch
 from .options import FitConfig
+from .pairs import PairKL
 from .split import Split, kfold_splits, train_val_split
 
 __all__ = ["FitProblems", "Problem", "build_problems"]
@@ -26,6 +27,8 @@ class Problem:
         train, val: (k, 3) int64 triplets, column 2 the odd one out.
         train_target, val_target: optional (k, 3) soft targets (None: hard choices).
         local_x: optional (M, D) unlabelled features for the local term.
+        train_pairs: optional ``PairKL`` of ``train`` and ``train_target`` (full-batch dense fits).
+        human, human_weight: optional human hard triplets added to the training loss with this weight.
     """
 
     x: torch.Tensor
@@ -34,13 +37,17 @@ class Problem:
     train_target: Optional[torch.Tensor]
     val_target: Optional[torch.Tensor]
     local_x: Optional[torch.Tensor]
+    train_pairs: Optional[PairKL] = None
+    human: Optional[torch.Tensor] = None
+    human_weight: float = 0.0
 
     def batch(self, rows: Optional[torch.Tensor] = None) -> Batch:
         """The training objective's data: all training triplets, or the ``rows`` of a minibatch."""
         if rows is None:
-            return Batch(self.x, self.train, self.train_target, self.local_x)
+            return Batch(self.x, self.train, self.train_target, self.local_x, self.train_pairs, self.human,
+                         self.human_weight)
         target = None if self.train_target is None else self.train_target[rows]
-        return Batch(self.x, self.train[rows], target, self.local_x)
+        return Batch(self.x, self.train[rows], target, self.local_x, None, self.human, self.human_weight)
 
 
 @dataclass

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from ..io.atomic import atomic_write_json
-from ..io.resolve import is_bundled, resolve_features, resolve_triplets
+from ..io.resolve import is_bundled, resolve_categories, resolve_features, resolve_triplets
 from ..io.triplets import check_triplets_fit
 from ..ops import odd_one_out_accuracy
 from .calibrate import CalibrationResult, calibrate_temperature, uncertainty_metrics
+from .dense import DenseOptions, dense_targets, resolve_embedding
+from .dense_fit import DenseFitConfig, DenseFitReport, fit_dense
 from .fit import fit_transform
 from .options import FitConfig
 from .plots import plot_lambda_search
@@ -31,8 +33,8 @@ from .split import train_val_split
 from .transform import AffineTransform
 from .transform_file import load_transform, save_transform
 
-__all__ = ["SoftFit", "TeacherFitResult", "TeacherInputs", "TeacherOptions", "fit_teacher", "load_inputs",
-           "run_teacher", "write_outputs"]
+__all__ = ["SoftFit", "TeacherFitResult", "TeacherInputs", "TeacherOptions", "check_dense_options", "fit_teacher",
+           "load_inputs", "run_teacher", "write_outputs"]
 
 Say = Callable[[str], None]
 
@@ -57,6 +59,12 @@ class TeacherOptions:
         calibrate: fit a temperature on the validation triplets.
         soft_targets: refit to soft targets: ``repeats``, ``spose49``, ``things:KEY`` or a file
             (see ``fastalign.teacher.soft_targets``).
+        soft_triplets: with an embedding source (``spose49``, ``vice``, ``things:KEY``, a ``.npy``):
+            label this many triplets sampled over all objects (``fastalign.teacher.dense_targets``)
+            and fit them with ``fit_dense`` instead of the human triplets' own targets.
+        soft_strata: category matrix (``things`` or a file) to stratify that draw by level.
+        soft_temperature: T_h of the embedding's softmax (1 = as it was trained).
+        dense: the options of the dense fit (its ``human_weight`` adds the human hard triplets).
         fit: the options of every fit (lambdas, folds, optimizer, seed, backend, progress, ...).
     """
 
@@ -70,6 +78,10 @@ class TeacherOptions:
     init: Optional[str] = None
     calibrate: bool = False
     soft_targets: Optional[str] = None
+    soft_triplets: Optional[int] = None
+    soft_strata: Optional[str] = None
+    soft_temperature: float = 1.0
+    dense: DenseFitConfig = field(default_factory=DenseFitConfig)
     fit: FitConfig = field(default_factory=FitConfig)
 
 
@@ -93,7 +105,7 @@ class SoftFit:
 
     source: str
     info: Dict[str, Any]
-    fit: FitReport
+    fit: Union[FitReport, DenseFitReport]
     calibration: Optional[CalibrationResult]
 
     def to_dict(self) -> Dict[str, Any]:
@@ -206,11 +218,34 @@ def _calibrated(model: AffineTransform, z: torch.Tensor, val: torch.Tensor,
     return cal
 
 
+def _dense_fit(options: TeacherOptions, inputs: TeacherInputs) -> tuple[AffineTransform, SoftFit]:
+    """Sample and label ``soft_triplets`` triplets, then the dense fit with its own lambda search.
+
+    The object sets of the validation and test triplets are never sampled: the validation triplets
+    calibrate and score, the test triplets only score.
+    """
+    held = [t for t in (inputs.val, inputs.test) if t is not None]
+    dopts = DenseOptions(num=int(options.soft_triplets), temperature=options.soft_temperature, seed=options.fit.seed)
+    targets = dense_targets(options.soft_targets, len(inputs.features), dopts, strata=options.soft_strata,
+                            exclude=np.concatenate(held))
+    dense = replace(options.dense, seed=options.fit.seed, backend=options.fit.backend,
+                    progress=options.fit.progress)
+    model, fit = fit_dense(inputs.features, targets, inputs.train, dense)
+    return model, SoftFit(targets.source, targets.info, fit, None)
+
+
 def _soft_refit(options: TeacherOptions, inputs: TeacherInputs, report: FitReport, x: torch.Tensor,
                 scored: torch.Tensor, val: torch.Tensor, metrics: Dict[str, Any],
                 say: Say) -> tuple[AffineTransform, SoftFit]:
-    """Refit the chosen hyper-parameters to soft targets (one fit, no search), score and calibrate it."""
+    """Refit to soft targets, score and calibrate it: the dense fit with ``soft_triplets``, else
+    the chosen hyper-parameters refitted to the human triplets' own targets (one fit, no search)."""
     cfg = options.fit
+    if options.soft_triplets is not None and options.soft_targets != "repeats":
+        say(f"fit-teacher: dense soft targets ({options.soft_targets}, {options.soft_triplets} triplets)")
+        model, fit = _dense_fit(options, inputs)
+        say(f"fit-teacher: dense fit chose lambda={fit.fit.chosen['lam']:g} ({fit.fit.seconds:.1f} s)"
+            + "".join(f"; {n}" for n in fit.fit.extensions))
+        return _score_soft(options, model, fit, x, scored, val, metrics)
     soft = soft_targets(options.soft_targets, len(inputs.features), inputs.train, inputs.val, cfg.backend)
     say(f"fit-teacher: soft-target fit ({soft.source})")
     chosen = report.chosen
@@ -218,14 +253,30 @@ def _soft_refit(options: TeacherOptions, inputs: TeacherInputs, report: FitRepor
     model, fit = fit_transform(inputs.features, soft.train, config=soft_cfg, val_triplets=soft.val,
                                soft_targets=soft.train_targets, val_soft_targets=soft.val_targets,
                                local_features=inputs.local, init=inputs.init)
+    return _score_soft(options, model, SoftFit(soft.source, soft.info, fit, None), x, scored, val, metrics)
+
+
+def _score_soft(options: TeacherOptions, model: AffineTransform, soft: SoftFit, x: torch.Tensor,
+                scored: torch.Tensor, val: torch.Tensor, metrics: Dict[str, Any]) -> tuple[AffineTransform, SoftFit]:
+    backend = options.fit.backend
     z = _transformed(model, x)
-    metrics["teacher (soft targets)"] = uncertainty_metrics(z, scored, backend=cfg.backend).to_dict()
-    cal = None
+    metrics["teacher (soft targets)"] = uncertainty_metrics(z, scored, backend=backend).to_dict()
     if options.calibrate:
-        cal = _calibrated(model, z, val, cfg.backend)
+        soft.calibration = _calibrated(model, z, val, backend)
         metrics["teacher (soft targets) + calibration"] = uncertainty_metrics(
-            z, scored, cal.temperature, backend=cfg.backend).to_dict()
-    return model, SoftFit(soft.source, soft.info, fit, cal)
+            z, scored, soft.calibration.temperature, backend=backend).to_dict()
+    return model, soft
+
+
+def check_dense_options(options: TeacherOptions, n: int) -> None:
+    """Refuse bad dense-target options before any fitting: the count, T_h, the embedding, the strata."""
+    DenseOptions(num=int(options.soft_triplets), temperature=options.soft_temperature).validate(n)
+    resolve_embedding(options.soft_targets, n)
+    if options.soft_strata:
+        cats, _ = resolve_categories(options.soft_strata)
+        if cats.ndim != 2 or cats.shape[0] != n:
+            raise ValueError(f"--soft-strata {options.soft_strata}: the category matrix must have shape ({n}, K), "
+                             f"got {cats.shape}")
 
 
 def run_teacher(inputs: TeacherInputs, options: TeacherOptions, say: Say = _quiet) -> TeacherFitResult:
@@ -265,7 +316,12 @@ def fit_teacher(options: TeacherOptions, say: Say = _quiet) -> TeacherFitResult:
     """
     start = time.perf_counter()
     options.fit.validate()
+    options.dense.validate()
+    if options.soft_triplets is not None and not options.soft_targets:
+        raise ValueError("--soft-triplets needs --soft-targets (a similarity embedding such as things:spose49)")
     inputs = load_inputs(options)
+    if options.soft_triplets is not None and options.soft_targets != "repeats":
+        check_dense_options(options, len(inputs.features))
     t = inputs.test
     say(f"fit-teacher: features {inputs.features.shape[0]}x{inputs.features.shape[1]}, {len(inputs.train)} train / "
         f"{len(inputs.val)} val triplets" + (f", {len(t)} test" if t is not None else ""))
