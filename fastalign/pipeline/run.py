@@ -54,7 +54,7 @@ from ..triplets.generate import GenerateOptions, generate
 from .config import RunConfig
 from .inputs import Inputs
 from .report import write_report
-from .stages import Stage, StageRunner, digest_files
+from .stages import Stage, StageRunner, digest_files, spec_inputs
 
 __all__ = ["STAGES", "Inputs", "check_student", "run_pipeline", "student_config"]
 
@@ -83,7 +83,9 @@ def _stage_data(cfg: RunConfig, inputs: Inputs, say):
         return [path], {"n_train": len(train), "n_calibration": len(calib), "n_heldout": len(held),
                         "n_objects": inputs.n}
 
-    return Stage("data", {"data": asdict(cfg.data), "inputs": inputs.digest()}, [], body)
+    # The human triplets' content keys the split (the digest alone counts rows and sums indices).
+    return Stage("data", {"data": asdict(cfg.data), "inputs": inputs.digest()}, [], body,
+                 inputs=spec_inputs({"human_triplets": cfg.data.human_triplets}))
 
 
 def _load_split(out: Path) -> Dict[str, np.ndarray]:
@@ -291,7 +293,9 @@ def _stage_evaluate(cfg: RunConfig, inputs: Inputs, out: Path, runner: StageRunn
     key = {**asdict(cfg.eval), "human_rdms": list(d.human_rdms), "human_rdm_items": list(d.human_rdm_items),
            "levels_data": d.levels_data, "allow_missing": d.allow_missing,
            "measured_human_data": inputs.measured_digest()}
-    return Stage("evaluate", key, ["data", "teacher", "student"], body)
+    return Stage("evaluate", key, ["data", "teacher", "student"], body,
+                 inputs=spec_inputs({"categories": cfg.data.categories, "human_embedding": cfg.data.human_embedding,
+                                     "human_triplets": cfg.data.human_triplets}))
 
 
 # ------------------------------------------------------------------ driver
