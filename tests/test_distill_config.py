@@ -194,3 +194,15 @@ def test_config_engine_aliases_and_nested_defaults():
         assert build_dataclass(Outer, {"flat": 3}).inner == Inner(1, 3)
     with pytest.raises(ValueError, match="both set"):
         build_dataclass(Outer, {"flat": 3, "inner": {"b": 4}})
+
+
+def test_warmup_longer_than_the_run_warns():
+    """Before: warmup 5,000 > steps 2,000 made the whole run warm-up (peak lr 1.2e-5) with no word."""
+    import pytest as _pytest
+
+    from fastalign.distill.config import DistillConfig
+
+    cfg = DistillConfig()
+    cfg.train.steps, cfg.optim.warmup_steps = 2000, 5000
+    with _pytest.warns(UserWarning, match="whole run is warm-up"):
+        cfg.validate()

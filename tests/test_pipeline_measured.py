@@ -67,6 +67,7 @@ def test_run_reports_measured_rdms(tmp_path, items):
         assert -1 <= sp["pooled"] <= 1 and sp["noise_ceiling"]["lower"] <= sp["noise_ceiling"]["upper"]
     md = (out / "report.md").read_text()
     assert "## Measured human RDMs" in md and "THINGS category levels" in md
+    assert "| evaluate |" in md  # the stages table has the evaluation's row (before: it had none)
     assert list((out / "figures").glob("human_rdms_*.png"))
     # The evaluation's key covers the RDM file's content: a changed file reruns the evaluation only.
     changed = tmp_path / "changed.mat"

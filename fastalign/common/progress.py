@@ -29,8 +29,12 @@ class Progress:
         self.total, self.desc, self.enabled = total, desc, enabled
         self.done = initial
         self.start = time.perf_counter()
+        # Off a terminal (a log file, CI) a bar redraw is a new line: one line every 30 s is progress
+        # without flooding the log.
+        interval = 0.1 if sys.stderr.isatty() else 30.0
         self._bar = (tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit_scale,
-                          dynamic_ncols=True, leave=leave, file=sys.stderr) if enabled else None)
+                          dynamic_ncols=True, leave=leave, file=sys.stderr, mininterval=interval,
+                          maxinterval=max(10.0, interval)) if enabled else None)
 
     def update(self, n: int = 1, info: Optional[Mapping[str, Any]] = None) -> None:
         """Advance by ``n`` units; ``info`` (e.g. the loss) is shown after the bar."""

@@ -9,6 +9,7 @@ the loop.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -263,6 +264,9 @@ class DistillConfig:
                            ("data.image_size", self.data.image_size)):
             if value < 0:
                 raise ValueError(f"{key} must be >= 0, got {value!r}")
+        if self.optim.warmup_steps >= self.train.steps:
+            warnings.warn(f"optim.warmup_steps = {self.optim.warmup_steps} >= train.steps = {self.train.steps}: the "
+                          "whole run is warm-up and the learning rate never reaches optim.lr", stacklevel=2)
         if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.optim.min_lr_ratio!r}")
         if len(self.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.optim.betas):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List
@@ -61,6 +62,7 @@ def _remove_report_temps(out: Path) -> None:
 
 
 def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
+    start = time.perf_counter()
     out = Path(out)
     with np.load(out / "data" / "human_triplets.npz") as z:
         held = z["heldout"]
@@ -106,6 +108,8 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
         figures.append(fig_dir / "distillation_curves.png")
     stages = {name: {"seconds": r.seconds, "cached": r.cached, "metrics": r.metrics}
               for name, r in runner.results.items()}
+    # The report is written inside the evaluation stage, so its row holds the time up to this point.
+    stages.setdefault("evaluate", {"seconds": time.perf_counter() - start, "cached": False, "metrics": {}})
     fit = (runner.results["teacher"].metrics.get("fit") or {}) if "teacher" in runner.results else {}
     report = {"config": cfg.to_dict(), "heldout_triplets": int(len(held)), "results": results, "stages": stages,
               "teacher_fit": {"recipe": fit.get("recipe", "human"), "selection": fit.get("selection"),

@@ -233,7 +233,6 @@ def student_config(cfg: RunConfig, inputs: Inputs, out: Path) -> DistillConfig:
     dc.train.ckpt_every = dc.train.ckpt_every or max(1, dc.train.steps // 4)
     dc.train.seed = cfg.data.seed
     dc.train.out_dir = str(stage_dir / "run")
-    dc.train.progress = dc.train.progress and sys.stderr.isatty()
     dc.eval.human_triplets = str(stage_dir / "calibration_triplets.txt")
     return dc.validate()
 
