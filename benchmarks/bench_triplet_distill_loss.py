@@ -61,6 +61,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from fastalign.bench.memory import peak_rss_bytes, proc_status_bytes, reset_peak_rss, rss_bytes, trim_heap  # noqa: E402
+
 IMPLS = ("cpu", "eager", "compile", "gathered")
 EXTRA_IMPLS = ("cpu:rows", "cpu:owned", "cpu:gram")
 TEMPERATURE = 1.0
@@ -161,66 +163,32 @@ def make_step(impl: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
 # --------------------------------------------------------------- measurement
 
 
-def _status_kb(key: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc); a no-op elsewhere."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def run_case(impl: str, n: int, cfg: BenchConfig) -> Dict[str, object]:
     """Time one (implementation, N) case in this process; return ms and peak extra MB."""
     emb, trip, p = make_inputs(n, cfg)
     step = make_step(impl)
-    rss_inputs = _status_kb("VmRSS")
+    rss_inputs = rss_bytes()
     t0 = time.perf_counter()
     for _ in range(cfg.warmup + (1 if impl == "compile" else 0)):
         step(emb, trip, p)
     warm_s = time.perf_counter() - t0
-    _trim_heap()
-    rss_before = _status_kb("VmRSS")
-    reset = _reset_hwm()
+    trim_heap()
+    rss_before = proc_status_bytes("VmRSS")
+    reset = reset_peak_rss()
     times = []
     for _ in range(cfg.repeats):
         t = time.perf_counter()
         step(emb, trip, p)
         times.append(time.perf_counter() - t)
     if reset and rss_before is not None:
-        peak_kb = _status_kb("VmHWM") - rss_before
-        how = "VmHWM-after-clear_refs"
-    else:
-        import resource
-
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - (rss_inputs or 0)
-        how = "ru_maxrss-minus-inputs"
+        peak_bytes, how = peak_rss_bytes() - rss_before, "VmHWM-after-clear_refs"
+    else:  # no resettable peak counter: the process peak minus what the inputs took
+        peak_bytes, how = peak_rss_bytes() - rss_inputs, "ru_maxrss-minus-inputs"
     times.sort()
     return {
         "impl": impl, "n": n, "ms": 1e3 * times[len(times) // 2], "ms_min": 1e3 * times[0],
         "ms_max": 1e3 * times[-1],
-        "peak_extra_mb": peak_kb / 1024.0, "memory_method": how, "warmup_s": warm_s,
+        "peak_extra_mb": peak_bytes / 2**20, "memory_method": how, "warmup_s": warm_s,
         "threads": torch.get_num_threads(),
     }
 

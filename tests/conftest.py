@@ -1,6 +1,8 @@
 import os
 import sys
 
+import pytest
+
 # With no GPU, run Triton kernels through the interpreter on CPU tensors. This
 # must happen before anything imports triton.
 try:
@@ -12,7 +14,6 @@ except Exception:  # pragma: no cover
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -21,3 +22,19 @@ sys.path.insert(0, os.path.dirname(__file__))
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """``run(*argv) -> (rc, stdout, stderr)`` of ``fastalign evaluate``, with only that subcommand
+    registered: the CLI must not depend on other subcommands' modules."""
+    from fastalign.cli import main as cli_main
+
+    monkeypatch.setattr(cli_main, "COMMANDS", [("evaluate", "evaluate")])
+
+    def run(*argv):
+        rc = cli_main.main(["evaluate", *map(str, argv)])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run

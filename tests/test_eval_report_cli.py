@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from fastalign.cli import main as cli_main
 from fastalign.eval import (
     EvalOptions,
     FewShotOptions,
@@ -73,18 +72,6 @@ def test_plots_write_png(tmp_path):
     assert q.read_bytes()[:8] == PNG
     assert sorted(x.name for x in tmp_path.iterdir()) == ["levels.png", "rdm.png"]
 
-
-@pytest.fixture
-def run_cli(monkeypatch, capsys):
-    # Only this subcommand: the CLI must not depend on other subcommands' modules.
-    monkeypatch.setattr(cli_main, "COMMANDS", [("evaluate", "evaluate")])
-
-    def run(*argv):
-        rc = cli_main.main(["evaluate", *map(str, argv)])
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return run
 
 
 def test_cli_bundled_things(run_cli, tmp_path):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from fastalign.cli import main as cli_main
 from fastalign.eval.human_rdm import human_rdm_report, resampled_pairs
 from fastalign.io.rdm import read_human_rdm, read_rdm_items, split_rdm_spec, vector_to_rdm
 
@@ -214,17 +213,6 @@ def test_rdm_items(tmp_path):
     with pytest.raises(ValueError, match="lists 2 entries"):
         read_rdm_items(str(tmp_path / "names.txt"), 3, 3, ["A.jpg", "b.jpg", "c.jpg"])
 
-
-@pytest.fixture
-def run_cli(monkeypatch, capsys):
-    monkeypatch.setattr(cli_main, "COMMANDS", [("evaluate", "evaluate")])
-
-    def run(*argv):
-        rc = cli_main.main(["evaluate", *map(str, argv)])
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return run
 
 
 def test_cli_human_rdm_on_meadows(run_cli, tmp_path, meadows):

@@ -8,7 +8,6 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from fastalign.cli import main as cli_main
 from fastalign.datasets.levels import load_levels, load_plain_pickle, match_images
 from fastalign.eval.levels_data import LevelsOptions, levels_report
 
@@ -216,17 +215,6 @@ def test_missing_images_error_or_counted(tmp_path):
     rows, missing = match_images(lv.images, names[1:])
     assert missing == [IMAGES[0]] and (rows == -1).any()
 
-
-@pytest.fixture
-def run_cli(monkeypatch, capsys):
-    monkeypatch.setattr(cli_main, "COMMANDS", [("evaluate", "evaluate")])
-
-    def run(*argv):
-        rc = cli_main.main(["evaluate", *map(str, argv)])
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return run
 
 
 def test_cli_levels_data(run_cli, tmp_path):
