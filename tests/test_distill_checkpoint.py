@@ -373,3 +373,14 @@ def test_rerun_of_a_finished_run_keeps_the_report_metrics(tmp_path):
     assert second["metrics"] == first["metrics"] and "loss" in second["metrics"]
     assert again.metrics["loss"] == first["metrics"]["loss"]
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_curves_leave_out_empty_and_repeated_panels():
+    """Before: a flat-zero "human" panel and a "loss" panel repeating "distill", in one 7-panel strip."""
+    from fastalign.distill.metrics import _curves
+
+    rows = [{"step": s, "loss": 1.0 / s, "distill": 1.0 / s, "human": 0.0, "lr": 0.1} for s in range(1, 5)]
+    assert list(_curves(rows)) == ["distill", "lr"]
+    rows[0]["human"] = 0.3  # a real human term keeps both its panel and the total loss
+    rows[0]["loss"] = 1.3
+    assert list(_curves(rows)) == ["loss", "distill", "human", "lr"]

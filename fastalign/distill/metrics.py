@@ -106,29 +106,56 @@ class MetricsWriter:
             self.tb.close()
 
 
+# Each curve's label in words; "loss" is the total (distillation + weighted human term).
+CURVE_LABELS = {
+    "loss": "total training loss",
+    "distill": "distillation loss (train)",
+    "human": "human-triplet loss (train)",
+    "lr": "learning rate",
+    "val_kl": "KL to the teacher (validation triplets)",
+    "val_acc": "agreement with the teacher (validation, %)",
+    "human_acc": "human odd-one-out accuracy (eval.human_triplets, %)",
+}
+
+
+def _curves(rows: List[Dict[str, Any]]) -> Dict[str, List[Tuple[float, float]]]:
+    """The series worth a panel: none that is constant zero (an unused human term), and no total loss
+    that only repeats the distillation loss."""
+    series = {}
+    for key in CURVE_LABELS:
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts and any(v != 0 for _, v in pts):
+            series[key] = pts
+    if "loss" in series and series.get("loss") == series.get("distill"):
+        del series["loss"]
+    return series
+
+
 def plot_curves(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
-    """Training curves (loss, learning rate, evaluation metrics) as a PNG.
+    """Training curves (losses, learning rate, evaluation metrics) as a PNG grid, three panels a row.
 
     Returns the path, or None when matplotlib is missing or there is nothing to plot.
     """
-    series = {}
-    for key in ("loss", "distill", "human", "lr", "val_kl", "val_acc", "human_acc"):
-        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        if pts:
-            series[key] = pts
+    series = _curves(rows)
     if not series:
         return None
-    fig = new_figure(3.2 * len(series), 3.0, "the distillation curves")
+    cols = min(3, len(series))
+    nrows = -(-len(series) // cols)
+    fig = new_figure(4.2 * cols, 3.0 * nrows, "the distillation curves")
     if fig is None:
         return None
-    axes = fig.subplots(1, len(series), squeeze=False)
-    for ax, (key, pts) in zip(axes[0], series.items()):
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    for ax, (key, pts) in zip(axes, series.items()):
         xs, ys = zip(*pts)
+        if key.endswith("acc"):
+            ys = [100 * y for y in ys]
         ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
+        ax.set_title(CURVE_LABELS[key], fontsize=9)
+        ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-    save_figure(fig, path, dpi=100)
+    for ax in axes[len(series):]:
+        ax.set_visible(False)
+    save_figure(fig, path, dpi=110)
     return Path(path)
 
 
