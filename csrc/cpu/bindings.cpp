@@ -11,6 +11,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cpu/floor_kernels.h"
 #include "cpu/triplet_kernels.h"
 
 namespace py = pybind11;
@@ -155,6 +156,14 @@ bool scale_entry(std::uintptr_t x, bool f64, int64_t n, std::uintptr_t scale, in
   return scale_inplace<float>(reinterpret_cast<float*>(x), n, reinterpret_cast<const float*>(scale), threads);
 }
 
+// Benchmark hook: the gathered-bytes floor (floor_kernels.h), fp32 rows and int64 indices.
+void floor_entry(std::uintptr_t emb, int64_t n, int64_t d, std::uintptr_t trip, int64_t b, std::uintptr_t grad,
+                 std::uintptr_t touched, int threads, int64_t ahead) {
+  check_sizes(n, d, b, threads);
+  gather_scatter_floor(reinterpret_cast<const float*>(emb), n, d, reinterpret_cast<const int64_t*>(trip), b,
+                       reinterpret_cast<float*>(grad), reinterpret_cast<uint8_t*>(touched), threads, ahead);
+}
+
 // Test hook: the portable fp16 conversion used when the compiler has no _Float16.
 void f16_manual_entry(std::uintptr_t src, std::uintptr_t dst, int64_t n) {
   const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
@@ -202,6 +211,11 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("coef_out"), py::arg("num_threads"),
         "Fused loss and dL/ds from the (N, N) Gram matrix, and (coef_out != 0) the (N, N) coefficient matrix C "
         "with grad = C @ emb. Returns False, writing nothing, if a diagonal entry of the Gram matrix is not finite.");
+  m.def("_gather_scatter_floor", &floor_entry, nogil, py::arg("emb"), py::arg("n"), py::arg("d"),
+        py::arg("triplets"), py::arg("b"), py::arg("grad"), py::arg("touched"), py::arg("num_threads"),
+        py::arg("ahead") = kPrefetchAhead,
+        "Benchmark hook: move the fused loss's gathered bytes (3B row reads, 3B gradient-row adds into an "
+        "uninitialised fp32 grad with zeroed byte flags `touched` (N,)) with no arithmetic, rows prefetched `ahead` triplets ahead; racy, time only.");
   m.def("_f16_manual", &f16_manual_entry, nogil, py::arg("src"), py::arg("dst"), py::arg("n"),
         "Test hook: convert n fp16 bit patterns with the portable (non-_Float16) path.");
 }

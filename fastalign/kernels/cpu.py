@@ -62,26 +62,33 @@ from .contract import acc_dtype
 
 STRATEGIES = ("auto", "rows", "owned", "gram")
 STRATEGY_ENV = "FASTALIGN_CPU_STRATEGY"  # default strategy of CpuKernels() (tests force a path with it)
-# Cost model of "auto", in seconds on one core, measured on the 2-core dev
-# machine (Xeon, AVX-512) with D = 512, N = 2,000, B = 200,000:
+# Cost model of "auto", in core-seconds, least-squares fitted on the 2-core
+# dev machine (Xeon, AVX-512; benchmarks/bench_cpu_paths.py --paths gram,rows,
+# 2026-12-01, quiet: B = 200,000, D in {128, 512}, N in 250..2,000, 1 and 2
+# threads; it picks the faster path in 12 of 13 measured cases, the miss a
+# 0.91 near-tie):
 # - rows: ROW_S_PER_TRIPLET_D * D per triplet (3 rows read, 3 gradient rows
-#   read and written; memory bound, ~1.1 us per triplet at D = 512);
-# - gram: 4 N^2 D flops at GEMM_FLOPS plus GRAM_S_PER_TRIPLET per triplet
-#   (three scattered reads of G, three scattered adds to C, the softmax).
+#   read and written; rows in cache at these N);
+# - gram: 4 N^2 D flops at GEMM_FLOPS, GRAM_S_PER_ENTRY per entry of the
+#   (N, N) Gram and coefficient matrices (zeroed, scattered into, reduced,
+#   symmetrised: they leave the caches as N grows), and GRAM_S_PER_TRIPLET per
+#   triplet (three scattered reads of G, three scattered adds to C, the softmax).
 # Only the ratio matters, and both sides run on all threads.
-ROW_S_PER_TRIPLET_D = 2.2e-9
-GEMM_FLOPS = 1.0e11
-GRAM_S_PER_TRIPLET = 3.0e-7
+ROW_S_PER_TRIPLET_D = 8.7e-10
+GEMM_FLOPS = 2.4e11
+GRAM_S_PER_ENTRY = 1.65e-8
+GRAM_S_PER_TRIPLET = 6.7e-8
 GRAM_MAX_N = 4096  # bounds the (threads + 2) N^2 Gram and coefficient buffers
 # Owned vs rows (both memory bound, D cancels): the row path's extra work is
 # the (threads - 1) N x D buffers (zeroed on first touch, reduced), the owned
 # path's is one message (a D-row written and read in the ring) per deferred
-# slot, owned_deferred_slots(P) per triplet. Measured on the 2-core machine
-# (benchmarks/README.md, D = 512, B = 200,000, 2 threads) the owned path is
-# 6-30 % slower than rows for N <= 100,000 and level with it at N = 200,000:
-# the constants put the crossover at N = 0.9 B for 2 threads.
+# slot, owned_deferred_slots(P) per triplet. Measured on the 2-core machine,
+# quiet (benchmarks/bench_cpu_paths.py --paths rows,owned, D = 512,
+# B = 200,000, 2 threads, 2026-12-01): owned / rows = 1.23 at N = 5,000, 1.14
+# at 10,000, 0.99 at 20,000 and 30,000, 0.94 at 60,000 and 200,000. The
+# constants put the crossover at N = 0.1 B for 2 threads.
 OWNED_BUFFER_S = 1.0e-9
-OWNED_MESSAGE_S = 1.2e-9
+OWNED_MESSAGE_S = 1.3e-10
 
 
 def owned_deferred_slots(parts: int) -> float:
@@ -211,7 +218,7 @@ class CpuKernels:
             return self.strategy == "gram" and n > 0
         if not 0 < n <= GRAM_MAX_N:
             return False
-        gram = 4.0 * n * n * d / GEMM_FLOPS + b * GRAM_S_PER_TRIPLET
+        gram = 4.0 * n * n * d / GEMM_FLOPS + n * n * GRAM_S_PER_ENTRY + b * GRAM_S_PER_TRIPLET
         rows = b * d * ROW_S_PER_TRIPLET_D
         return gram < rows
 
