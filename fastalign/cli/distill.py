@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from ..distill.config import DistillConfig, load_config
 from ..distill.loop import TrainingDiverged, distill
+from .outdir import DISTILL_MARKERS, OVERWRITE_HELP, check_out_dir
 
 EXIT_DIVERGED = 3
 
@@ -37,7 +39,8 @@ def register(sub):
     p.add_argument("--config", help="TOML config file (sections: student, data, loss, optim, train, eval)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set optim.lr=3e-5 (repeatable)")
-    p.add_argument("--out", help="shortcut for --set train.out_dir=PATH")
+    p.add_argument("--out", help="shortcut for --set train.out_dir=PATH (new, empty, or a distill run to resume)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(what="distill"))
     for key in _fields():  # --section.key VALUE for every field (hidden from --help: there are many)
         p.add_argument(f"--{key}", dest=f"field:{key}", metavar="VALUE", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
@@ -51,6 +54,7 @@ def _run(args):
         if key.startswith("field:") and value is not None:
             overrides.append(f"{key[len('field:'):]}={value}")
     cfg = load_config(args.config, overrides)
+    check_out_dir(Path(cfg.train.out_dir), "distill", DISTILL_MARKERS, args.overwrite)
     try:
         result = distill(cfg)
     except TrainingDiverged as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from ..teacher import DenseFitConfig, FitConfig, TeacherOptions, fit_teacher, write_outputs
-from .main import CLIError
+from .outdir import FIT_TEACHER_MARKERS, OVERWRITE_HELP, check_out_dir
 
 
 def register(sub) -> None:
@@ -68,7 +68,8 @@ def register(sub) -> None:
     p.add_argument("--backend", default=None, help="triplet-op backend (default: auto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (new, empty, or an earlier fit-teacher output)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(what="fit-teacher"))
     p.set_defaults(func=_run)
 
 
@@ -104,8 +105,7 @@ def _table(rows: List[Tuple[str, Dict[str, float]]]) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory")
+    check_out_dir(out, "fit-teacher", FIT_TEACHER_MARKERS, args.overwrite)
     say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     result = fit_teacher(_options(args), say=say)
     report = write_outputs(result, out, safetensors=args.safetensors)
