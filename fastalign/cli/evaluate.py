@@ -101,7 +101,7 @@ def register(sub):
     p.add_argument("--ceiling", type=float, default=0.67, help="human noise ceiling for the normalised score (0.67)")
     p.add_argument("--min-repeats", type=int, default=2, help="responses an object set needs for human uncertainty")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--backend", help="kernel backend (see `fastalign info`); default auto")
+    p.add_argument("--backend", help="kernel backend (fastalign info lists them); default auto")
     p.add_argument("--out", help="write the full report as JSON here")
     p.add_argument("--figures", metavar="DIR", help="write human_rdms.png / levels_dataset.png here")
     p.add_argument("--quiet", action="store_true",
