@@ -55,9 +55,9 @@ examples:
   fastalign evaluate --features student.npy --triplets test.txt    (student.npy from fastalign embed)
 
 temperature of the probabilities (NLL, ECE): --temperature if given, else the transform's,
-else the one recorded in FEATURES.json by fastalign embed (the student's training
-temperature; also its similarity when --similarity is not given), else 1. The table's temperature row and the JSON key "temperature_source" say
-which.
+else the one fastalign embed recorded in FEATURES.json (the student's training temperature;
+its similarity too, unless --similarity is given), else 1. The line under the table and the
+JSON key "temperature_source" say which.
 """
 
 
