@@ -54,7 +54,7 @@ def test_cli_writes_transform_report_and_plot(tmp_path, capsys):
     assert rep["split"]["n_train"] + rep["split"]["n_val"] == 450
     assert "teacher (soft targets)" in rep["metrics"]
     assert rep["metrics"]["teacher"]["accuracy"] > rep["metrics"]["raw (cosine)"]["accuracy"]
-    assert "| teacher |" in stdout
+    assert stdout == f"{out / 'transform.npz'}\n"  # --quiet: the transform's path, no table
 
 
 def test_cli_bundled_data_and_spose_targets(tmp_path, capsys):

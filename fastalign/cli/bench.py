@@ -1,4 +1,4 @@
-"""``fastalign bench``: measure the triplet kernels and the teacher transform on this machine.
+"""fastalign bench: measure the triplet kernels and the teacher transform on this machine.
 
 Writes ``results.json``, ``table.md`` and ``plot.png`` to ``--out`` and prints
 the table. The same harness (``fastalign.bench``) runs ``benchmarks/bench_gpu.py``,
@@ -18,7 +18,7 @@ import torch
 from ..bench import run_bench
 from ..bench.config import BenchOptions
 from ..bench.presets import PRESETS
-from ..bench.report import TABLE
+from ..bench.report import RESULTS, TABLE
 
 
 def _csv(value: str):
@@ -46,7 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup-ms", type=float, default=None, help="do_bench warm-up budget (default: the preset's)")
     p.add_argument("--rep-ms", type=float, default=None, help="do_bench repetition budget (default: the preset's)")
     p.add_argument("--no-check", action="store_true", help="skip the correctness check against the eager baseline")
-    p.add_argument("--quiet", action="store_true", help="no progress output and no table on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress and no table: print only the results' path")
     p.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
 
 
@@ -79,7 +79,9 @@ def register(sub):
 def _run(args):
     options = options_from_args(args)
     run_bench(options, out_dir=args.out)
-    if not args.quiet:
+    if args.quiet:
+        print(Path(args.out) / RESULTS)
+    else:
         print((Path(args.out) / TABLE).read_text(encoding="utf-8"))
     return 0
 

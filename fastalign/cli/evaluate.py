@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..datasets.levels import load_levels
+from ..distill.export import read_sidecar
 from ..eval import (
     EvalOptions,
     FewShotOptions,
@@ -23,7 +24,7 @@ from ..eval import (
 )
 from ..io import atomic_write_json, check_triplets_fit, read_file_names
 from ..io.rdm import read_human_rdm, read_rdm_items
-from ..io.resolve import resolve_categories, resolve_features, resolve_labels, resolve_triplets
+from ..io.resolve import is_bundled, resolve_categories, resolve_features, resolve_labels, resolve_triplets
 from ..teacher import load_transform
 from .main import CLIError
 
@@ -51,6 +52,12 @@ examples:
       --rdm-items stimuli.txt --file-names file_names.txt --figures figs/ --out report.json
   fastalign evaluate --features feats.npy --transform run/teacher/transform.npz \\
       --triplets test.txt --out report.json
+  fastalign evaluate --features student.npy --triplets test.txt    (student.npy from fastalign embed)
+
+temperature of the probabilities (NLL, ECE): --temperature if given, else the transform's,
+else the one fastalign embed recorded in FEATURES.json (the student's training temperature;
+its similarity too, unless --similarity is given), else 1. The line under the table and the
+JSON key "temperature_source" say which.
 """
 
 
@@ -86,15 +93,19 @@ def register(sub):
     p.add_argument("--episodes", type=int, default=100, help="seeded episodes per shot count (default 100)")
     p.add_argument("--probe", choices=("centroid", "logreg", "both"), default="both", help="few-shot probe(s)")
     p.add_argument("--seed", type=int, default=0, help="few-shot episode seed")
-    p.add_argument("--similarity", choices=("dot", "cosine"), default="dot", help="triplet similarity (default dot)")
+    p.add_argument("--similarity", choices=("dot", "cosine"),
+                   help="triplet similarity (default: the one recorded by fastalign embed, else dot)")
     p.add_argument("--temperature", type=float,
-                   help="softmax temperature for probabilities (default: the transform's, else 1)")
+                   help="softmax temperature for probabilities (default: the transform's, else the one recorded "
+                   "by fastalign embed, else 1)")
     p.add_argument("--ceiling", type=float, default=0.67, help="human noise ceiling for the normalised score (0.67)")
     p.add_argument("--min-repeats", type=int, default=2, help="responses an object set needs for human uncertainty")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--backend", help="kernel backend (see `fastalign info`); default auto")
+    p.add_argument("--backend", help="kernel backend (fastalign info lists them); default auto")
     p.add_argument("--out", help="write the full report as JSON here")
     p.add_argument("--figures", metavar="DIR", help="write human_rdms.png / levels_dataset.png here")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress; with --out print only its path instead of the table")
     p.set_defaults(func=_run)
 
 
@@ -118,35 +129,44 @@ def _add_measured(p) -> None:
                    help="Levels majority ties (2-2): credit 1/k for one of k tied answers (half), drop, or 0")
 
 
-def _log(msg: str) -> None:
-    print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
+def _log(args, msg: str) -> None:
+    if not args.quiet:
+        print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
 
 def _run(args) -> int:
     _check_args(args)
     device = _device(args.device)
     inputs = _load_inputs(args)  # every input loaded and checked before any long work starts
-    emb, temperature = _representation(inputs["features"], args, device)
+    emb, temperature, source = _representation(inputs, args, device)
+    similarity = args.similarity or inputs["recorded"].get("similarity", "dot")
+    _log(args, f"temperature {temperature:g}: {source}")
     n = emb.shape[0]
-    _log(f"evaluating {n} objects x {emb.shape[1]} dims on {inputs['triplets'].shape[0]} triplets")
+    _log(args, f"evaluating {n} objects x {emb.shape[1]} dims on {inputs['triplets'].shape[0]} triplets")
     report = evaluate_representation(
         emb, inputs["triplets"], categories=inputs["categories"], levels=inputs["levels"],
         human_rdm_emb=inputs["human"], few_shot_labels=inputs["labels"], human_rdms=inputs["human_rdms"],
         human_rdm_items=inputs["rdm_items"], levels_data=inputs["levels_data"], file_names=inputs["file_names"],
-        similarity=args.similarity, temperature=temperature, options=_options(args), backend=args.backend,
+        similarity=similarity, temperature=temperature, options=_options(args), backend=args.backend,
     )
+    report["temperature_source"] = source
     report["inputs"] = {
         "features": args.features, "transform": args.transform, "triplets": args.triplets,
         "categories": args.categories, "category_names": inputs["category_names"], "levels": args.levels,
         "human_embedding": args.human_embedding, "human_rdm": args.human_rdm, "rdm_items": args.rdm_items,
         "levels_data": args.levels_data, "few_shot": args.few_shot,
     }
-    print(format_table(report))
+    if not (args.quiet and args.out):
+        print(format_table(report))
+    if not args.quiet:
+        print(f"temperature {temperature:g}: {source}")
     if args.out:
         atomic_write_json(args.out, report)
-        _log(f"wrote {args.out}")
+        if args.quiet:
+            print(args.out)
+        _log(args, f"wrote {args.out}")
     if args.figures:
-        _write_figures(report, args.figures, args.features)
+        _write_figures(args, report, args.figures, args.features)
     return 0
 
 
@@ -171,7 +191,7 @@ def _device(spec: str) -> torch.device:
 
 def _load_inputs(args) -> Dict[str, Any]:
     """Features, triplets and every optional input, each checked against the features' objects."""
-    _log(f"loading features {args.features}")
+    _log(args, f"loading features {args.features}")
     feats = resolve_features(args.features, args.file_names)
     n = feats.shape[0]
     triplets = resolve_triplets(args.triplets)
@@ -194,23 +214,43 @@ def _load_inputs(args) -> Dict[str, Any]:
     labels = resolve_labels(args.few_shot, n=n)[0] if args.few_shot else None
     return {"features": feats, "triplets": triplets, "categories": categories, "category_names": cat_names,
             "levels": levels, "human": human, "file_names": file_names, "human_rdms": human_rdms,
-            "rdm_items": rdm_items, "levels_data": _load_levels_data(args, file_names), "labels": labels}
+            "rdm_items": rdm_items, "levels_data": _load_levels_data(args, file_names), "labels": labels,
+            "recorded": _recorded(args)}
 
 
-def _representation(feats: np.ndarray, args, device: torch.device) -> Tuple[torch.Tensor, float]:
-    """The evaluated embeddings (the features, or the teacher transform applied to them) and their
-    temperature (``--temperature``, else the transform's, else 1)."""
+def _recorded(args) -> Dict[str, Any]:
+    """What fastalign embed recorded beside the features file (FEATURES.json), or {}. It describes
+    the file's own space, not the space of a --transform applied to it."""
+    if is_bundled(args.features) or args.transform:
+        return {}
+    info, note = read_sidecar(args.features)
+    if note:
+        print(f"fastalign evaluate: warning: {note}", file=sys.stderr)
+    return info or {}
+
+
+def _representation(inputs: Dict[str, Any], args, device: torch.device) -> Tuple[torch.Tensor, float, str]:
+    """The evaluated embeddings (the features, or the teacher transform applied to them), their
+    temperature (``--temperature``, else the transform's, else the recorded one, else 1) and where
+    that temperature came from, in words."""
+    feats = inputs["features"]
     emb = torch.from_numpy(np.ascontiguousarray(feats)).to(device)
-    temperature = args.temperature
+    temperature, source = args.temperature, "--temperature"
     if args.transform:
         d = feats.shape[1]
         transform = load_transform(args.transform, dim_in=d).to(device)
         with torch.no_grad():
             emb = transform(emb)
         if temperature is None:
-            temperature = float(transform.temperature)
-        _log(f"applied transform {args.transform}: D={d} -> {emb.shape[1]}")
-    return emb, 1.0 if temperature is None else temperature
+            temperature, source = float(transform.temperature), f"the transform's ({args.transform})"
+        _log(args, f"applied transform {args.transform}: D={d} -> {emb.shape[1]}")
+    recorded = inputs["recorded"]
+    if temperature is None and recorded:
+        temperature = float(recorded["temperature"])
+        source = f"the student's training temperature, recorded in {args.features}.json by fastalign embed"
+    if temperature is None:
+        temperature, source = 1.0, "the default (no --temperature, transform or recorded temperature)"
+    return emb, temperature, source
 
 
 def _options(args) -> EvalOptions:
@@ -224,7 +264,7 @@ def _options(args) -> EvalOptions:
         human_rdm_metric=args.human_embedding_metric,
         few_shot_probes=probes,
         few_shot=FewShotOptions(shots=tuple(args.shots), episodes=args.episodes, seed=args.seed),
-        show_progress=True,
+        show_progress=not args.quiet,
         category_levels_name=category_name,
         rdm_bootstrap=args.rdm_bootstrap,
         rdm_seed=args.seed,
@@ -243,7 +283,7 @@ def _load_human_rdms(args, n: int, file_names):
         raise CLIError(f"give --rdm-items once, or once per --human-rdm ({len(specs)}), not {len(items)} times")
     rdms, maps = [], []
     for i, spec in enumerate(specs):
-        _log(f"loading human RDM {spec}")
+        _log(args, f"loading human RDM {spec}")
         try:
             h = read_human_rdm(spec, allow_nan=args.rdm_mask_nan)
         except ImportError as exc:  # scipy (for .mat) is optional: say so in one line
@@ -262,18 +302,18 @@ def _load_levels_data(args, file_names):
         return None
     if file_names is None:
         raise CLIError("--levels-data matches images to feature rows by file stem: give --file-names")
-    _log(f"loading the Levels dataset {args.levels_data}")
+    _log(args, f"loading the Levels dataset {args.levels_data}")
     return load_levels(args.levels_data)
 
 
-def _write_figures(report, folder: str, model_name: str) -> None:
+def _write_figures(args, report, folder: str, model_name: str) -> None:
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     if report.get("human_rdms"):
         p = plot_human_rdms(report["human_rdms"], out / "human_rdms.png", model_name=Path(model_name).name)
         if p:
-            _log(f"wrote {p}")
+            _log(args, f"wrote {p}")
     if report.get("levels_dataset"):
         p = plot_levels_dataset({Path(model_name).name: report["levels_dataset"]}, out / "levels_dataset.png")
         if p:
-            _log(f"wrote {p}")
+            _log(args, f"wrote {p}")

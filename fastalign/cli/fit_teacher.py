@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from ..teacher import DenseFitConfig, FitConfig, TeacherOptions, fit_teacher, write_outputs
-from .main import CLIError
+from .outdir import FIT_TEACHER_MARKERS, OVERWRITE_HELP, check_out_dir
 
 
 def register(sub) -> None:
@@ -67,8 +67,9 @@ def register(sub) -> None:
     p.add_argument("--safetensors", action="store_true", help="also write DIR/transform.safetensors")
     p.add_argument("--backend", default=None, help="triplet-op backend (default: auto)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress and no table: print only the transform's path")
+    p.add_argument("--out", required=True, help="output directory (new, empty, or an earlier fit-teacher output)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(what="fit-teacher"))
     p.set_defaults(func=_run)
 
 
@@ -104,11 +105,13 @@ def _table(rows: List[Tuple[str, Dict[str, float]]]) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory")
+    check_out_dir(out, "fit-teacher", FIT_TEACHER_MARKERS, args.overwrite)
     say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     result = fit_teacher(_options(args), say=say)
     report = write_outputs(result, out, safetensors=args.safetensors)
+    if args.quiet:
+        print(out / "transform.npz")
+        return 0
     print(f"fit-teacher: metrics on the {result.metrics_on} triplets ({result.metrics['teacher']['n']})")
     print(_table(list(result.metrics.items())))
     plot = report["outputs"]["plot"]

@@ -56,7 +56,7 @@ def register(sub) -> None:
     p.add_argument("--backend", help="similarity kernel backend (default: automatic)")
     p.add_argument("--no-histogram", action="store_true", help="skip the teacher-entropy histogram PNG (skipped anyway without matplotlib: "
                         "pip install 'fastalign[report]')")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true", help="no progress and no summary: print only the store's path")
     p.set_defaults(func=_run)
 
 
@@ -72,5 +72,5 @@ def _run(args) -> int:
     )
     summary = generate(opts)
     if summary.rank == 0:
-        print(format_summary(summary))
+        print(args.out if args.quiet else format_summary(summary))
     return 0

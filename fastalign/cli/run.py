@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 from ..distill.loop import TrainingDiverged
+from ..io.lock import FolderLocked
 from ..pipeline import load_config, run_pipeline
+from .main import CLIError
 
 DEFAULT_OUT = "fastalign-run"
 
@@ -27,15 +29,21 @@ def register(sub):
                    help="override one config field, e.g. --set student.train.steps=500 (repeatable)")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="redo a stage even if cached: data, teacher, triplets, student, evaluate or all (repeatable)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no stage lines and no report on the terminal: print only the report's path (the "
+                   "student's progress bar follows student.train.progress, which is part of its cache key)")
     p.set_defaults(func=_run)
 
 
 def _run(args):
     cfg = load_config(args.config, args.overrides, args.preset)
     try:
-        run_pipeline(cfg, Path(args.out), force=args.force)
+        run_pipeline(cfg, Path(args.out), force=args.force, say=(lambda s: None) if args.quiet else None)
     except TrainingDiverged as exc:  # the student stage: same status as fastalign distill
         print(f"fastalign run: error: student stage: {exc}", file=sys.stderr)
         return 3
-    print((Path(args.out) / "report.md").read_text())
+    except FolderLocked as exc:
+        raise CLIError(str(exc)) from None
+    report = Path(args.out) / "report.md"
+    print(report if args.quiet else report.read_text())
     return 0

@@ -1,16 +1,25 @@
-"""Export a trained student's embeddings (``fastalign embed``)."""
+"""Export a trained student's embeddings (``fastalign embed``).
+
+``export_embeddings`` writes ``E.npy`` and beside it the sidecar ``E.npy.json``:
+the student's training similarity and temperature, so that ``fastalign evaluate``
+scores the embeddings' probabilities at the temperature they were trained at
+(at T = 1 a student trained at T = 100 reports a NLL of 6.9 instead of 1.05).
+The sidecar records the ``.npy``'s checksum: one that describes another file
+(the ``.npy`` was rewritten since) is not trusted.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, load_model_state
+from ..io.atomic import HASH_NAME, atomic_save_npy, atomic_write_json, file_checksum, read_json
+from .checkpoint import Checkpoint, load_checkpoint, load_model_state
 from .config import DistillConfig, config_from_dict
 from .data import ImageItems
 from .evaluation import embed_items
@@ -34,6 +43,68 @@ def embed_checkpoint(checkpoint: Union[str, Path], *, features: Optional[str] = 
         ``(emb, ok)``: float32 (N, D') embeddings (zero rows for images that
         failed to load) and the (N,) bool mask of rows that loaded.
     """
+    emb, ok, _, _ = _embed(checkpoint, features, image_root, file_names, micro_batch, device)
+    return emb, ok
+
+
+SIDECAR_FORMAT = "fastalign-embeddings/1"
+
+
+def sidecar_path(embeddings: Union[str, Path]) -> Path:
+    """``E.npy`` -> ``E.npy.json``: where ``export_embeddings`` records how ``E.npy`` is scored."""
+    return Path(str(embeddings) + ".json")
+
+
+def export_embeddings(checkpoint: Union[str, Path], out: Union[str, Path], *, features: Optional[str] = None,
+                      image_root: Optional[str] = None, file_names: Optional[List[str]] = None,
+                      micro_batch: int = 256, device: str = "cpu") -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    """Embed items as ``embed_checkpoint`` does and write ``out`` (.npy) and its sidecar, both atomically.
+
+    Returns:
+        ``(emb, ok, info)``: as ``embed_checkpoint``, and the sidecar's content.
+    """
+    if Path(out).suffix.lower() != ".npy":
+        # np.save to another name would write .npy bytes under a name that promises another format.
+        raise ValueError(f"{out}: embeddings are written as a NumPy .npy file; give a file name ending in .npy")
+    emb, ok, ckpt, cfg = _embed(checkpoint, features, image_root, file_names, micro_batch, device)
+    # The array first: a kill between the two writes leaves an old sidecar whose checksum no longer matches.
+    atomic_save_npy(out, emb)
+    info = {"format": SIDECAR_FORMAT, "checkpoint": str(Path(ckpt.path).resolve()), "step": ckpt.step,
+            "similarity": cfg.loss.similarity, "temperature": float(cfg.loss.temperature),
+            "shape": list(emb.shape), "dtype": str(emb.dtype), HASH_NAME: file_checksum(out)}
+    atomic_write_json(sidecar_path(out), info)
+    return emb, ok, info
+
+
+def read_sidecar(embeddings: Union[str, Path]) -> Tuple[Optional[Dict[str, Any]], str]:
+    """The sidecar of ``embeddings`` if there is one that describes this very file.
+
+    Returns:
+        ``(info, note)``: the sidecar's content (None when absent or not to be trusted) and, when
+        one exists but is not used, why (else "").
+    """
+    path = sidecar_path(embeddings)
+    if not path.is_file():
+        return None, ""
+    try:
+        info = read_json(path)
+    except ValueError as exc:
+        return None, f"ignoring {path}: {exc}"
+    if not isinstance(info, dict) or info.get("format") != SIDECAR_FORMAT:
+        return None, f"ignoring {path}: not a {SIDECAR_FORMAT} sidecar"
+    temperature = info.get("temperature")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+        return None, f"ignoring {path}: temperature {temperature!r} is not a positive number"
+    if info.get("similarity") not in ("dot", "cosine"):
+        return None, f"ignoring {path}: similarity {info.get('similarity')!r} is neither dot nor cosine"
+    if info.get(HASH_NAME) != file_checksum(embeddings):
+        return None, f"ignoring {path}: it describes another version of {Path(embeddings).name} (checksum differs)"
+    return info, ""
+
+
+def _embed(checkpoint, features, image_root, file_names, micro_batch,
+           device) -> Tuple[np.ndarray, np.ndarray, Checkpoint, DistillConfig]:
+    """``embed_checkpoint``'s ``(emb, ok)``, and the checkpoint and config they came from."""
     ckpt = load_checkpoint(Path(checkpoint), weights_only=True)
     cfg = config_from_dict(ckpt.state["config"])
     feats = None
@@ -46,8 +117,9 @@ def embed_checkpoint(checkpoint: Union[str, Path], *, features: Optional[str] = 
     # The checkpoint holds every weight: the pretrained file need not exist any more.
     student = build_student(dataclasses.replace(cfg.student, weights=""), feats)
     load_model_state(student, ckpt.model, f"checkpoint {ckpt.path}")
-    return embed_student(student, cfg, image_root=image_root, file_names=file_names, micro_batch=micro_batch,
-                         device=device)
+    emb, ok = embed_student(student, cfg, image_root=image_root, file_names=file_names, micro_batch=micro_batch,
+                            device=device)
+    return emb, ok, ckpt, cfg
 
 
 def embed_student(student: nn.Module, cfg: DistillConfig, *, image_root: Optional[str] = None,

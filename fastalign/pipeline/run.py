@@ -38,6 +38,7 @@ from ..common.timing import StageTimer
 from ..distill import DistillConfig, Student, build_student, distill, embed_checkpoint, embed_student
 from ..eval.calibration import plot_reliability
 from ..io import atomic_save_npy, atomic_save_npz, atomic_write_json, save_triplets_txt
+from ..io.lock import hold_folder_lock
 from ..io.resolve import feature_path, resolve_categories
 from ..ops import odd_one_out_probs
 from ..teacher import (
@@ -311,7 +312,8 @@ def run_pipeline(cfg: RunConfig, out: Path, force: Iterable[str] = (), say: Call
     if bad:
         raise ValueError(f"--force names unknown stage(s) {bad}; stages are {list(STAGES)} or 'all'")
     timer = StageTimer()
-    with timer("run"):
+    # One run per folder: a second one would interleave its stages' writes with ours.
+    with hold_folder_lock(out, "fastalign run"), timer("run"):
         metrics = _run_stages(cfg, out, force, say)
     say(f"done in {timer.seconds['run']:.1f} s: {out / 'report.md'}")
     return metrics
