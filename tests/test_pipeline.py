@@ -48,6 +48,16 @@ def test_pipeline_artefacts(run_dir):
     assert "held-out human triplets" in (run_dir / "report.md").read_text()
 
 
+def test_student_embeddings_carry_their_training_temperature(run_dir):
+    # `fastalign evaluate embeddings/student.npy` must score at the student's T, as the report does.
+    from fastalign.distill.export import read_sidecar
+
+    info, note = read_sidecar(run_dir / "embeddings" / "student.npy")
+    assert note == "" and info is not None
+    cfg = load_config(overrides=SMALL)
+    assert info["temperature"] == cfg.student.loss.temperature and info["similarity"] == cfg.student.loss.similarity
+
+
 def test_rerun_is_cached_and_force_redoes_one(run_dir):
     lines = []
     run_pipeline(load_config(overrides=SMALL), run_dir, force=["evaluate"], say=lines.append)

@@ -35,7 +35,8 @@ import torch
 
 from ..common.calibration import reliability
 from ..common.timing import StageTimer
-from ..distill import DistillConfig, Student, build_student, distill, embed_checkpoint, embed_student
+from ..distill import DistillConfig, Student, build_student, distill, embed_student
+from ..distill.export import export_embeddings, sidecar_path
 from ..eval.calibration import plot_reliability
 from ..io import atomic_save_npy, atomic_save_npz, atomic_write_json, save_triplets_txt
 from ..io.lock import hold_folder_lock
@@ -271,12 +272,15 @@ def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say):
             if metrics["images_failed"]:
                 say(f"  {metrics['images_failed']} images could not be decoded: their rows are zero")
         result = distill(dc)
+        # With its sidecar (the training temperature), so that `fastalign evaluate` on
+        # embeddings/student.npy scores it as the report does.
+        student_npy = emb_dir / "student.npy"
         if inputs.images:
-            emb, _ = embed_checkpoint(result.checkpoint, **images, micro_batch=dc.train.micro_batch, device=device)
+            export_embeddings(result.checkpoint, student_npy, **images, micro_batch=dc.train.micro_batch,
+                              device=device)
         else:
-            emb, _ = embed_checkpoint(result.checkpoint, features=str(inputs.student_path))
-        atomic_save_npy(emb_dir / "student.npy", emb.astype(np.float32))
-        outputs += [emb_dir / "student.npy"] + ([result.curves] if result.curves else [])
+            export_embeddings(result.checkpoint, student_npy, features=str(inputs.student_path))
+        outputs += [student_npy, sidecar_path(student_npy)] + ([result.curves] if result.curves else [])
         metrics.update({"final": result.metrics, "steps": result.steps,
                         "checkpoint": str(Path(result.checkpoint).relative_to(out))})
         return outputs, metrics
