@@ -2,6 +2,7 @@
 that its PNG is written. Each figure is captured before it is saved, so its artists can be read."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -271,12 +272,12 @@ def _search(lams, folds=1, human=False):
 
 
 GRIDS = [[0.05, 0.1, 0.2], [0.03, 0.05, 0.1, 0.2, 0.3, 0.5], [10 ** (k / 2) for k in range(-8, 4)],
-         [0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10], [0, 0.1, 0.2, 0.4], [0.1]]
+         [0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10], [0, 0.1, 0.2, 0.4], [0.1], [1e-4]]
 
 
 @pytest.mark.parametrize("lams", GRIDS)
 def test_labelled_lambdas_include_chosen_and_keep_apart(lams):
-    chosen = 0.1
+    chosen = min(lams, key=lambda v: abs(v - 0.1))
     kept = labelled_lambdas(lams, chosen)
     assert chosen in kept and len(kept) <= 8 and set(kept) <= set(lams)
     positive = [v for v in lams if v > 0]
@@ -292,7 +293,9 @@ def test_labelled_lambdas_fall_back_to_decades():
 
 @pytest.mark.parametrize("lams", GRIDS)
 def test_lambda_figure_ticks_do_not_overlap(tmp_path, captured, lams):
-    assert plot_lambda_search(_search(lams), tmp_path / "search.png").read_bytes()[:8] == PNG
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib's singular-limits warning for one lambda
+        assert plot_lambda_search(_search(lams), tmp_path / "search.png").read_bytes()[:8] == PNG
     renderer = _render(captured[-1])
     ax = captured[-1].axes[0]
     labels = ax.get_xticklabels() + ax.get_xticklabels(minor=True)
@@ -316,3 +319,5 @@ def test_lambda_figure_names_what_was_held_out(tmp_path, captured):
     # Differences of 0.005 nats fill a fraction of the axis, not all of it.
     lo, hi = fig.axes[0].get_ylim()
     assert hi - lo >= 0.05 * 0.92
+    plot_lambda_search(_search([0.1]), tmp_path / "one.png")
+    assert "the only value searched" in captured[-1].legends[0].get_texts()[2].get_text()

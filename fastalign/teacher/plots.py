@@ -83,6 +83,8 @@ def _x_axis(ax: Any, lams: Sequence[float], chosen: float) -> str:
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # optional extra
 
     positive = [v for v in lams if v > 0]
+    if len(lams) == 1:  # before the scale: a single point's autoscaled limits coincide on a log axis
+        ax.set_xlim(lams[0] / 3 if lams[0] > 0 else -1, lams[0] * 3 if lams[0] > 0 else 1)
     if len(positive) == len(lams):
         ax.set_xscale("log")
         scale = "log scale"
@@ -96,9 +98,7 @@ def _x_axis(ax: Any, lams: Sequence[float], chosen: float) -> str:
         ax.xaxis.set_minor_locator(FixedLocator([v for v in lams if v not in labelled]))
     # Matplotlib labels minor log ticks on a short axis (2x10^-1, 3x10^-1, ...), which overlap.
     ax.xaxis.set_minor_formatter(NullFormatter())
-    if len(lams) == 1:
-        ax.set_xlim(lams[0] / 3 if lams[0] > 0 else -1, lams[0] * 3 if lams[0] > 0 else 1)
-    else:
+    if len(lams) > 1:
         ax.margins(x=0.06)  # keep the end points (often the chosen one) off the frame
     return scale
 
@@ -143,7 +143,8 @@ def plot_lambda_search(report: Mapping[str, Any], path: Union[str, os.PathLike])
         ax2.set_ylabel(f"{acc_name} (%)", color=_ACC_COLOUR)
         ax2.set_ylim(*_span(accs, _MIN_ACC_SPAN, 0.0, 100.0))
         ax2.tick_params(axis="y", colors=_ACC_COLOUR)
-    why = f"lowest {loss_name}" + (",\nat the edge of the searched grid" if edge else "")
+    why = ("the only value searched" if len(lams) == 1
+           else f"lowest {loss_name}" + (",\nat the edge of the searched grid" if edge else ""))
     handles.append(ax.axvline(chosen, color=_CHOSEN_COLOUR, ls=":", lw=1.2, label=f"chosen lambda = {chosen:g} ({why})"))
     ax.set_xlabel(f"regulariser weight lambda ({_x_axis(ax, lams, chosen)})")
     ax.set_title("Teacher: search over lambda" + (" (best alpha, tau per lambda)" if extra else ""))
