@@ -1,119 +1,73 @@
 """Figures for evaluation results: matplotlib ``Figure`` objects (no pyplot, no global backend),
 written atomically as PNG. Without matplotlib a figure is skipped with one notice and the
-functions return None."""
+functions return None. Here: accuracy by level; the RDM panel is in ``rdm_plot``."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 
-from ..common.tensors import as_emb
+from ..common.intervals import wilson_interval
 from ..io.figures import new_figure, save_figure
-from .correlation import rankdata
-from .rsa import rdm
+from .rdm_plot import category_order, plot_rdm_panel
 
-__all__ = ["category_order", "plot_accuracy_by_level", "plot_rdm_panel", "save_figure"]
+__all__ = ["category_order", "level_intervals", "plot_accuracy_by_level", "plot_rdm_panel", "save_figure"]
 
 PathLike = Union[str, os.PathLike]
 
 
-def category_order(categories: Any) -> Tuple[np.ndarray, np.ndarray]:
-    """Object order for plots: by first category, uncategorised objects last.
-
-    Args:
-        categories: (N, K) 0/1 membership.
-
-    Returns ``(order, primary)``: the permutation and each ordered object's
-    first category (K for none).
-    """
-    c = np.asarray(categories) != 0
-    if c.ndim != 2:
-        raise ValueError(f"categories must be 2-D (N, K), got shape {c.shape}")
-    k = c.shape[1]
-    primary = np.where(c.any(1), c.argmax(1), k)
-    order = np.argsort(primary, kind="stable")
-    return order, primary[order]
-
-
-def _rank_matrix(m: torch.Tensor) -> np.ndarray:
-    """Percentile ranks of a square RDM's entries (diagonal blank), so any two metrics share a colour scale."""
-    n = m.shape[0]
-    r = (rankdata(m.reshape(-1).to(torch.float64)) / (n * n)).reshape(n, n).cpu().numpy()
-    np.fill_diagonal(r, np.nan)
-    return r
-
-
-def plot_rdm_panel(
-    human_emb: Any,
-    model_emb: Any,
-    categories: Any,
-    path: PathLike,
-    human_metric: str = "dot",
-    model_metric: str = "cosine",
-    titles: Sequence[str] = ("human", "model"),
-    category_names: Optional[Sequence[str]] = None,
-) -> Optional[Path]:
-    """Human and model RDMs side by side, objects sorted by category, as a PNG.
-
-    Colours are percentile ranks of each RDM's dissimilarities, so RDMs of
-    different metrics are comparable at a glance (RSA is rank-based too).
-
-    Args:
-        human_emb: (N, D_h) human similarity embedding (e.g. SPoSE-49).
-        model_emb: (N, D_m) model representation, same objects as ``human_emb``.
-        categories: (N, K) 0/1 membership used to sort objects and mark blocks.
-        path: output ``.png``.
-        human_metric, model_metric: RDM metrics (see ``fastalign.eval.rsa``).
-        titles: panel titles.
-        category_names: optional K names for the axis ticks.
-    """
-    h = as_emb(human_emb, "human_emb")
-    m = as_emb(model_emb, "model_emb")
-    if h.shape[0] != m.shape[0] or h.shape[0] != np.asarray(categories).shape[0]:
-        raise ValueError(
-            f"human_emb, model_emb and categories must list the same objects, got "
-            f"{h.shape[0]}, {m.shape[0]} and {np.asarray(categories).shape[0]} rows"
-        )
-    order, primary = category_order(categories)
-    idx = torch.from_numpy(order)
-    panels = [_rank_matrix(rdm(h[idx.to(h.device)], human_metric)), _rank_matrix(rdm(m[idx.to(m.device)], model_metric))]
-    fig = new_figure(11, 5.2, "RDM panel")
-    if fig is None:
-        return None
-    axes = fig.subplots(1, 2)
-    bounds = np.flatnonzero(np.diff(primary)) + 0.5
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(primary)) + 1])
-    ends = np.concatenate([starts[1:], [len(primary)]])
-    for ax, panel, title, metric in zip(axes, panels, titles, (human_metric, model_metric)):
-        im = ax.imshow(panel, cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
-        for b in bounds:
-            ax.axhline(b, color="white", lw=0.3)
-            ax.axvline(b, color="white", lw=0.3)
-        ax.set_title(f"{title} ({metric} RDM)")
-        if category_names is not None:
-            names = list(category_names) + ["none"]
-            centres = (starts + ends - 1) / 2
-            labels = [names[primary[s]] for s in starts]
-            ax.set_yticks(centres)
-            ax.set_yticklabels(labels, fontsize=5)
-            ax.set_xticks([])
-        else:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.colorbar(im, ax=axes, fraction=0.025, label="dissimilarity (percentile rank)")
-    return save_figure(fig, path, dpi=120)
-
-
-def _acc(entry: Any) -> Optional[float]:
+def _level_entry(entry: Any, where: str) -> Optional[Tuple[float, int]]:
+    """``(accuracy, n)`` of one level's result, or None when the level was not scored."""
     if entry is None:
         return None
     if isinstance(entry, Mapping):
-        return entry.get("accuracy")
-    return entry[0]
+        acc, n = entry.get("accuracy"), entry.get("n")
+    else:
+        acc, n = (tuple(entry) + (None, None))[:2]
+    if acc is None or (isinstance(acc, float) and math.isnan(acc)):
+        return None
+    if n is None:
+        raise ValueError(f"{where} has no n: the 95 % interval needs the number of triplets of the level")
+    return float(acc), int(n)
+
+
+def level_intervals(results: Mapping[str, Mapping[str, Any]], levels: Sequence[str],
+                    confidence: float = 0.95) -> Dict[str, Dict[str, Optional[Dict[str, float]]]]:
+    """What the accuracy-by-level figure draws: per representation and level the accuracy, its
+    number of triplets ``n`` and the Wilson score interval (``lower``, ``upper``); None for a level
+    that was not scored.
+
+    Args:
+        results: ``{representation: {level: (accuracy, n) or {"accuracy": ..., "n": ...}}}``.
+        levels: the levels, in order.
+        confidence: level of the interval.
+    """
+    out: Dict[str, Dict[str, Optional[Dict[str, float]]]] = {}
+    for name, by_level in results.items():
+        out[name] = {}
+        for lv in levels:
+            entry = _level_entry(by_level.get(lv), f"results[{name!r}][{lv!r}]")
+            if entry is None:
+                out[name][lv] = None
+                continue
+            acc, n = entry
+            lo, hi = wilson_interval(acc * n, n, confidence)
+            out[name][lv] = {"accuracy": acc, "n": n, "lower": lo, "upper": hi}
+    return out
+
+
+def _level_tick(level: str, bars: Dict[str, Dict[str, Optional[Dict[str, float]]]]) -> Tuple[str, bool]:
+    """The x tick label of a level (with n when every representation has the same n) and whether
+    n must instead be written on each bar."""
+    ns = {b[level]["n"] for b in bars.values() if b[level] is not None}
+    name = level.replace("_", " ")
+    if len(ns) == 1:
+        return f"{name}\nn = {ns.pop():,}", False
+    return name, bool(ns)
 
 
 def plot_accuracy_by_level(
@@ -121,9 +75,11 @@ def plot_accuracy_by_level(
     path: PathLike,
     levels: Sequence[str] = ("fine", "class_boundary", "coarse"),
     chance: float = 1.0 / 3.0,
+    ceiling: Optional[float] = None,
     title: str = "Odd-one-out accuracy by level",
 ) -> Optional[Path]:
-    """Grouped bars: accuracy per level for each representation.
+    """Grouped bars: accuracy per level for each representation, with each level's number of
+    triplets and a 95 % Wilson score interval per bar, chance and the noise ceiling as lines.
 
     Args:
         results: ``{representation: {level: (accuracy, n) or {"accuracy": ..., "n": ...}}}``
@@ -131,26 +87,45 @@ def plot_accuracy_by_level(
         path: output ``.png``.
         levels: which levels to show, in order.
         chance: where to draw the chance line.
+        ceiling: the human noise ceiling of the whole triplet set (not per level), or None.
         title: figure title.
     """
     names = list(results)
     if not names:
         raise ValueError("results is empty: nothing to plot")
-    width = 0.8 / len(names)
-    fig = new_figure(1.6 + 1.8 * len(levels), 3.6, "accuracy-by-level figure")
+    bars = level_intervals(results, levels)
+    fig = new_figure(1.8 + 1.9 * len(levels), 4.4, "accuracy-by-level figure")
     if fig is None:
         return None
     ax = fig.subplots()
     x = np.arange(len(levels))
+    width = 0.8 / len(names)
+    ticks = [_level_tick(lv, bars) for lv in levels]
     for i, name in enumerate(names):
-        vals = [_acc(results[name].get(lv)) for lv in levels]
-        ys = [np.nan if v is None else v for v in vals]
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, ys, width, label=name)
-    ax.axhline(chance, color="0.5", ls="--", lw=1, label="chance")
+        xs = x + (i - (len(names) - 1) / 2) * width
+        cells = [bars[name][lv] for lv in levels]
+        ys = np.array([np.nan if c is None else 100 * c["accuracy"] for c in cells])
+        lo = np.array([0.0 if c is None else 100 * c["lower"] for c in cells])
+        hi = np.array([0.0 if c is None else 100 * c["upper"] for c in cells])
+        err = np.vstack([np.where(np.isnan(ys), 0, ys - lo), np.where(np.isnan(ys), 0, hi - ys)])
+        ax.bar(xs, ys, width * 0.92, yerr=err, capsize=3, error_kw={"elinewidth": 1.2, "ecolor": "k"},
+               label=name)
+        for xi, c, (_, per_bar) in zip(xs, cells, ticks):
+            if c is not None and per_bar:
+                ax.annotate(f"n={c['n']}", (xi, 100 * c["upper"]), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=6)
+    handles, _ = ax.get_legend_handles_labels()
+    handles.append(ax.axhline(100 * chance, color="0.45", ls="--", lw=1, label=f"chance ({100 * chance:.1f} %)"))
+    if ceiling is not None:
+        handles.append(ax.axhline(100 * ceiling, color="k", ls=":", lw=1.4,
+                                  label=f"human noise ceiling, all triplets ({100 * ceiling:.0f} %)"))
+    # An empty error bar: its legend glyph explains the bars' whiskers.
+    handles.append(ax.errorbar([np.nan], [np.nan], yerr=[1.0], fmt="none", ecolor="k", elinewidth=1.2, capsize=3,
+                               label="95 % Wilson interval (n = triplets of the level)"))
     ax.set_xticks(x)
-    ax.set_xticklabels([lv.replace("_", " ") for lv in levels])
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
+    ax.set_xticklabels([t for t, _ in ticks])
+    ax.set_ylabel("odd-one-out accuracy (%)")
+    ax.set_ylim(0, 100)
     ax.set_title(title)
-    ax.legend(fontsize=8, ncol=2)
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False, fontsize=8)
     return save_figure(fig, path, dpi=120)

@@ -90,11 +90,16 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
     figures: List[Path] = []
     if inputs.categories is not None:
         level_results = {name: r["levels"]["accuracy"] for name, r in results.items()}
-        figures.append(plot_accuracy_by_level(level_results, fig_dir / "accuracy_by_level.png"))
+        figures.append(plot_accuracy_by_level(level_results, fig_dir / "accuracy_by_level.png",
+                                              ceiling=cfg.eval.ceiling,
+                                              title=f"Held-out odd-one-out accuracy by {opts.category_levels_name}"))
         if inputs.human is not None:
-            figures.append(plot_rdm_panel(inputs.human, reps["student"]["emb"], inputs.categories,
-                                          fig_dir / "rdm_panel.png", human_metric="dot", model_metric="dot",
-                                          titles=("human (SPoSE)", "student"),
+            # Before and after each stage: the teacher transforms its features, the student learns from it.
+            shown = ("teacher", "raw student features", "student")
+            figures.append(plot_rdm_panel(inputs.human, [reps[k]["emb"] for k in shown], inputs.categories,
+                                          fig_dir / "rdm_panel.png", human_metric="dot",
+                                          model_metric=[reps[k]["similarity"] for k in shown],
+                                          titles=(f"human ({cfg.data.human_embedding})", *shown),
                                           category_names=inputs.category_names))
     figures += _measured_human_figures(results, fig_dir)
     for src, dst in [(out / "teacher" / "reliability.png", "teacher_reliability.png"),
