@@ -15,8 +15,18 @@ from fastalign.distill.config import apply_overrides, parse_override
 def test_defaults_are_alignet():
     cfg = DistillConfig().validate()
     assert cfg.loss.divergence == "jsd" and cfg.loss.temperature == 100.0
-    assert cfg.optim.weight_decay == 1.0 and cfg.optim.lr == 3e-5 and cfg.optim.warmup_steps == 5000
+    assert cfg.optim.weight_decay == 1.0 and cfg.optim.lr == 3e-5 and cfg.optim.warmup_steps == 100
     assert cfg.student.head_dim == 1024
+
+
+def test_defaults_reach_their_learning_rate_without_a_warning():
+    """Before: the defaults (warmup 5,000, steps 1,000) made every run without a config all warm-up."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = DistillConfig().validate()
+    assert cfg.optim.warmup_steps < cfg.train.steps
 
 
 def test_toml_file_and_overrides(tmp_path):

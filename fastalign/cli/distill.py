@@ -24,11 +24,20 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ..distill.config import DistillConfig, load_config
+from ..distill.config import DistillConfig, load_config, to_toml
 from ..distill.loop import TrainingDiverged, distill
 from .outdir import DISTILL_MARKERS, OVERWRITE_HELP, check_out_dir
 
 EXIT_DIVERGED = 3
+
+EPILOG = """\
+every key, what it is, its unit and its default:
+  examples/distill.toml in the fastalign repository (the README's command-line chain runs it);
+  --print-config prints the configuration this command would train with, every key and its
+  value after --config and --set, as TOML, and exits (works in any install)
+
+  fastalign distill --config examples/distill.toml --set train.steps=200 --out my-run
+"""
 
 
 def _fields():
@@ -39,7 +48,7 @@ def _fields():
 
 def register(sub):
     p = sub.add_parser("distill", help="distil a student on teacher-labelled triplets (two-pass, resumable)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML config file (sections: student, data, loss, optim, train, eval)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set optim.lr=3e-5 (repeatable)")
@@ -47,6 +56,7 @@ def register(sub):
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(what="distill"))
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar (train.progress = false) and no metrics: print only the checkpoint's path")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration as TOML and exit")
     for key in _fields():  # --section.key VALUE for every field (hidden from --help: there are many)
         p.add_argument(f"--{key}", dest=f"field:{key}", metavar="VALUE", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
@@ -62,6 +72,9 @@ def _run(args):
     if args.quiet:
         overrides.append("train.progress=false")
     cfg = load_config(args.config, overrides)
+    if args.print_config:
+        print(to_toml(cfg), end="")
+        return 0
     check_out_dir(Path(cfg.train.out_dir), "distill", DISTILL_MARKERS, args.overwrite)
     try:
         result = distill(cfg)

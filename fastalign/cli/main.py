@@ -18,6 +18,7 @@ from .. import __version__
 # (module, command) in the order the help lists them.
 COMMANDS = [
     ("run", "run"),
+    ("split_triplets", "split-triplets"),
     ("fit_teacher", "fit-teacher"),
     ("make_triplets", "make-triplets"),
     ("triplets_io", "export-triplets / import-triplets"),

@@ -9,6 +9,8 @@ the loop.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +144,8 @@ class OptimConfig:
         eps: Adam epsilon.
         weight_decay: decay-to-init strength ``wd`` in
             ``theta <- theta - lr * (adam_update + wd * (theta - theta0))``.
-        warmup_steps: linear warmup from 0 to ``lr``.
+        warmup_steps: linear warmup from 0 to ``lr``; 10 % of the default ``train.steps`` (a
+            warmup as long as the run never reaches ``lr``: ``validate`` warns).
         min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
         clip_grad_norm: global gradient-norm clip; 0 disables.
     """
@@ -151,7 +154,7 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 1.0
-    warmup_steps: int = 5000
+    warmup_steps: int = 100
     min_lr_ratio: float = 0.0
     clip_grad_norm: float = 1.0
 
@@ -293,6 +296,39 @@ def _choice(key: str, value: str, options: Sequence[str]) -> None:
 def _positive(key: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{key} must be > 0, got {value!r}")
+
+
+def to_toml(cfg: DistillConfig) -> str:
+    """``cfg`` as a TOML file that ``load_config`` reads back to an equal config.
+
+    TOML has no null, so an unset optional key is written as a comment.
+    """
+    lines: List[str] = []
+    for section in dataclasses.fields(cfg):
+        lines.append(f"[{section.name}]")
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            value = getattr(getattr(cfg, section.name), f.name)
+            lines.append(f"# {f.name} = (unset)" if value is None else f"{f.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")
 
 
 def config_from_dict(data: Mapping[str, Any]) -> DistillConfig:

@@ -53,6 +53,7 @@ from ..teacher import (
     save_transform,
 )
 from ..triplets.generate import GenerateOptions, generate
+from ..triplets.heldout import heldout_rows
 from .config import RunConfig
 from .inputs import Inputs
 from .report import write_report
@@ -67,13 +68,11 @@ STAGES = ("data", "teacher", "triplets", "student", "evaluate")
 
 
 def _split_human(triplets: np.ndarray, heldout: float, seed: int):
-    """Triplet-level split: (teacher-train, calibration, held-out); calibration is 1/8 of the rest."""
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(triplets))
-    n_held = int(round(heldout * len(triplets)))
-    rest = perm[n_held:]
-    n_cal = max(1, len(rest) // 8)
-    return triplets[rest[n_cal:]], triplets[rest[:n_cal]], triplets[perm[:n_held]]
+    """Triplet-level split: (teacher-train, calibration, held-out); calibration is 1/8 of the rest.
+    ``fastalign split-triplets`` holds out the same rows (``fastalign.triplets.heldout``)."""
+    rows = heldout_rows(len(triplets), heldout, seed)
+    n_cal = max(1, len(rows.rest) // 8)
+    return triplets[rows.rest[n_cal:]], triplets[rows.rest[:n_cal]], triplets[rows.heldout]
 
 
 def _stage_data(cfg: RunConfig, inputs: Inputs, say):
