@@ -67,6 +67,29 @@ def test_rerun_is_cached_and_force_redoes_one(run_dir):
     assert "evaluate: running" in text
 
 
+def test_report_links_only_the_figures_it_drew(run_dir, tmp_path, monkeypatch):
+    """Before: a core install's report.md linked five figures that were never written."""
+    import shutil
+    import sys
+
+    import fastalign.io.figures as figures
+
+    core = tmp_path / "core"
+    shutil.copytree(run_dir, core)
+    shutil.rmtree(core / "figures")
+    for png in [*(core / "teacher").glob("*.png"), *(core / "student").rglob("*.png")]:
+        png.unlink()  # as a core install's earlier stages would have left them
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setattr(figures, "_warned", False)
+    run_pipeline(load_config(overrides=SMALL), core, force=["evaluate"], say=lambda s: None)
+    md = (core / "report.md").read_text()
+    assert "](figures/" not in md and "pip install 'fastalign[report]'" in md
+    assert json.loads((core / "report.json").read_text())["figures"] == []
+    drawn = json.loads((run_dir / "report.json").read_text())["figures"]
+    assert "figures/accuracy_by_level.png" in drawn and all((run_dir / f).is_file() for f in drawn)
+
+
 def test_bad_input_fails_before_work(tmp_path, capsys):
     rc = main(["run", "--out", str(tmp_path / "x"), "--set", "data.teacher_features=/nonexistent.npy"])
     err = capsys.readouterr().err

@@ -116,7 +116,9 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
     # The report is written inside the evaluation stage, so its row holds the time up to this point.
     stages.setdefault("evaluate", {"seconds": time.perf_counter() - start, "cached": False, "metrics": {}})
     fit = (runner.results["teacher"].metrics.get("fit") or {}) if "teacher" in runner.results else {}
+    figures = [f for f in figures if f]  # a figure is None where it was skipped (no matplotlib)
     report = {"config": cfg.to_dict(), "heldout_triplets": int(len(held)), "results": results, "stages": stages,
+              "figures": [f.relative_to(out).as_posix() for f in figures],
               "teacher_fit": {"recipe": fit.get("recipe", "human"), "selection": fit.get("selection"),
                               "extensions": fit.get("extensions", []), "bracketed": fit.get("bracketed"),
                               "chosen": fit.get("chosen"), "similarity_model": cfg.data.human_embedding}}
@@ -125,7 +127,7 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
     atomic_write_text(out / "report.md", render_markdown(report), named_tmp=True)
     summary = {name: {"accuracy": r["accuracy"], "noise_ceiling_normalized": r["noise_ceiling_normalized"]}
                for name, r in results.items()}
-    return [out / "report.json", out / "report.md", *[f for f in figures if f]], summary
+    return [out / "report.json", out / "report.md", *figures], summary
 
 
 def _pct(v) -> str:
@@ -229,8 +231,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines += ["", "## Stages", "", "| stage | seconds | cached |", "|---|---|---|"]
     for name, st in report["stages"].items():
         lines.append(f"| {name} | {st['seconds']:.1f} | {'yes' if st['cached'] else 'no'} |")
-    lines += ["", "## Figures", "", "![accuracy by level](figures/accuracy_by_level.png)",
-              "![teacher reliability](figures/teacher_reliability.png)",
-              "![teacher lambda search](figures/teacher_lambda_search.png)",
-              "![distillation curves](figures/distillation_curves.png)", "![RDM panel](figures/rdm_panel.png)", ""]
+    lines += ["", "## Figures", ""]
+    # Only the figures this run wrote: a core install (no matplotlib) links none.
+    shown = report.get("figures") or []
+    lines += [f"![{Path(f).stem.replace('_', ' ')}]({f})" for f in shown] or [
+        "No figures were drawn: matplotlib is not installed (`pip install 'fastalign[report]'`)."]
+    lines.append("")
     return "\n".join(lines)
