@@ -13,7 +13,7 @@ import contextlib
 import csv
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -114,8 +114,20 @@ CURVE_LABELS = {
     "lr": "learning rate",
     "val_kl": "KL to the teacher (validation triplets)",
     "val_acc": "agreement with the teacher (validation, %)",
-    "human_acc": "human odd-one-out accuracy (eval.human_triplets, %)",
+    "human_acc": "odd-one-out accuracy on human triplets (%)",
 }
+
+
+def y_limits(key: str, ys: Sequence[float]) -> Optional[Tuple[float, float]]:
+    """A panel's y-range when matplotlib's own would be too tight (else None): at least 10 points for a
+    percentage and 10 % of the values' scale otherwise, so that a change of 0.3 % of a metric is not
+    drawn across the whole panel."""
+    lo, hi = min(ys), max(ys)
+    span = 10.0 if key.endswith("acc") else 0.1 * max(abs(lo), abs(hi))
+    if not span > hi - lo:
+        return None
+    mid = 0.5 * (lo + hi)
+    return mid - 0.5 * span, mid + 0.5 * span
 
 
 def _curves(rows: List[Dict[str, Any]]) -> Dict[str, List[Tuple[float, float]]]:
@@ -150,6 +162,9 @@ def plot_curves(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
         if key.endswith("acc"):
             ys = [100 * y for y in ys]
         ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
+        limits = y_limits(key, ys)
+        if limits is not None:
+            ax.set_ylim(*limits)
         ax.set_title(CURVE_LABELS[key], fontsize=9)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
