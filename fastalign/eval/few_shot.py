@@ -156,51 +156,73 @@ class _Products:
         return torch.baddbmm(b[:, None, :], self.gram[support].transpose(1, 2), a)
 
 
+class _Episodes:
+    """The seeded episodes of one shot count: which examples take part and each batch's support sets."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int, k: int, opts: FewShotOptions):
+        counts = torch.bincount(y, minlength=n_classes)
+        keep_cls = counts >= k + 1
+        self.k, self.opts = k, opts
+        self.c = c = int(keep_cls.sum())
+        if c < 2:
+            return
+        remap = torch.full((n_classes,), -1, dtype=torch.int64, device=y.device)
+        remap[keep_cls] = torch.arange(c, device=y.device)
+        self.sel = remap[y] >= 0
+        self.xs, self.ys = x[self.sel], remap[y][self.sel]
+        m = self.ys.shape[0]
+        cnt = torch.bincount(self.ys, minlength=c)
+        start = torch.cumsum(cnt, 0) - cnt
+        y_sorted, _ = torch.sort(self.ys)
+        rank_at_pos = torch.arange(m, device=y.device) - start[y_sorted]
+        self.support_pos = (rank_at_pos < k).nonzero().squeeze(1)  # C blocks of k positions, by class
+        self.support_y = y_sorted[self.support_pos]
+        self.onehot = torch.nn.functional.one_hot(self.ys, c).to(self.xs.dtype)  # (M, C)
+        self.queries_per_class = (cnt - k).to(self.xs.dtype)
+
+    def supports(self):
+        """Each batch's (E, C * k) support ids (rows of ``xs``), class blocks of ``k``."""
+        opts, ys = self.opts, self.ys
+        gen = torch.Generator(device="cpu").manual_seed(derive_seed(opts.seed, self.k))
+        for e0 in range(0, opts.episodes, opts.episode_batch):
+            e = min(opts.episode_batch, opts.episodes - e0)
+            keys = torch.rand((e, ys.shape[0]), generator=gen, dtype=torch.float64).to(ys.device)
+            # Sort by class, then by a random key: the first k positions of each class are its support.
+            order = torch.argsort(ys.to(torch.float64)[None, :] + keys, dim=1)
+            yield order[:, self.support_pos]
+
+    def accuracy(self, support: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """(E,) balanced query accuracy of (E, M) predicted classes (support items are not queries)."""
+        correct = (pred == self.ys[None, :]).to(self.xs.dtype)
+        correct.scatter_(1, support, 0.0)
+        per_class = (correct @ self.onehot) / self.queries_per_class  # (E, C)
+        return per_class.mean(1).to(torch.float64).cpu()
+
+
 def _episode_accuracies(x: torch.Tensor, y: torch.Tensor, n_classes: int, k: int, opts: FewShotOptions,
                         probes: Sequence[str], gram: Optional[torch.Tensor]):
     """Episodes for one shot count: (summary base, {probe: (episodes,) balanced accuracies} or None)."""
-    counts = torch.bincount(y, minlength=n_classes)
-    keep_cls = counts >= k + 1
-    c = int(keep_cls.sum())
+    ep = _Episodes(x, y, n_classes, k, opts)
+    c = ep.c
     base = {"shots": k, "n_classes": c, "episodes": opts.episodes, "chance": (1.0 / c) if c else None}
     if c < 2:
         return base, None
-    remap = torch.full((n_classes,), -1, dtype=torch.int64, device=y.device)
-    remap[keep_cls] = torch.arange(c, device=y.device)
-    sel = remap[y] >= 0
-    xs, ys = x[sel], remap[y][sel]
-    products = _Products(xs, None if gram is None else (gram if bool(sel.all()) else gram[sel][:, sel]))
-    m = ys.shape[0]
-    cnt = torch.bincount(ys, minlength=c)
-    start = torch.cumsum(cnt, 0) - cnt
-    y_sorted, _ = torch.sort(ys)
-    rank_at_pos = torch.arange(m, device=ys.device) - start[y_sorted]
-    support_pos = (rank_at_pos < k).nonzero().squeeze(1)  # C blocks of k positions, by class
-    support_y = y_sorted[support_pos]
-    onehot = torch.nn.functional.one_hot(ys, c).to(xs.dtype)  # (M, C)
-    queries_per_class = (cnt - k).to(xs.dtype)
-    gen = torch.Generator(device="cpu").manual_seed(derive_seed(opts.seed, k))
+    xs = ep.xs
+    products = _Products(xs, None if gram is None else (gram if bool(ep.sel.all()) else gram[ep.sel][:, ep.sel]))
     accs: Dict[str, List[torch.Tensor]] = {p: [] for p in probes}
-    batches = range(0, opts.episodes, opts.episode_batch)
-    for e0 in progress(batches, len(batches), f"few-shot k={k} ({', '.join(probes)})", opts.show_progress):
-        e = min(opts.episode_batch, opts.episodes - e0)
-        keys = torch.rand((e, m), generator=gen, dtype=torch.float64).to(ys.device)
-        # Sort by class, then by a random key: the first k positions of each class are its support.
-        order = torch.argsort(ys.to(torch.float64)[None, :] + keys, dim=1)
-        support = order[:, support_pos]  # (E, C*k) item ids, class blocks of k
+    n_batches = -(-opts.episodes // opts.episode_batch)
+    for support in progress(ep.supports(), n_batches, f"few-shot k={k} ({', '.join(probes)})", opts.show_progress):
+        e = support.shape[0]
         for probe in probes:
             if probe == "centroid":
                 cent = xs[support].reshape(e, c, k, -1).mean(2)  # (E, C, D)
                 # argmin |x - c|^2 = argmax 2 x.c - |c|^2
                 scores = 2 * torch.matmul(xs, cent.transpose(1, 2)) - (cent * cent).sum(2)[:, None, :]
             else:
-                a, b, _ = fit_kernel_logreg(products.support(support), support_y, c, float(opts.l2), opts.max_iter,
-                                            float(opts.tol))
+                a, b, _ = fit_kernel_logreg(products.support(support), ep.support_y, c, float(opts.l2),
+                                            opts.max_iter, float(opts.tol))
                 scores = products.scores(support, a, b)
-            correct = (scores.argmax(2) == ys[None, :]).to(xs.dtype)  # (E, M)
-            correct.scatter_(1, support, 0.0)  # support items are not queries
-            per_class = (correct @ onehot) / queries_per_class  # (E, C)
-            accs[probe].append(per_class.mean(1).to(torch.float64).cpu())
+            accs[probe].append(ep.accuracy(support, scores.argmax(2)))
     return base, {p: torch.cat(v) for p, v in accs.items()}
 
 
