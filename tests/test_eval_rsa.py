@@ -12,13 +12,16 @@ from fastalign.eval import (
     kendall_tau_a,
     linear_cka,
     pearson,
+    rank_vector,
     rankdata,
     rdm,
+    rdm_reference,
     rdm_upper,
     rsa,
     spearman,
     upper_triangle,
 )
+from fastalign.eval.correlation import _inversions_levels, _inversions_merge
 
 
 def tau_a_brute(x, y):
@@ -61,6 +64,44 @@ def test_tau_a_all_tied_is_zero():
 def test_count_inversions(n):
     y = torch.from_numpy(np.random.default_rng(n).integers(0, 6, n))
     assert count_inversions(y) == inversions_brute(y.numpy())
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 9, 31, 64, 257, 1000])
+def test_count_inversions_every_path_matches_the_definition(n):
+    """The CPU level sort (int32 keys, values re-ranked per block when keys run out of bits,
+    int64 keys), the torch merge sort of the GPU path, and values that need dense ranks first."""
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, max(2, n // 3), n)
+    ref = inversions_brute(y)
+    for key_bits in (6, 9, 12, 31, 63):
+        assert _inversions_levels(y, key_bits) == ref
+    assert _inversions_merge(torch.from_numpy(y)) == ref
+    wide = rng.integers(-2**62, 2**62, n)
+    assert count_inversions(torch.from_numpy(wide)) == inversions_brute(wide)
+
+
+def test_ranked_vectors_give_the_same_correlations():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 30, 400).astype(np.float32)
+    y = (x + rng.normal(size=400)).astype(np.float32)
+    rx, ry = rank_vector(x), rank_vector(y)
+    assert rx.n_distinct == len(np.unique(x)) and rx.tied_pairs == sum(c * (c - 1) // 2 for c in np.unique(
+        x, return_counts=True)[1])
+    np.testing.assert_allclose(rx.ranks.numpy(), st.rankdata(x))
+    for f in (kendall_tau_a, spearman, pearson):
+        assert f(rx, ry) == pytest.approx(f(x, y), abs=1e-15)
+        assert f(rx, y) == pytest.approx(f(x, y), abs=1e-15)
+
+
+def test_rsa_against_a_reference_equals_rsa_against_the_embedding():
+    rng = np.random.default_rng(6)
+    a, h = rng.normal(size=(40, 5)), rng.normal(size=(40, 3))
+    ref = rdm_reference(h, "dot")
+    assert rsa(a, ref, "cosine") == rsa(a, h, "cosine", "dot")
+    with pytest.raises(ValueError, match="differs"):
+        rsa(a, ref, "cosine", "euclidean")
+    with pytest.raises(ValueError, match="rows"):
+        rsa(a[:30], ref, "cosine")
 
 
 def test_rankdata_pearson_spearman_vs_scipy():

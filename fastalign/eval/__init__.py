@@ -19,16 +19,16 @@ from .calibration import (
     triplet_calibration,
 )
 from .cka import linear_cka
-from .correlation import count_inversions, kendall_tau_a, pearson, rankdata, spearman
-from .few_shot import FewShotOptions, few_shot_accuracy, fit_logreg, single_category_labels
+from .correlation import Ranked, count_inversions, kendall_tau_a, pearson, rank_vector, rankdata, spearman
+from .few_shot import FewShotOptions, few_shot_accuracy, few_shot_probes, fit_logreg, single_category_labels
 from .human_plots import plot_human_rdms, plot_levels_dataset
 from .human_rdm import HUMAN_RDM_MEASURES, compare_to_subjects, human_rdm_report, noise_ceiling, pool_rdms
 from .levels import LEVELS, accuracy_by_level, encode_levels, load_level_labels, triplet_levels
 from .levels_data import LEVELS_DATASET_NAME, LevelsOptions, levels_report
 from .odd_one_out import CHANCE, DEFAULT_CEILING, noise_ceiling_normalized, triplet_accuracy
 from .plots import category_order, plot_accuracy_by_level, plot_rdm_panel
-from .report import EvalOptions, evaluate_representation, format_table
-from .rsa import METRICS, compare_rdms, rdm, rdm_upper, rsa, upper_triangle
+from .report import EvalOptions, evaluate_representation, evaluate_representations, format_table
+from .rsa import METRICS, RDMReference, compare_rdms, rdm, rdm_reference, rdm_upper, rsa, upper_triangle
 from .uncertainty import RepeatedTriplets, aggregate_triplets, human_uncertainty
 
 __all__ = [
@@ -42,6 +42,8 @@ __all__ = [
     "LEVELS_DATASET_NAME",
     "LevelsOptions",
     "METRICS",
+    "RDMReference",
+    "Ranked",
     "Reliability",
     "RepeatedTriplets",
     "accuracy_by_level",
@@ -53,8 +55,10 @@ __all__ = [
     "count_inversions",
     "encode_levels",
     "evaluate_representation",
+    "evaluate_representations",
     "expected_calibration_error",
     "few_shot_accuracy",
+    "few_shot_probes",
     "fit_logreg",
     "format_table",
     "human_rdm_report",
@@ -74,8 +78,10 @@ __all__ = [
     "plot_rdm_panel",
     "plot_reliability",
     "pool_rdms",
+    "rank_vector",
     "rankdata",
     "rdm",
+    "rdm_reference",
     "rdm_upper",
     "reliability",
     "rsa",

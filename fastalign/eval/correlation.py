@@ -1,15 +1,17 @@
 """Correlation of two vectors in torch: Pearson, Spearman and Kendall tau-a.
 
 Everything runs on the inputs' device (CPU or GPU), vectorised, without a
-Python loop over elements:
+Python loop over elements. On the CPU every sort goes through NumPy (its SIMD
+sorts are several times faster than ``torch.sort`` there); on a GPU through torch.
 
 - ``rankdata``: average ranks of ties (as ``scipy.stats.rankdata``), by one sort.
+- ``Ranked`` / ``rank_vector``: a vector with its ranks, built once and compared
+  many times (the human RDM of an RSA against several representations).
 - ``kendall_tau_a``: Knight's algorithm. Sort by ``(x, y)``; the discordant
-  pairs are then the inversions of ``y``, counted by a bottom-up merge sort in
-  which each level merges all runs at once with batched ``searchsorted``
-  (``log2 n`` levels, ``O(n log n)`` memory traffic per level). rsatoolbox's
-  ``_tau_a`` is also ``O(n log n)`` (it reuses scipy's Cython merge sort) but
-  runs on the CPU in NumPy only; this one gives the same number on any device.
+  pairs are then the inversions of ``y``, counted by ``count_inversions``
+  (``log2 n`` levels; see its docstring for the two ways a level is counted).
+  rsatoolbox's ``_tau_a`` is also ``O(n log n)`` (it reuses scipy's Cython merge
+  sort) but runs on the CPU in NumPy only; this one gives the same number on any device.
 
 Tau-a handles ties exactly as rsatoolbox does: a pair tied in ``x`` or in
 ``y`` is neither concordant nor discordant, and the denominator is always
@@ -24,65 +26,95 @@ Python integers.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Tuple, Union
 
+import numpy as np
 import torch
 
 from ..common.tensors import as_vector
 
-__all__ = ["count_inversions", "dense_rank", "kendall_tau_a", "pearson", "rankdata", "spearman"]
+__all__ = ["Ranked", "count_inversions", "dense_rank", "kendall_tau_a", "pearson", "rank_vector", "rankdata",
+           "spearman"]
 
 
-def _check_pair(x: Any, y: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class Ranked:
+    """A 1-D vector with what every rank comparison needs, computed by one sort.
+
+    Attributes:
+        values: the vector (float32 or float64, on its device).
+        ranks: 1-based average ranks of ties (float64).
+        dense: 0-based dense ranks (equal values share one), int64.
+        n_distinct: number of distinct values.
+        tied_pairs: pairs of equal values, ``sum c (c - 1) / 2`` over the groups of ties.
+    """
+
+    values: torch.Tensor
+    ranks: torch.Tensor
+    dense: torch.Tensor
+    n_distinct: int
+    tied_pairs: int
+
+    @property
+    def n(self) -> int:
+        return int(self.values.numel())
+
+
+Vector = Union[Ranked, Any]
+
+
+def _values(x: Vector, name: str, device=None) -> torch.Tensor:
     # Values keep float32/float64: ranks only need the order, and sorting float32 is cheaper.
-    xv = as_vector(x, "x", dtype=None)
-    yv = as_vector(y, "y", device=xv.device, dtype=None)
+    return x.values if isinstance(x, Ranked) else as_vector(x, name, device=device, dtype=None)
+
+
+def _check_pair(x: Vector, y: Vector) -> Tuple[torch.Tensor, torch.Tensor]:
+    xv = _values(x, "x")
+    yv = _values(y, "y", device=xv.device)
     if xv.shape != yv.shape:
         raise ValueError(f"x and y must have the same length, got {xv.numel()} and {yv.numel()}")
     if xv.numel() < 2:
         raise ValueError(f"need at least 2 values to correlate, got {xv.numel()}")
-    if bool(torch.isnan(xv).any()) or bool(torch.isnan(yv).any()):
-        raise ValueError("x and y must not contain NaN")
+    for v, r in ((xv, x), (yv, y)):
+        if not isinstance(r, Ranked) and bool(torch.isnan(v).any()):
+            raise ValueError("x and y must not contain NaN")
     return xv, yv
 
 
-def _groups(x: torch.Tensor, presorted: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
-    """Sort ``x`` (or take ``presorted = (values, order)``); return (order, group id of each sorted element, group sizes)."""
-    xs, order = torch.sort(x) if presorted is None else presorted
-    new = torch.ones_like(xs, dtype=torch.bool)
-    new[1:] = xs[1:] != xs[:-1]
+def _rank_parts(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(average ranks float64, dense ranks int64, group sizes int64) of a 1-D tensor, by one sort."""
+    n = x.numel()
+    if x.device.type == "cpu":
+        a = x.numpy()
+        order = np.argsort(a)
+        s = a[order]
+        new = np.empty(n, dtype=bool)
+        new[:1] = True
+        np.not_equal(s[1:], s[:-1], out=new[1:])
+        group = np.cumsum(new) - 1
+        counts = np.bincount(group)
+        dense = np.empty(n, dtype=np.int64)
+        dense[order] = group
+        ranks = np.empty(n, dtype=np.float64)
+        if counts.size == n:  # no ties (the usual case for float RDMs): ranks are positions
+            ranks[order] = np.arange(1, n + 1, dtype=np.float64)
+        else:
+            starts = np.cumsum(counts) - counts
+            ranks[order] = (starts + (counts - 1) / 2 + 1)[group]
+        return torch.from_numpy(ranks), torch.from_numpy(dense), torch.from_numpy(counts)
+    s, order = torch.sort(x)
+    new = torch.ones_like(s, dtype=torch.bool)
+    new[1:] = s[1:] != s[:-1]
     group = torch.cumsum(new, 0) - 1
     counts = torch.bincount(group)
-    return order, group, counts
-
-
-def rankdata(x: Any) -> torch.Tensor:
-    """1-based ranks of a 1-D vector, ties given their average rank (float64)."""
-    xv = as_vector(x, "x", dtype=None)
-    xs, order = torch.sort(xv)
-    ranks = torch.empty(xv.shape, dtype=torch.float64, device=xv.device)
-    if xv.numel() < 2 or not bool((xs[1:] == xs[:-1]).any()):
-        # No ties (the usual case for float64 RDMs): ranks are positions.
-        ranks[order] = torch.arange(1, xv.numel() + 1, dtype=torch.float64, device=xv.device)
-        return ranks
-    order, group, counts = _groups(xv, (xs, order))
+    dense = torch.empty(x.shape, dtype=torch.int64, device=x.device)
+    dense[order] = group
     starts = torch.cumsum(counts, 0) - counts
     avg = starts.to(torch.float64) + (counts.to(torch.float64) - 1) / 2 + 1
+    ranks = torch.empty(x.shape, dtype=torch.float64, device=x.device)
     ranks[order] = avg[group]
-    return ranks
-
-
-def dense_rank(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
-    """0-based dense ranks (equal values share a rank) and the number of distinct values."""
-    ranks, counts = _dense_rank_counts(x)
-    return ranks, int(counts.numel())
-
-
-def _dense_rank_counts(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    order, group, counts = _groups(x)
-    ranks = torch.empty(x.shape, dtype=torch.int64, device=x.device)
-    ranks[order] = group
-    return ranks, counts
+    return ranks, dense, counts
 
 
 def _tied_pairs(counts: torch.Tensor) -> int:
@@ -91,19 +123,43 @@ def _tied_pairs(counts: torch.Tensor) -> int:
     return int((counts * (counts - 1) // 2).sum())
 
 
-def count_inversions(y: torch.Tensor) -> int:
-    """Number of pairs ``i < j`` with ``y[i] > y[j]`` (strict; equal values are not inversions).
+def rank_vector(x: Any, name: str = "x") -> Ranked:
+    """Rank a 1-D vector once for several ``spearman`` / ``kendall_tau_a`` / ``pearson`` calls.
 
-    Bottom-up merge sort: at width ``w`` the array is a row of sorted runs of
-    length ``w``; each pair of runs is merged at once for all pairs. For every
-    element of a right run, ``w - #(left <= it)`` left elements exceed it.
+    Args:
+        x: 1-D numpy array or tensor, no NaN.
+        name: what ``x`` is called in an error.
     """
-    if y.dim() != 1:
-        raise ValueError(f"y must be 1-D, got shape {tuple(y.shape)}")
+    if isinstance(x, Ranked):
+        return x
+    v = as_vector(x, name, dtype=None)
+    if bool(torch.isnan(v).any()):
+        raise ValueError(f"{name} must not contain NaN")
+    ranks, dense, counts = _rank_parts(v)
+    return Ranked(v, ranks, dense, int(counts.numel()), _tied_pairs(counts))
+
+
+def rankdata(x: Any) -> torch.Tensor:
+    """1-based ranks of a 1-D vector, ties given their average rank (float64)."""
+    if isinstance(x, Ranked):
+        return x.ranks
+    return _rank_parts(as_vector(x, "x", dtype=None))[0]
+
+
+def dense_rank(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """0-based dense ranks (equal values share a rank) and the number of distinct values."""
+    _, dense, counts = _rank_parts(x)
+    return dense, int(counts.numel())
+
+
+def _inversions_merge(y: torch.Tensor) -> int:
+    """Inversions by a bottom-up merge sort in torch (the GPU path).
+
+    At width ``w`` the array is a row of sorted runs of length ``w``; each pair
+    of runs is merged at once for all pairs. For every element of a right run,
+    ``w - #(left <= it)`` left elements exceed it.
+    """
     n = y.numel()
-    if n < 2:
-        return 0
-    y = y.long()
     size = 1 << (n - 1).bit_length()
     # Pads hold a value above every real one and sit at the end, so they are
     # never greater than an element to their right: they add no inversion.
@@ -130,39 +186,147 @@ def count_inversions(y: torch.Tensor) -> int:
     return total
 
 
-def kendall_tau_a(x: Any, y: Any) -> float:
+def _local_ranks(v: np.ndarray, vbits: int, t: int) -> np.ndarray:
+    """Dense ranks of ``v`` within each block of ``2^t`` positions (order and ties kept inside a block)."""
+    pos = np.arange(v.size, dtype=np.int64)
+    key = ((pos >> t) << vbits) | v
+    order = np.argsort(key)
+    ks = key[order]
+    new = np.empty(v.size, dtype=np.int64)
+    new[:1] = 1
+    np.not_equal(ks[1:], ks[:-1], out=new[1:])
+    dense = np.cumsum(new)
+    # Sorting by block first keeps every block at its own positions.
+    local = dense - dense[(pos >> t) << t]
+    out = np.empty_like(local)
+    out[order] = local
+    return out
+
+
+def _block_terms(n: int, s: int) -> int:
+    """Sum over the blocks of ``2^s`` positions of ``l * start + l (l - 1) / 2``, ``l`` its left elements."""
+    size, w = 1 << s, 1 << (s - 1)
+    full, rest = divmod(n, size)
+    total = w * size * full * (full - 1) // 2 + full * w * (w - 1) // 2
+    last = min(w, rest)  # the short last block
+    return total + last * full * size + last * (last - 1) // 2
+
+
+def _inversions_levels(y: np.ndarray, key_bits: int = 31) -> int:
+    """Inversions of non-negative ints by one NumPy sort per level (the CPU path).
+
+    Level ``s`` counts the inversions between the two halves of every block of
+    ``2^s`` positions. Sorting every block by ``(value, half)`` (one sort of packed
+    keys for all blocks) puts before each left-half element exactly the
+    right-half elements smaller than it: their number is the element's position
+    in its block minus the left elements before it. So a level's count is the
+    sum of its left elements' positions (a dot product) minus, per block,
+    ``l (l - 1) / 2`` for its ``l`` left elements and ``l`` times its start.
+    Equal values are no inversion: the half bit sorts a left element before an
+    equal right one. Keys are int32 (half the sort time of int64): when block,
+    value and half bits no longer fit, the values are replaced by their dense
+    ranks within the current blocks, which is all the lower levels compare.
+    ``key_bits`` (31, or 63 for int64 keys) is lowered in the tests to exercise that.
+    """
+    n = y.size
+    levels = (n - 1).bit_length()
+    if levels + 3 > key_bits:
+        key_bits = 63
+    kdt = np.int32 if key_bits <= 31 else np.int64
+    v = y.astype(np.int64)
+    vbits = max(1, int(v.max()).bit_length())
+    total = int(np.count_nonzero(v[0:n - 1:2] > v[1::2]))  # level 1: adjacent pairs
+    pos = np.arange(n, dtype=kdt)
+    # Position sums are exact in float64 (and BLAS-fast) below 2^53; beyond, int64.
+    wdt = np.float64 if n < (1 << 26) else np.int64
+    posw = np.arange(n, dtype=wdt)
+    q = np.empty_like(pos)
+    key = np.empty_like(pos)
+    v2 = None
+    for s in range(levels, 1, -1):
+        if (levels - s) + vbits + 1 > key_bits:
+            v = _local_ranks(v, vbits, s)
+            vbits, v2 = max(1, s), None
+        if v2 is None:
+            v2 = (v << 1).astype(kdt)
+        np.right_shift(pos, s - 1, out=q)  # block index * 2 + half
+        np.right_shift(q, 1, out=key)
+        np.left_shift(key, vbits + 1, out=key)
+        np.bitwise_or(key, v2, out=key)
+        np.bitwise_and(q, 1, out=q)
+        np.bitwise_or(key, q, out=key)
+        key.sort()
+        np.bitwise_and(key, 1, out=q)  # 1 where a right element sits in the sorted blocks
+        left_pos = n * (n - 1) // 2 - int(np.dot(q.astype(wdt), posw))
+        total += left_pos - _block_terms(n, s)
+    return total
+
+
+def count_inversions(y: torch.Tensor) -> int:
+    """Number of pairs ``i < j`` with ``y[i] > y[j]`` (strict; equal values are not inversions).
+
+    Args:
+        y: 1-D integer tensor (any values).
+    """
+    if y.dim() != 1:
+        raise ValueError(f"y must be 1-D, got shape {tuple(y.shape)}")
+    n = y.numel()
+    if n < 2:
+        return 0
+    y = y.long()
+    if y.device.type != "cpu":
+        return _inversions_merge(y)
+    a = y.numpy()
+    # Packed keys need values below 2^31 or so; dense ranks (< n) always fit.
+    if int(a.min()) < 0 or int(a.max()) >= max(n, 1 << 20):
+        a = dense_rank(y)[0].numpy()
+    return _inversions_levels(a)
+
+
+def kendall_tau_a(x: Vector, y: Vector) -> float:
     """Kendall's tau-a of two 1-D vectors (ties as in rsatoolbox; see the module docstring).
 
     Args:
-        x, y: 1-D numpy arrays or tensors of the same length (>= 2), no NaN.
+        x, y: 1-D numpy arrays, tensors or ``Ranked`` vectors of the same length (>= 2), no NaN.
     """
-    xv, yv = _check_pair(x, y)
-    n = xv.numel()
-    rx, cx = _dense_rank_counts(xv)
-    ry, cy = _dense_rank_counts(yv)
-    key = rx * cy.numel() + ry  # lexicographic (x, y) as one integer; < n^2 fits int64 for n < 3e9
-    order = torch.argsort(key)
-    n_dis = count_inversions(ry[order])
+    _check_pair(x, y)
+    rx, ry = rank_vector(x, "x"), rank_vector(y, "y")
+    n = rx.n
     n0 = n * (n - 1) // 2
-    # Joint ties are runs of equal keys in sorted order: no further sort needed.
-    _, cxy = torch.unique_consecutive(key[order], return_counts=True)
-    n_x, n_y, n_xy = _tied_pairs(cx), _tied_pairs(cy), _tied_pairs(cxy)
-    return (n0 - n_x - n_y + n_xy - 2 * n_dis) / n0
+    dx, dy = rx.dense, ry.dense.to(rx.dense.device)
+    if rx.n_distinct == n or ry.n_distinct == n:
+        # One side without ties orders the pairs by itself (tau is symmetric), no joint ties.
+        if rx.n_distinct != n:
+            dx, dy = dy, dx
+        order = torch.empty_like(dx)
+        order[dx] = torch.arange(n, device=dx.device)
+        n_dis, n_xy = count_inversions(dy[order]), 0
+    else:
+        key = dx * ry.n_distinct + dy  # lexicographic (x, y) as one integer; < n^2 fits int64 for n < 3e9
+        if key.device.type == "cpu":
+            ks = torch.from_numpy(np.sort(key.numpy()))
+        else:
+            ks = torch.sort(key).values
+        n_dis = count_inversions(ks % ry.n_distinct)
+        # Joint ties are runs of equal keys in sorted order: no further sort needed.
+        _, cxy = torch.unique_consecutive(ks, return_counts=True)
+        n_xy = _tied_pairs(cxy)
+    return (n0 - rx.tied_pairs - ry.tied_pairs + n_xy - 2 * n_dis) / n0
 
 
-def pearson(x: Any, y: Any) -> float:
+def pearson(x: Vector, y: Vector) -> float:
     """Pearson correlation in float64; NaN when either vector is constant."""
     xv, yv = _check_pair(x, y)
     xv, yv = xv.to(torch.float64), yv.to(torch.float64)
     xc = xv - xv.mean()
     yc = yv - yv.mean()
-    denom = torch.sqrt((xc * xc).sum() * (yc * yc).sum())
+    denom = torch.sqrt(torch.dot(xc, xc) * torch.dot(yc, yc))
     if float(denom) == 0.0:
         return float("nan")
-    return float(((xc * yc).sum() / denom).clamp(-1.0, 1.0))
+    return float((torch.dot(xc, yc) / denom).clamp(-1.0, 1.0))
 
 
-def spearman(x: Any, y: Any) -> float:
+def spearman(x: Vector, y: Vector) -> float:
     """Spearman rank correlation (Pearson of average ranks); NaN when either vector is constant."""
-    xv, yv = _check_pair(x, y)
-    return pearson(rankdata(xv), rankdata(yv))
+    _check_pair(x, y)
+    return pearson(rank_vector(x, "x").ranks, rank_vector(y, "y").ranks)

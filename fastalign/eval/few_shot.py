@@ -11,10 +11,13 @@ many did.
 Probes (both in torch, batched over episodes, on the features' device):
 
 - ``centroid``: nearest class mean (squared Euclidean distance);
-- ``logreg``: multinomial logistic regression, fitted by L-BFGS (strong-Wolfe
-  line search) on ``mean cross-entropy + l2 / 2 * ||W||_F^2`` (bias not
-  penalised). The episodes of a batch are independent, so minimising the sum
-  of their objectives solves each one.
+- ``logreg``: multinomial logistic regression on ``mean cross-entropy +
+  l2 / 2 * ||W||_F^2`` (bias not penalised), fitted to a relative gradient
+  norm of ``tol`` by ``fastalign.eval.logreg``: L-BFGS per episode in kernel
+  coordinates (``W = X_support^T A``), so its products are support x support,
+  not support x features, from one Gram matrix of the labelled rows.
+
+``few_shot_probes`` runs several probes on the same episodes (drawn once).
 
 Features are L2-normalised per row first by default (``normalize="l2"``);
 ``"center_l2"`` subtracts the mean of all labelled rows first (label-free);
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -39,8 +42,9 @@ from ..common.progress import progress
 from ..common.seeds import derive_seed
 from ..common.tensors import as_emb, as_index
 from ..ops import acc_dtype
+from .logreg import fit_kernel_logreg
 
-__all__ = ["FewShotOptions", "PROBES", "few_shot_accuracy", "fit_logreg", "single_category_labels"]
+__all__ = ["FewShotOptions", "PROBES", "few_shot_accuracy", "few_shot_probes", "fit_logreg", "single_category_labels"]
 
 PROBES = ("centroid", "logreg")
 NORMALIZATIONS = ("l2", "center_l2", "none")
@@ -58,8 +62,11 @@ class FewShotOptions:
         seed: base seed.
         normalize: ``"l2"``, ``"center_l2"`` or ``"none"`` (see the module docstring).
         l2: logistic-regression L2 penalty, > 0.
-        max_iter: L-BFGS iterations for the logistic regression.
-        episode_batch: episodes processed together (bounds memory).
+        max_iter: L-BFGS iterations per episode of the logistic regression, at most.
+        tol: the logistic regression of an episode stops when its gradient norm is
+            ``tol`` times its first one.
+        episode_batch: episodes drawn and fitted together (bounds memory; the draws
+            depend on it, so results do too).
         show_progress: show a progress bar (tqdm when installed).
     """
 
@@ -69,7 +76,8 @@ class FewShotOptions:
     seed: int = 0
     normalize: str = "l2"
     l2: float = 1e-3
-    max_iter: int = 50
+    max_iter: int = 100
+    tol: float = 1e-5
     episode_batch: int = 50
     show_progress: bool = False
 
@@ -84,6 +92,8 @@ class FewShotOptions:
             raise ValueError(f"normalize must be one of {list(NORMALIZATIONS)}, got {self.normalize!r}")
         if not (float(self.l2) > 0 and math.isfinite(float(self.l2))):
             raise ValueError(f"l2 must be a finite number > 0, got {self.l2!r}")
+        if not (0 < float(self.tol) < 1):
+            raise ValueError(f"tol must lie in (0, 1), got {self.tol!r}")
         if not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive int, got {self.max_iter!r}")
         if not isinstance(self.episode_batch, int) or self.episode_batch < 1:
@@ -91,41 +101,29 @@ class FewShotOptions:
 
 
 def fit_logreg(
-    x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1e-3, max_iter: int = 100
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1e-3, max_iter: int = 100, tol: float = 1e-6
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression for a batch of independent problems.
 
-    Minimises, for each problem e, ``mean_i CE(x[e, i] @ W[e] + b[e], y[e, i]) + l2 / 2 * ||W[e]||^2``.
+    Minimises, for each problem e, ``mean_i CE(x[e, i] @ W[e] + b[e], y[e, i]) + l2 / 2 * ||W[e]||^2``
+    (``fastalign.eval.logreg``: L-BFGS per problem in kernel coordinates).
 
     Args:
         x: (E, n, D) inputs.
         y: (n,) labels shared by all problems, or (E, n); values in [0, n_classes).
         n_classes: number of classes C.
         l2: penalty weight, > 0 (makes each problem strictly convex).
-        max_iter: L-BFGS iterations.
+        max_iter: L-BFGS iterations per problem, at most.
+        tol: stop a problem at this gradient norm relative to its first one.
 
     Returns ``(W, b)`` of shapes (E, D, C) and (E, C).
     """
-    e, n, d = x.shape
-    yy = (y.expand(e, n) if y.dim() == 1 else y).reshape(-1)
-    w = torch.zeros((e, d, n_classes), dtype=x.dtype, device=x.device, requires_grad=True)
-    b = torch.zeros((e, n_classes), dtype=x.dtype, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-9, tolerance_change=1e-12,
-    )
+    a, b, _ = fit_kernel_logreg(torch.bmm(x, x.transpose(1, 2)), y, n_classes, float(l2), max_iter, tol)
+    return torch.bmm(x.transpose(1, 2), a), b
 
-    def closure():
-        opt.zero_grad()
-        logits = torch.baddbmm(b[:, None, :], x, w)
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, n_classes), yy, reduction="sum") / n
-        loss = ce + 0.5 * l2 * (w * w).sum()
-        loss.backward()
-        return loss
 
-    with torch.enable_grad():
-        opt.step(closure)
-    return w.detach(), b.detach()
+# Labelled rows up to which the probes share one Gram matrix (256 MB in float32).
+GRAM_MAX_ROWS = 8192
 
 
 def _prepare(features: torch.Tensor, mode: str) -> torch.Tensor:
@@ -137,55 +135,148 @@ def _prepare(features: torch.Tensor, mode: str) -> torch.Tensor:
     return x
 
 
-def _run_shot(x: torch.Tensor, y: torch.Tensor, n_classes: int, k: int, opts: FewShotOptions) -> Dict[str, Any]:
-    """Episodes for one shot count; ``y`` in [0, n_classes) sorted-friendly ints."""
-    counts = torch.bincount(y, minlength=n_classes)
-    keep_cls = counts >= k + 1
-    c = int(keep_cls.sum())
-    base = {"shots": k, "probe": opts.probe, "n_classes": c, "episodes": opts.episodes,
-            "chance": (1.0 / c) if c else None}
+class _Products:
+    """Inner products between the rows of one shot's examples: from the Gram matrix when there is one."""
+
+    def __init__(self, xs: torch.Tensor, gram: Optional[torch.Tensor]):
+        self.xs, self.gram = xs, gram
+
+    def support(self, support: torch.Tensor) -> torch.Tensor:
+        """(E, n, n) Gram matrices of the support sets."""
+        if self.gram is None:
+            xsup = self.xs[support]
+            return torch.bmm(xsup, xsup.transpose(1, 2))
+        return self.gram[support[:, :, None], support[:, None, :]]
+
+    def scores(self, support: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(E, M, C) logits of every example under ``W = X_support^T A`` and bias ``b``."""
+        if self.gram is None:
+            w = torch.bmm(self.xs[support].transpose(1, 2), a)  # (E, D, C)
+            return torch.matmul(self.xs, w) + b[:, None, :]
+        return torch.baddbmm(b[:, None, :], self.gram[support].transpose(1, 2), a)
+
+
+class _Episodes:
+    """The seeded episodes of one shot count: which examples take part and each batch's support sets."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int, k: int, opts: FewShotOptions):
+        counts = torch.bincount(y, minlength=n_classes)
+        keep_cls = counts >= k + 1
+        self.k, self.opts = k, opts
+        self.c = c = int(keep_cls.sum())
+        if c < 2:
+            return
+        remap = torch.full((n_classes,), -1, dtype=torch.int64, device=y.device)
+        remap[keep_cls] = torch.arange(c, device=y.device)
+        self.sel = remap[y] >= 0
+        self.xs, self.ys = x[self.sel], remap[y][self.sel]
+        m = self.ys.shape[0]
+        cnt = torch.bincount(self.ys, minlength=c)
+        start = torch.cumsum(cnt, 0) - cnt
+        y_sorted, _ = torch.sort(self.ys)
+        rank_at_pos = torch.arange(m, device=y.device) - start[y_sorted]
+        self.support_pos = (rank_at_pos < k).nonzero().squeeze(1)  # C blocks of k positions, by class
+        self.support_y = y_sorted[self.support_pos]
+        self.onehot = torch.nn.functional.one_hot(self.ys, c).to(self.xs.dtype)  # (M, C)
+        self.queries_per_class = (cnt - k).to(self.xs.dtype)
+
+    def supports(self):
+        """Each batch's (E, C * k) support ids (rows of ``xs``), class blocks of ``k``."""
+        opts, ys = self.opts, self.ys
+        gen = torch.Generator(device="cpu").manual_seed(derive_seed(opts.seed, self.k))
+        for e0 in range(0, opts.episodes, opts.episode_batch):
+            e = min(opts.episode_batch, opts.episodes - e0)
+            keys = torch.rand((e, ys.shape[0]), generator=gen, dtype=torch.float64).to(ys.device)
+            # Sort by class, then by a random key: the first k positions of each class are its support.
+            order = torch.argsort(ys.to(torch.float64)[None, :] + keys, dim=1)
+            yield order[:, self.support_pos]
+
+    def accuracy(self, support: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """(E,) balanced query accuracy of (E, M) predicted classes (support items are not queries)."""
+        correct = (pred == self.ys[None, :]).to(self.xs.dtype)
+        correct.scatter_(1, support, 0.0)
+        per_class = (correct @ self.onehot) / self.queries_per_class  # (E, C)
+        return per_class.mean(1).to(torch.float64).cpu()
+
+
+def _episode_accuracies(x: torch.Tensor, y: torch.Tensor, n_classes: int, k: int, opts: FewShotOptions,
+                        probes: Sequence[str], gram: Optional[torch.Tensor]):
+    """Episodes for one shot count: (summary base, {probe: (episodes,) balanced accuracies} or None)."""
+    ep = _Episodes(x, y, n_classes, k, opts)
+    c = ep.c
+    base = {"shots": k, "n_classes": c, "episodes": opts.episodes, "chance": (1.0 / c) if c else None}
     if c < 2:
-        return {**base, "mean": None, "ci95": None, "sd": None,
-                "note": f"fewer than 2 classes have {k + 1} or more examples"}
-    remap = torch.full((n_classes,), -1, dtype=torch.int64, device=y.device)
-    remap[keep_cls] = torch.arange(c, device=y.device)
-    sel = remap[y] >= 0
-    xs, ys = x[sel], remap[y][sel]
-    m = ys.shape[0]
-    cnt = torch.bincount(ys, minlength=c)
-    start = torch.cumsum(cnt, 0) - cnt
-    y_sorted, _ = torch.sort(ys)
-    rank_at_pos = torch.arange(m, device=ys.device) - start[y_sorted]
-    support_pos = (rank_at_pos < k).nonzero().squeeze(1)  # C blocks of k positions, by class
-    support_y = y_sorted[support_pos]
-    onehot = torch.nn.functional.one_hot(ys, c).to(xs.dtype)  # (M, C)
-    queries_per_class = (cnt - k).to(xs.dtype)
-    gen = torch.Generator(device="cpu").manual_seed(derive_seed(opts.seed, k))
-    accs = []
-    batches = range(0, opts.episodes, opts.episode_batch)
-    for e0 in progress(batches, len(batches), f"few-shot k={k} ({opts.probe})", opts.show_progress):
-        e = min(opts.episode_batch, opts.episodes - e0)
-        keys = torch.rand((e, m), generator=gen, dtype=torch.float64).to(ys.device)
-        # Sort by class, then by a random key: the first k positions of each class are its support.
-        order = torch.argsort(ys.to(torch.float64)[None, :] + keys, dim=1)
-        support = order[:, support_pos]  # (E, C*k) item ids, class blocks of k
-        xsup = xs[support]  # (E, C*k, D)
-        if opts.probe == "centroid":
-            cent = xsup.reshape(e, c, k, -1).mean(2)  # (E, C, D)
-            # argmin |x - c|^2 = argmax 2 x.c - |c|^2
-            scores = 2 * torch.matmul(xs, cent.transpose(1, 2)) - (cent * cent).sum(2)[:, None, :]
-        else:
-            w, b = fit_logreg(xsup, support_y, c, float(opts.l2), opts.max_iter)
-            scores = torch.matmul(xs, w) + b[:, None, :]
-        correct = (scores.argmax(2) == ys[None, :]).to(xs.dtype)  # (E, M)
-        correct.scatter_(1, support, 0.0)  # support items are not queries
-        per_class = (correct @ onehot) / queries_per_class  # (E, C)
-        accs.append(per_class.mean(1).to(torch.float64).cpu())
-    acc = torch.cat(accs)
+        return base, None
+    xs = ep.xs
+    products = _Products(xs, None if gram is None else (gram if bool(ep.sel.all()) else gram[ep.sel][:, ep.sel]))
+    accs: Dict[str, List[torch.Tensor]] = {p: [] for p in probes}
+    n_batches = -(-opts.episodes // opts.episode_batch)
+    for support in progress(ep.supports(), n_batches, f"few-shot k={k} ({', '.join(probes)})", opts.show_progress):
+        e = support.shape[0]
+        for probe in probes:
+            if probe == "centroid":
+                cent = xs[support].reshape(e, c, k, -1).mean(2)  # (E, C, D)
+                # argmin |x - c|^2 = argmax 2 x.c - |c|^2
+                scores = 2 * torch.matmul(xs, cent.transpose(1, 2)) - (cent * cent).sum(2)[:, None, :]
+            else:
+                a, b, _ = fit_kernel_logreg(products.support(support), ep.support_y, c, float(opts.l2),
+                                            opts.max_iter, float(opts.tol))
+                scores = products.scores(support, a, b)
+            accs[probe].append(ep.accuracy(support, scores.argmax(2)))
+    return base, {p: torch.cat(v) for p, v in accs.items()}
+
+
+def _summary(base: Dict[str, Any], probe: str, acc: Optional[torch.Tensor]) -> Dict[str, Any]:
+    out = {"shots": base["shots"], "probe": probe, **{k: v for k, v in base.items() if k != "shots"}}
+    if acc is None:
+        return {**out, "mean": None, "ci95": None, "sd": None,
+                "note": f"fewer than 2 classes have {base['shots'] + 1} or more examples"}
     mean = float(acc.mean())
     sd = float(acc.std(unbiased=True))
     half = Z95 * sd / math.sqrt(acc.numel())
-    return {**base, "mean": mean, "ci95": [mean - half, mean + half], "sd": sd}
+    return {**out, "mean": mean, "ci95": [mean - half, mean + half], "sd": sd}
+
+
+def _labelled(features: Any, labels: Any, opts: FewShotOptions) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Checked, prepared labelled rows, their dense class ids and the number of classes."""
+    opts.check()
+    x = as_emb(features, "features")
+    y = as_index(labels, "labels", x.device)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"labels has {y.shape[0]} entries but features has {x.shape[0]} rows")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("features has a NaN or Inf")
+    lab = y >= 0
+    if int(lab.sum()) == 0:
+        raise ValueError("labels marks no row as labelled (all negative)")
+    x = _prepare(x[lab], opts.normalize)
+    _, y_dense = torch.unique(y[lab], return_inverse=True)
+    return x, y_dense, int(y_dense.max()) + 1
+
+
+def few_shot_probes(features: Any, labels: Any, probes: Sequence[str] = PROBES,
+                    options: Optional[FewShotOptions] = None) -> Dict[str, Dict[int, Dict[str, Any]]]:
+    """``few_shot_accuracy`` of several probes on the same episodes (drawn once, one Gram matrix).
+
+    Args:
+        features, labels: as in ``few_shot_accuracy``.
+        probes: probes to run, each one of ``PROBES``.
+        options: episode options (its ``probe`` is ignored).
+
+    Returns ``{probe: few_shot_accuracy(..., probe=probe)}``: the same numbers as one call per probe.
+    """
+    opts = options or FewShotOptions()
+    for p in probes:
+        if p not in PROBES:
+            raise ValueError(f"probe must be one of {list(PROBES)}, got {p!r}")
+    x, y, n_classes = _labelled(features, labels, opts)
+    gram = x @ x.T if "logreg" in probes and x.shape[0] <= GRAM_MAX_ROWS else None
+    out: Dict[str, Dict[int, Dict[str, Any]]] = {p: {} for p in probes}
+    for k in opts.shots:
+        base, accs = _episode_accuracies(x, y, n_classes, k, opts, probes, gram)
+        for p in probes:
+            out[p][k] = _summary(base, p, None if accs is None else accs[p])
+    return out
 
 
 def few_shot_accuracy(
@@ -215,16 +306,4 @@ def few_shot_accuracy(
     """
     opts = options or FewShotOptions(shots=tuple(shots), episodes=episodes, probe=probe, seed=seed)
     opts.check()
-    x = as_emb(features, "features")
-    y = as_index(labels, "labels", x.device)
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"labels has {y.shape[0]} entries but features has {x.shape[0]} rows")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("features has a NaN or Inf")
-    lab = y >= 0
-    if int(lab.sum()) == 0:
-        raise ValueError("labels marks no row as labelled (all negative)")
-    x = _prepare(x[lab], opts.normalize)
-    _, y_dense = torch.unique(y[lab], return_inverse=True)
-    n_classes = int(y_dense.max()) + 1
-    return {k: _run_shot(x, y_dense, n_classes, k, opts) for k in opts.shots}
+    return few_shot_probes(features, labels, (opts.probe,), opts)[opts.probe]

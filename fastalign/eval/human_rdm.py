@@ -22,7 +22,10 @@ Bootstrap (``n_bootstrap`` > 0): stimuli are drawn with replacement (seeded by
 ``seed``); the pairs of a stimulus with a copy of itself are dropped, as
 rsatoolbox's ``subsample_pattern`` does (they are trivially 0), and the other pairs
 of repeated stimuli are kept. ``ci95`` holds the 2.5 and 97.5 percentiles of the
-``pooled`` and ``subject_mean`` values over the draws where they are defined.
+``pooled`` and ``subject_mean`` values over the draws where they are defined. The
+resampled vectors are never built: a resample is a weight per measured pair, and
+its correlations are weighted ones (``fastalign.eval.weighted``), all resamples of a
+batch at once.
 
 NaN pairs (only when the RDMs were read with ``allow_nan``): a pair that is NaN
 in any subject is left out of every comparison, model included; ``n_pairs``
@@ -42,6 +45,7 @@ from ..common.tensors import as_emb
 from ..io.rdm import HumanRDMs
 from .correlation import rankdata
 from .rsa import COMPARISONS, rdm
+from .weighted import SortedVector, sorted_vector, weighted_pearson, weighted_ranks, weighted_tau_a, weighted_zscores
 
 __all__ = ["HUMAN_RDM_MEASURES", "POOLING", "compare_to_subjects", "human_rdm_report", "noise_ceiling",
            "pool_rdms", "resampled_pairs"]
@@ -126,26 +130,61 @@ def resampled_pairs(idx: torch.Tensor, valid: torch.Tensor) -> Tuple[torch.Tenso
     return a[keep], b[keep]
 
 
+# Resamples per batch of the bootstrap (bounds memory: a few (batch, pairs) float64 arrays).
+_BOOT_BATCH = 128
+
+
 def _bootstrap(model: torch.Tensor, human: torch.Tensor, valid: torch.Tensor, methods: Sequence[str],
                n_boot: int, seed: int) -> Dict[str, Dict[str, Any]]:
     """Percentile intervals of ``pooled`` and ``subject_mean`` over stimulus resamples.
 
-    ``model`` (N, N), ``human`` (S, N, N) and ``valid`` (N, N) bool are full matrices,
-    so a resample indexes them directly.
+    ``model`` (N, N), ``human`` (S, N, N) and ``valid`` (N, N) bool are full matrices. A
+    resample drawing stimulus ``s`` ``c_s`` times repeats the pair ``s < t`` ``c_s c_t``
+    times (``resampled_pairs``), so each resample's correlations are weighted correlations
+    over the measured pairs (``fastalign.eval.weighted``), many resamples at once.
     """
     n = model.shape[0]
     rng = derive_rng(seed, _BOOT_STREAM)
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(np.float64)
+    iu = torch.triu_indices(n, n, offset=1)
+    keep = valid[iu[0], iu[1]]
+    a, b = iu[0][keep].numpy(), iu[1][keep].numpy()
+    mv = model.numpy()[a, b]
+    hv = human.numpy()[:, a, b]
+    model_sorted = sorted_vector(mv)
+    subjects = [sorted_vector(h) for h in hv]
     draws: Dict[str, Dict[str, List[float]]] = {m: {"pooled": [], "subject_mean": []} for m in methods}
-    for _ in range(n_boot):
-        a, b = resampled_pairs(torch.from_numpy(rng.integers(0, n, n)), valid)
-        if a.numel() < 3:
+    for lo in range(0, n_boot, _BOOT_BATCH):
+        c = counts[lo:lo + _BOOT_BATCH]
+        w = c[:, a] * c[:, b]
+        w = w[w.sum(1) >= 3]  # fewer than 3 pairs: no correlation (the resample is skipped)
+        if not w.shape[0]:
             continue
-        mv, hv = model[a, b], human[:, a, b]
-        for m in methods:
-            res = compare_to_subjects(mv, hv, m)
-            draws[m]["pooled"].append(res["pooled"])
-            draws[m]["subject_mean"].append(res["subject_mean"])
+        for m, res in _weighted_comparisons(model_sorted, subjects, w, methods).items():
+            draws[m]["pooled"] += res[0].tolist()
+            draws[m]["subject_mean"] += res[1].tolist()
     return {m: {k: _interval(v) for k, v in d.items()} for m, d in draws.items()}
+
+
+def _weighted_comparisons(model: SortedVector, subjects: Sequence[SortedVector], w: np.ndarray,
+                          methods: Sequence[str]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """Per method, ``(pooled, subject_mean)`` of each resample (rows of the weights ``w``)."""
+    out = {}
+    ranks = [weighted_ranks(s, w) for s in subjects] if {"spearman", "kendall_tau_a"} & set(methods) else []
+    pooled_ranks = np.mean(ranks, axis=0) if ranks else None  # rsatoolbox pools ranks for both
+    for m in methods:
+        if m == "pearson":
+            per = [weighted_pearson(model, s, w) for s in subjects]
+            pooled = weighted_pearson(model, np.mean([weighted_zscores(s, w) for s in subjects], axis=0), w)
+        elif m == "spearman":
+            model_ranks = weighted_ranks(model, w)
+            per = [weighted_pearson(model_ranks, r, w) for r in ranks]
+            pooled = weighted_pearson(model_ranks, weighted_ranks(pooled_ranks, w), w)
+        else:
+            per = [weighted_tau_a(model, s, w) for s in subjects]
+            pooled = weighted_tau_a(model, pooled_ranks, w)
+        out[m] = (pooled, np.mean(per, axis=0))
+    return out
 
 
 def _interval(values: List[float]) -> Optional[List[float]]:

@@ -20,28 +20,30 @@ Report keys for human data beyond the odd-one-out triplets:
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..common.jsonsafe import finite_or_none as nan_to_none
+from ..common.progress import Progress
 from ..common.tensors import as_emb, as_index, as_triplets
 from ..datasets.levels import LevelsData
 from ..io.rdm import HumanRDMs
 from .calibration import DEFAULT_BINS, triplet_calibration
 from .cka import linear_cka
-from .few_shot import FewShotOptions, few_shot_accuracy
+from .few_shot import FewShotOptions, few_shot_probes
 from .human_rdm import human_rdm_report
 from .levels import LEVELS, accuracy_by_level, encode_levels, triplet_levels
 from .levels_data import LevelsOptions, levels_report
 from .odd_one_out import DEFAULT_CEILING, noise_ceiling_normalized, triplet_accuracy
-from .rsa import COMPARISONS, rsa
+from .rsa import COMPARISONS, rdm_reference, rsa
 from .uncertainty import human_uncertainty
 
-__all__ = ["EvalOptions", "evaluate_representation", "format_table"]
+__all__ = ["EvalOptions", "evaluate_representation", "evaluate_representations", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,44 @@ def _level_dict(acc: Mapping[str, Tuple[float, int]]) -> Dict[str, Dict[str, Any
     return {k: {"accuracy": nan_to_none(a), "n": n} for k, (a, n) in acc.items()}
 
 
+class _Shared:
+    """The inputs every representation is scored against, and what is computed from them once.
+
+    Several representations of the same objects (``evaluate_representations``) share the
+    triplets' level codes, the human RDM and its ranks, and the measured RDMs' human side.
+    """
+
+    def __init__(self, triplets: Any, odd: Optional[Any], categories: Optional[Any], levels: Optional[Any],
+                 level_names: Optional[Sequence[str]], human_rdm_emb: Optional[Any], few_shot_labels: Optional[Any],
+                 human_rdms: Sequence[HumanRDMs], human_rdm_items: Optional[Sequence[Optional[Any]]],
+                 levels_data: Optional[LevelsData], file_names: Optional[Sequence[str]], opts: EvalOptions):
+        self.triplets, self.odd = triplets, odd
+        self.categories, self.levels, self.level_names = categories, levels, level_names
+        self.human_rdm_emb, self.few_shot_labels = human_rdm_emb, few_shot_labels
+        self.human_rdms = list(human_rdms)
+        self.human_rdm_items = human_rdm_items
+        self.levels_data, self.file_names = levels_data, file_names
+        self.opts = opts
+        self._cache: Dict[Any, Any] = {}
+
+    def measures(self) -> List[str]:
+        """Names of the measures ``evaluate_representation`` runs on these inputs, in order."""
+        names = ["accuracy and calibration"]
+        names += ["accuracy by level"] if self.categories is not None else []
+        names += ["levels file"] if self.levels is not None else []
+        names += ["human uncertainty"]
+        names += ["RSA and CKA"] if self.human_rdm_emb is not None else []
+        names += ["measured human RDMs"] if self.human_rdms else []
+        names += ["Levels dataset"] if self.levels_data is not None else []
+        names += ["few-shot"] if self.few_shot_labels is not None and self.opts.few_shot_probes else []
+        return names
+
+    def once(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+
 def evaluate_representation(
     emb: Any,
     triplets: Any,
@@ -107,6 +147,7 @@ def evaluate_representation(
     temperature: float = 1.0,
     options: Optional[EvalOptions] = None,
     backend: Optional[str] = None,
+    on_measure: Optional[Callable[[str, float], None]] = None,
 ) -> Dict[str, Any]:
     """Evaluate an (N, D) representation against human odd-one-out choices and more.
 
@@ -129,6 +170,7 @@ def evaluate_representation(
         temperature: softmax temperature of the model's probabilities (> 0).
         options: ``EvalOptions``.
         backend: kernel backend for the triplet ops.
+        on_measure: called as ``on_measure(name, seconds)`` after each measure.
 
     Returns a JSON-serialisable dict with keys ``n_objects``, ``dim``, ``n_triplets``,
     ``similarity``, ``temperature``, ``accuracy``, ``ceiling``,
@@ -137,29 +179,97 @@ def evaluate_representation(
     ``rsa`` (with ``cka``), ``human_rdms``, ``levels_dataset`` and ``few_shot``.
     """
     opts = options or EvalOptions()
+    shared = _Shared(triplets, odd, categories, levels, level_names, human_rdm_emb, few_shot_labels, human_rdms,
+                     human_rdm_items, levels_data, file_names, opts)
+    return _evaluate(emb, shared, similarity, temperature, opts, backend, on_measure)
 
-    def stage(name: str) -> None:
-        if opts.show_progress:
-            print(f"[evaluate] {name}", file=sys.stderr, flush=True)
 
-    stage("accuracy and calibration")
+def evaluate_representations(
+    representations: Mapping[str, Mapping[str, Any]],
+    triplets: Any,
+    *,
+    odd: Optional[Any] = None,
+    categories: Optional[Any] = None,
+    levels: Optional[Any] = None,
+    level_names: Optional[Sequence[str]] = None,
+    human_rdm_emb: Optional[Any] = None,
+    few_shot_labels: Optional[Any] = None,
+    human_rdms: Sequence[HumanRDMs] = (),
+    human_rdm_items: Optional[Sequence[Optional[Any]]] = None,
+    levels_data: Optional[LevelsData] = None,
+    file_names: Optional[Sequence[str]] = None,
+    options: Optional[EvalOptions] = None,
+    backend: Optional[str] = None,
+    progress: bool = False,
+    on_measure: Optional[Callable[[str, str, float], None]] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """``evaluate_representation`` of several representations of the same objects.
+
+    What depends only on the shared inputs (triplet levels, the human RDM and its ranks,
+    the measured RDMs' human side) is computed once; every number equals what one
+    ``evaluate_representation`` call per representation gives.
+
+    Args:
+        representations: ``{name: {"emb": (N, D), "similarity": "dot" | "cosine",
+            "temperature": float, "rdm_metric": optional}}``; ``rdm_metric`` defaults to
+            ``options.rdm_metric``.
+        triplets, odd, categories, levels, level_names, human_rdm_emb, few_shot_labels,
+            human_rdms, human_rdm_items, levels_data, file_names, options, backend: as in
+            ``evaluate_representation``.
+        progress: a progress bar over representations and measures on stderr
+            (``fastalign.common.progress``: a line every 30 s off a terminal).
+        on_measure: called as ``on_measure(representation, measure, seconds)`` after each measure.
+
+    Returns ``{name: report}``.
+    """
+    opts = options or EvalOptions()
+    shared = _Shared(triplets, odd, categories, levels, level_names, human_rdm_emb, few_shot_labels, human_rdms,
+                     human_rdm_items, levels_data, file_names, opts)
+    n_measures = len(shared.measures())
+    results: Dict[str, Dict[str, Any]] = {}
+    with Progress(len(representations) * n_measures, "evaluate", progress, unit="measure") as bar:
+        for name, rep in representations.items():
+            def done(measure: str, seconds: float, name: str = name) -> None:
+                bar.update(1)
+                bar.note(f"{name}: {measure} {seconds:.1f} s")
+                if on_measure is not None:
+                    on_measure(name, measure, seconds)
+
+            rep_opts = replace(opts, rdm_metric=rep.get("rdm_metric", opts.rdm_metric))
+            results[name] = _evaluate(rep["emb"], shared, rep.get("similarity", "dot"),
+                                      float(rep.get("temperature", 1.0)), rep_opts, backend, done)
+    return results
+
+
+def _evaluate(emb: Any, shared: _Shared, similarity: str, temperature: float, opts: EvalOptions,
+              backend: Optional[str], on_measure: Optional[Callable[[str, float], None]]) -> Dict[str, Any]:
     e = as_emb(emb)
     if not bool(torch.isfinite(e).all()):
         row = int((~torch.isfinite(e)).any(1).nonzero()[0, 0])
         raise ValueError(f"emb has a NaN or Inf in row {row}")
-    t = as_triplets(triplets, e.shape[0], e.device)
-    o = None if odd is None else as_index(odd, "odd", e.device)
-    report = _accuracy_and_calibration(e, t, o, similarity, temperature, opts, backend)
-    _levels(report, e, t, o, categories, levels, level_names, similarity, opts, backend, stage)
-    stage("human uncertainty")
-    report["uncertainty"] = human_uncertainty(e, t, o, similarity, temperature, opts.min_repeats, backend)
-    if human_rdm_emb is not None:
-        stage("RSA and CKA")
-        report["rsa"] = _rsa(e, human_rdm_emb, similarity, opts)
-    _measured_human(report, e, human_rdms, human_rdm_items, levels_data, file_names, similarity, opts,
-                    backend, stage)
-    if few_shot_labels is not None:
-        report["few_shot"] = _few_shot(e, few_shot_labels, opts, stage)
+    t = as_triplets(shared.triplets, e.shape[0], e.device)
+    o = None if shared.odd is None else as_index(shared.odd, "odd", e.device)
+    report: Dict[str, Any] = {}
+    steps = {
+        "accuracy and calibration": lambda: report.update(
+            _accuracy_and_calibration(e, t, o, similarity, temperature, opts, backend)),
+        "accuracy by level": lambda: _category_levels(report, e, t, o, shared, similarity, opts, backend),
+        "levels file": lambda: _levels_file(report, e, t, o, shared, similarity, backend),
+        "human uncertainty": lambda: report.update(uncertainty=human_uncertainty(
+            e, t, o, similarity, temperature, opts.min_repeats, backend)),
+        "RSA and CKA": lambda: report.update(rsa=_rsa(e, shared, similarity, opts)),
+        "measured human RDMs": lambda: report.update(human_rdms=_measured_rdms(e, shared, similarity, opts)),
+        "Levels dataset": lambda: report.update(levels_dataset=_levels_dataset(e, shared, similarity, opts,
+                                                                                backend)),
+        "few-shot": lambda: report.update(few_shot=_few_shot(e, shared.few_shot_labels, opts)),
+    }
+    for name in shared.measures():
+        if opts.show_progress:
+            print(f"[evaluate] {name}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        steps[name]()
+        if on_measure is not None:
+            on_measure(name, time.perf_counter() - start)
     return report
 
 
@@ -184,74 +294,73 @@ def _accuracy_and_calibration(e: torch.Tensor, t: torch.Tensor, o: Optional[torc
     return report
 
 
-def _levels(report: Dict[str, Any], e: torch.Tensor, t: torch.Tensor, o: Optional[torch.Tensor],
-            categories: Optional[Any], levels: Optional[Any], level_names: Optional[Sequence[str]],
-            similarity: str, opts: EvalOptions, backend: Optional[str], stage) -> None:
-    """``levels`` (from a category matrix) and ``levels_file`` (per-triplet labels), when given."""
+def _category_levels(report: Dict[str, Any], e: torch.Tensor, t: torch.Tensor, o: Optional[torch.Tensor],
+                     shared: _Shared, similarity: str, opts: EvalOptions, backend: Optional[str]) -> None:
+    """``levels``: accuracy by the levels a category matrix gives each triplet."""
     n = e.shape[0]
-    if categories is not None:
-        stage("accuracy by level")
-        cats = categories if isinstance(categories, torch.Tensor) else torch.from_numpy(np.array(categories))
-        if cats.dim() != 2 or cats.shape[0] != n:
-            raise ValueError(f"categories must have shape ({n}, K) to match emb, got {tuple(cats.shape)}")
-        codes = triplet_levels(t.cpu(), cats, opts.uncategorized)
-        report["levels"] = {
-            "name": opts.category_levels_name,
-            "source": "categories",
-            "uncategorized": opts.uncategorized,
-            "accuracy": _level_dict(accuracy_by_level(e, t, codes, o, similarity, LEVELS, backend)),
-        }
-    if levels is not None:
-        codes, names = encode_levels(levels, level_names)
-        report["levels_file"] = {
-            "source": "levels",
-            "accuracy": _level_dict(accuracy_by_level(e, t, codes, o, similarity, names, backend)),
-        }
+    cats = shared.categories
+    cats = cats if isinstance(cats, torch.Tensor) else torch.from_numpy(np.array(cats))
+    if cats.dim() != 2 or cats.shape[0] != n:
+        raise ValueError(f"categories must have shape ({n}, K) to match emb, got {tuple(cats.shape)}")
+    # The triplets' levels depend on the triplets and categories only.
+    codes = shared.once(("levels", n, opts.uncategorized), lambda: triplet_levels(t.cpu(), cats, opts.uncategorized))
+    report["levels"] = {
+        "name": opts.category_levels_name,
+        "source": "categories",
+        "uncategorized": opts.uncategorized,
+        "accuracy": _level_dict(accuracy_by_level(e, t, codes, o, similarity, LEVELS, backend)),
+    }
 
 
-def _rsa(e: torch.Tensor, human_rdm_emb: Any, similarity: str, opts: EvalOptions) -> Dict[str, Any]:
+def _levels_file(report: Dict[str, Any], e: torch.Tensor, t: torch.Tensor, o: Optional[torch.Tensor],
+                 shared: _Shared, similarity: str, backend: Optional[str]) -> None:
+    """``levels_file``: accuracy by per-triplet level labels."""
+    codes, names = shared.once("levels_file", lambda: encode_levels(shared.levels, shared.level_names))
+    report["levels_file"] = {
+        "source": "levels",
+        "accuracy": _level_dict(accuracy_by_level(e, t, codes, o, similarity, names, backend)),
+    }
+
+
+def _rsa(e: torch.Tensor, shared: _Shared, similarity: str, opts: EvalOptions) -> Dict[str, Any]:
     """RSA and linear CKA against a human similarity embedding over the same objects."""
-    h = as_emb(human_rdm_emb, "human_rdm_emb", device=e.device)
+    h = shared.once(("human_emb", e.device), lambda: as_emb(shared.human_rdm_emb, "human_rdm_emb", device=e.device))
     if h.shape[0] != e.shape[0]:
         raise ValueError(f"human_rdm_emb has {h.shape[0]} rows but emb has {e.shape[0]}; "
                          "both must list the same objects")
     metric = opts.rdm_metric or ("dot" if similarity == "dot" else "cosine")
-    scores = rsa(e, h, metric, opts.human_rdm_metric, opts.rsa_methods, opts.chunk_size)
+    # The human RDM and its ranks are the same for every representation.
+    ref = shared.once(("human_rdm", e.device, opts.human_rdm_metric, opts.chunk_size),
+                      lambda: rdm_reference(h, opts.human_rdm_metric, opts.chunk_size))
+    scores = rsa(e, ref, metric, None, opts.rsa_methods, opts.chunk_size)
     return {"metric": metric, "human_metric": opts.human_rdm_metric,
             **{k: nan_to_none(v) for k, v in scores.items()}, "cka": nan_to_none(linear_cka(e, h))}
 
 
-def _few_shot(e: torch.Tensor, labels: Any, opts: EvalOptions, stage) -> Dict[str, Any]:
-    """Few-shot accuracy of every configured probe."""
-    fs: Dict[str, Any] = {}
-    for probe in opts.few_shot_probes:
-        stage(f"few-shot ({probe})")
-        o_fs = FewShotOptions(**{**asdict(opts.few_shot), "probe": probe, "shots": tuple(opts.few_shot.shots),
-                                 "show_progress": opts.few_shot.show_progress or opts.show_progress})
-        res = few_shot_accuracy(e, labels, options=o_fs)
-        fs[probe] = {str(k): v for k, v in res.items()}
-    return fs
+def _few_shot(e: torch.Tensor, labels: Any, opts: EvalOptions) -> Dict[str, Any]:
+    """Few-shot accuracy of every configured probe, all on the same episodes."""
+    o_fs = FewShotOptions(**{**asdict(opts.few_shot), "shots": tuple(opts.few_shot.shots),
+                             "show_progress": opts.few_shot.show_progress or opts.show_progress})
+    res = few_shot_probes(e, labels, tuple(opts.few_shot_probes), options=o_fs)
+    return {probe: {str(k): v for k, v in r.items()} for probe, r in res.items()}
 
 
-def _measured_human(report: Dict[str, Any], e: torch.Tensor, human_rdms: Sequence[HumanRDMs],
-                    items: Optional[Sequence[Optional[Any]]], levels_data: Optional[LevelsData],
-                    file_names: Optional[Sequence[str]], similarity: str, opts: EvalOptions,
-                    backend: Optional[str], stage) -> None:
-    """Add ``human_rdms`` and ``levels_dataset`` to ``report`` when their inputs are given."""
-    if human_rdms:
-        stage("measured human RDMs")
-        items = list(items) if items is not None else [None] * len(human_rdms)
-        if len(items) != len(human_rdms):
-            raise ValueError(f"{len(items)} item maps for {len(human_rdms)} human RDMs")
-        metric = opts.rdm_metric or ("dot" if similarity == "dot" else "cosine")
-        report["human_rdms"] = [
-            human_rdm_report(e, h, it, metric, opts.rsa_methods, opts.rdm_bootstrap, opts.rdm_seed, opts.chunk_size)
+def _measured_rdms(e: torch.Tensor, shared: _Shared, similarity: str, opts: EvalOptions) -> List[Dict[str, Any]]:
+    """``human_rdms``: RSA against every measured human RDM."""
+    human_rdms = shared.human_rdms
+    items = list(shared.human_rdm_items) if shared.human_rdm_items is not None else [None] * len(human_rdms)
+    if len(items) != len(human_rdms):
+        raise ValueError(f"{len(items)} item maps for {len(human_rdms)} human RDMs")
+    metric = opts.rdm_metric or ("dot" if similarity == "dot" else "cosine")
+    return [human_rdm_report(e, h, it, metric, opts.rsa_methods, opts.rdm_bootstrap, opts.rdm_seed, opts.chunk_size)
             for h, it in zip(human_rdms, items)]
-    if levels_data is not None:
-        stage("Levels dataset")
-        if file_names is None:
-            raise ValueError("the Levels dataset needs the feature rows' file names (--file-names)")
-        report["levels_dataset"] = levels_report(e, levels_data, file_names, similarity, opts.levels_data, backend)
+
+
+def _levels_dataset(e: torch.Tensor, shared: _Shared, similarity: str, opts: EvalOptions,
+                    backend: Optional[str]) -> Dict[str, Any]:
+    if shared.file_names is None:
+        raise ValueError("the Levels dataset needs the feature rows' file names (--file-names)")
+    return levels_report(e, shared.levels_data, shared.file_names, similarity, opts.levels_data, backend)
 
 
 def _fmt(v: Any, pct: bool = False) -> str:

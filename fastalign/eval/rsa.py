@@ -21,15 +21,17 @@ is no Python loop over pairs, and it runs on the embeddings' device.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
 from ..common.tensors import as_emb, as_vector
 from ..ops import acc_dtype
-from .correlation import kendall_tau_a, pearson, spearman
+from .correlation import Ranked, kendall_tau_a, pearson, rank_vector, spearman
 
-__all__ = ["COMPARISONS", "METRICS", "compare_rdms", "rdm", "rdm_upper", "rsa", "upper_triangle"]
+__all__ = ["COMPARISONS", "METRICS", "RDMReference", "compare_rdms", "rdm", "rdm_reference", "rdm_upper", "rsa",
+           "upper_triangle"]
 
 METRICS = ("cosine", "correlation", "euclidean", "dot")
 COMPARISONS = {"spearman": spearman, "pearson": pearson, "kendall_tau_a": kendall_tau_a}
@@ -146,9 +148,34 @@ def compare_rdms(a: Any, b: Any, method: str = "spearman") -> float:
     return COMPARISONS[method](ua, ub.to(ua.device))
 
 
+@dataclass(frozen=True)
+class RDMReference:
+    """The ranked RDM upper triangle of one representation, built once to compare many with it.
+
+    Attributes:
+        metric: its RDM metric.
+        n_objects: rows of the representation.
+        upper: the upper triangle with its ranks (``fastalign.eval.correlation.Ranked``).
+    """
+
+    metric: str
+    n_objects: int
+    upper: Ranked
+
+
+def rdm_reference(emb: Any, metric: str = "cosine", chunk_size: int = 2048) -> RDMReference:
+    """``RDMReference`` of ``emb`` (e.g. the human similarity embedding of an RSA against several models).
+
+    Args:
+        emb, metric, chunk_size: as in ``rdm_upper``.
+    """
+    e = as_emb(emb, "emb")
+    return RDMReference(metric, int(e.shape[0]), rank_vector(rdm_upper(e, metric, chunk_size), "rdm"))
+
+
 def rsa(
     emb_a: Any,
-    emb_b: Any,
+    emb_b: Union[Any, RDMReference],
     metric_a: str = "cosine",
     metric_b: Optional[str] = None,
     methods: Sequence[str] = ("spearman", "pearson", "kendall_tau_a"),
@@ -157,7 +184,8 @@ def rsa(
     """RDMs of two representations of the same N objects, compared by each method.
 
     Args:
-        emb_a, emb_b: (N, D_a) and (N, D_b); rows are the same objects.
+        emb_a, emb_b: (N, D_a) and (N, D_b); rows are the same objects. ``emb_b`` may be an
+            ``RDMReference`` (its own metric then; ``metric_b`` must match or be None).
         metric_a: RDM metric of ``emb_a``; ``metric_b`` that of ``emb_b`` (default ``metric_a``).
         methods: comparisons to run (keys of ``COMPARISONS``).
         chunk_size: rows per block when building the RDMs.
@@ -165,12 +193,20 @@ def rsa(
     Returns ``{method: correlation}``.
     """
     a = as_emb(emb_a, "emb_a")
-    b = as_emb(emb_b, "emb_b", device=a.device)
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(f"emb_a has {a.shape[0]} rows but emb_b has {b.shape[0]}; both must list the same objects")
+    if isinstance(emb_b, RDMReference):
+        if metric_b not in (None, emb_b.metric):
+            raise ValueError(f"metric_b {metric_b!r} differs from the reference's metric {emb_b.metric!r}")
+        b, n_b = None, emb_b.n_objects
+    else:
+        b = as_emb(emb_b, "emb_b", device=a.device)
+        n_b = int(b.shape[0])
+    if a.shape[0] != n_b:
+        raise ValueError(f"emb_a has {a.shape[0]} rows but emb_b has {n_b}; both must list the same objects")
     for m in methods:
         if m not in COMPARISONS:
             raise ValueError(f"method must be one of {list(COMPARISONS)}, got {m!r}")
-    ua = rdm_upper(a, metric_a, chunk_size)
-    ub = rdm_upper(b, metric_b or metric_a, chunk_size)
+    ref = emb_b if b is None else rdm_reference(b, metric_b or metric_a, chunk_size)
+    ub = ref.upper if ref.upper.values.device == a.device else rank_vector(ref.upper.values.to(a.device), "rdm")
+    # Rank the triangle once for all methods (Spearman and tau-a sort the same values).
+    ua = rank_vector(rdm_upper(a, metric_a, chunk_size), "rdm")
     return {m: COMPARISONS[m](ua, ub) for m in methods}

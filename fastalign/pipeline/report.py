@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -18,7 +17,7 @@ from ..eval.few_shot import FewShotOptions
 from ..eval.human_plots import plot_human_rdms, plot_levels_dataset
 from ..eval.levels_data import LevelsOptions
 from ..eval.plots import plot_accuracy_by_level, plot_rdm_panel
-from ..eval.report import EvalOptions, evaluate_representation
+from ..eval.report import EvalOptions, evaluate_representations
 from ..io import atomic_write_json, atomic_write_text
 from ..io.atomic import TMP_PREFIX
 
@@ -75,16 +74,20 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
                        rdm_seed=cfg.data.seed, rdm_bootstrap=cfg.eval.rdm_bootstrap,
                        levels_data=LevelsOptions(seed=cfg.data.seed, allow_missing=cfg.data.allow_missing))
     reps = _representations(cfg, inputs, out)
-    results: Dict[str, Dict[str, Any]] = {}
-    for name, rep in reps.items():
-        say(f"  evaluating {name}")
-        results[name] = evaluate_representation(
-            rep["emb"], held, categories=inputs.categories, human_rdm_emb=inputs.human,
-            few_shot_labels=labels, similarity=rep["similarity"], temperature=rep["temperature"],
-            human_rdms=inputs.human_rdms, human_rdm_items=inputs.human_rdm_items,
-            levels_data=inputs.levels_data, file_names=inputs.file_names or None,
-            options=replace(opts, rdm_metric=rep["similarity"]),
-        )
+    measure_seconds: Dict[str, Dict[str, float]] = {}
+
+    def measured(name: str, measure: str, seconds: float) -> None:
+        if not measure_seconds:
+            say(f"  evaluating {len(reps)} representations: {', '.join(reps)}")
+        measure_seconds.setdefault(name, {})[measure] = seconds
+
+    # One call for all four: the human RDM, the triplets' levels and such are computed once.
+    results: Dict[str, Dict[str, Any]] = evaluate_representations(
+        {name: {**rep, "rdm_metric": rep["similarity"]} for name, rep in reps.items()}, held,
+        categories=inputs.categories, human_rdm_emb=inputs.human, few_shot_labels=labels,
+        human_rdms=inputs.human_rdms, human_rdm_items=inputs.human_rdm_items,
+        levels_data=inputs.levels_data, file_names=inputs.file_names or None,
+        options=opts, progress=True, on_measure=measured)
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
     figures: List[Path] = []
@@ -114,7 +117,8 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
     stages = {name: {"seconds": r.seconds, "cached": r.cached, "metrics": r.metrics}
               for name, r in runner.results.items()}
     # The report is written inside the evaluation stage, so its row holds the time up to this point.
-    stages.setdefault("evaluate", {"seconds": time.perf_counter() - start, "cached": False, "metrics": {}})
+    stages.setdefault("evaluate", {"seconds": time.perf_counter() - start, "cached": False, "metrics": {},
+                                   "measure_seconds": measure_seconds})
     fit = (runner.results["teacher"].metrics.get("fit") or {}) if "teacher" in runner.results else {}
     figures = [f for f in figures if f]  # a figure is None where it was skipped (no matplotlib)
     report = {"config": cfg.to_dict(), "heldout_triplets": int(len(held)), "results": results, "stages": stages,
