@@ -43,6 +43,25 @@ def _holder(path: Path) -> str:
     return f"{what or 'a process'} (PID {pid})"
 
 
+def _make_folder(folder: Path) -> bool:
+    """``mkdir -p folder``; True if this call created it.
+
+    ``Path.mkdir(exist_ok=True)`` is not enough: when the folder exists at its mkdir but a releaser
+    removes it (see ``hold_folder_lock``) before its own is-dir check, it raises FileExistsError
+    for a folder that no longer exists. Here that case tries again.
+    """
+    while True:
+        try:
+            folder.mkdir(parents=True)
+            return True
+        except FileExistsError:
+            if folder.is_dir():
+                return False
+            if folder.exists() or folder.is_symlink():  # a file or a dangling link: a real error
+                raise
+            # removed between our mkdir and our check: try again
+
+
 def _acquire(folder: Path, what: str) -> int:
     """The fd of ``folder/.lock``, flocked by this process; FolderLocked if another holds it."""
     path = folder / LOCK_NAME
@@ -50,7 +69,7 @@ def _acquire(folder: Path, what: str) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except FileNotFoundError:  # the folder was removed by a releaser that had created it
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_folder(folder)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -91,8 +110,7 @@ def hold_folder_lock(folder: Union[str, os.PathLike], what: str = "fastalign") -
                       stacklevel=3)
         yield folder
         return
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    created = _make_folder(folder)
     try:
         fd = _acquire(folder, what)
     except BaseException:
