@@ -111,3 +111,17 @@ def test_contending_processes_never_hold_the_lock_together(tmp_path):
     assert lines == ["in", "out"] * sum(held)  # never two "in" in a row: one holder at a time
     shared = tmp_path / "shared"
     assert not shared.exists() or not any(shared.iterdir())  # each release took its lock file away
+
+
+def test_the_folder_may_be_a_link_to_one_but_not_a_file(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with hold_folder_lock(tmp_path / "link") as folder:
+        assert (tmp_path / "real" / LOCK_NAME).is_file() and folder == tmp_path / "link"
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for bad in ("file", "dangling"):
+        with pytest.raises(FileExistsError):
+            with hold_folder_lock(tmp_path / bad):
+                pass
+    assert (tmp_path / "file").read_text() == "x"

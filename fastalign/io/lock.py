@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Iterator, Union
@@ -55,11 +56,17 @@ def _make_folder(folder: Path) -> bool:
             folder.mkdir(parents=True)
             return True
         except FileExistsError:
-            if folder.is_dir():
+            # One lstat decides: two checks (is it a folder? does it exist?) can each see another
+            # moment, as the folder comes and goes.
+            try:
+                mode = os.lstat(folder).st_mode
+            except FileNotFoundError:
+                continue  # removed between our mkdir and our lstat: try again
+            if stat.S_ISDIR(mode):
                 return False
-            if folder.exists() or folder.is_symlink():  # a file or a dangling link: a real error
-                raise
-            # removed between our mkdir and our check: try again
+            if stat.S_ISLNK(mode) and os.path.isdir(folder):  # a link to a folder is a folder
+                return False
+            raise  # a file, or a link to nowhere: a real error
 
 
 def _acquire(folder: Path, what: str) -> int:
