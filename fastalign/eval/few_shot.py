@@ -124,6 +124,9 @@ def fit_logreg(
 
 # Labelled rows up to which the probes share one Gram matrix (256 MB in float32).
 GRAM_MAX_ROWS = 8192
+# Episodes fitted together, and scored together (the scores are episodes x examples x classes).
+FIT_BATCH = 256
+SCORE_BATCH = 50
 
 
 def _prepare(features: torch.Tensor, mode: str) -> torch.Tensor:
@@ -209,20 +212,28 @@ def _episode_accuracies(x: torch.Tensor, y: torch.Tensor, n_classes: int, k: int
         return base, None
     xs = ep.xs
     products = _Products(xs, None if gram is None else (gram if bool(ep.sel.all()) else gram[ep.sel][:, ep.sel]))
+    # Draw every episode first (the draws are per episode_batch, as always); then fit them in
+    # large batches: fewer, larger ops (each large op waits for both threads on a loaded CPU).
+    supports = torch.cat(list(ep.supports()))
+    chunks = [(e0, min(e0 + FIT_BATCH, opts.episodes)) for e0 in range(0, opts.episodes, FIT_BATCH)]
     accs: Dict[str, List[torch.Tensor]] = {p: [] for p in probes}
-    n_batches = -(-opts.episodes // opts.episode_batch)
-    for support in progress(ep.supports(), n_batches, f"few-shot k={k} ({', '.join(probes)})", opts.show_progress):
-        e = support.shape[0]
+    for e0, e1 in progress(chunks, len(chunks), f"few-shot k={k} ({', '.join(probes)})", opts.show_progress):
+        support = supports[e0:e1]
         for probe in probes:
             if probe == "centroid":
-                cent = xs[support].reshape(e, c, k, -1).mean(2)  # (E, C, D)
-                # argmin |x - c|^2 = argmax 2 x.c - |c|^2
-                scores = 2 * torch.matmul(xs, cent.transpose(1, 2)) - (cent * cent).sum(2)[:, None, :]
+                for s0 in range(0, e1 - e0, SCORE_BATCH):
+                    sup = support[s0:s0 + SCORE_BATCH]
+                    cent = xs[sup].reshape(sup.shape[0], c, k, -1).mean(2)  # (E, C, D)
+                    # argmin |x - c|^2 = argmax 2 x.c - |c|^2
+                    scores = 2 * torch.matmul(xs, cent.transpose(1, 2)) - (cent * cent).sum(2)[:, None, :]
+                    accs[probe].append(ep.accuracy(sup, scores.argmax(2)))
             else:
                 a, b, _ = fit_kernel_logreg(products.support(support), ep.support_y, c, float(opts.l2),
                                             opts.max_iter, float(opts.tol))
-                scores = products.scores(support, a, b)
-            accs[probe].append(ep.accuracy(support, scores.argmax(2)))
+                for s0 in range(0, e1 - e0, SCORE_BATCH):
+                    sl = slice(s0, s0 + SCORE_BATCH)
+                    scores = products.scores(support[sl], a[sl], b[sl])
+                    accs[probe].append(ep.accuracy(support[sl], scores.argmax(2)))
     return base, {p: torch.cat(v) for p, v in accs.items()}
 
 
