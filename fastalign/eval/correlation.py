@@ -237,9 +237,8 @@ def _inversions_levels(y: np.ndarray, key_bits: int = 31) -> int:
     vbits = max(1, int(v.max()).bit_length())
     total = int(np.count_nonzero(v[0:n - 1:2] > v[1::2]))  # level 1: adjacent pairs
     pos = np.arange(n, dtype=kdt)
-    # Position sums are exact in float64 (and BLAS-fast) below 2^53; beyond, int64.
-    wdt = np.float64 if n < (1 << 26) else np.int64
-    posw = np.arange(n, dtype=wdt)
+    # Exact int64 position sums; einsum, not np.dot: no BLAS threads to wake beside torch's.
+    pos64 = np.arange(n, dtype=np.int64)
     q = np.empty_like(pos)
     key = np.empty_like(pos)
     v2 = None
@@ -257,7 +256,7 @@ def _inversions_levels(y: np.ndarray, key_bits: int = 31) -> int:
         np.bitwise_or(key, q, out=key)
         key.sort()
         np.bitwise_and(key, 1, out=q)  # 1 where a right element sits in the sorted blocks
-        left_pos = n * (n - 1) // 2 - int(np.dot(q.astype(wdt), posw))
+        left_pos = n * (n - 1) // 2 - int(np.einsum("i,i->", q, pos64))
         total += left_pos - _block_terms(n, s)
     return total
 

@@ -77,7 +77,7 @@ class FewShotOptions:
     normalize: str = "l2"
     l2: float = 1e-3
     max_iter: int = 100
-    tol: float = 1e-5
+    tol: float = 1e-4
     episode_batch: int = 50
     show_progress: bool = False
 

@@ -62,6 +62,7 @@ class _Problem:
         self.beta = 0.5 / self.c
         self.diag = self.beta * self.lam / self.n + l2  # (E, n): the Hessian per row of V, about
         self.z = self.u * (self.lam / self.diag).sqrt()[:, None, :]  # logits = z V~ + b~ / beta^(1/2)
+        self.zt_n = (self.z.transpose(1, 2) / self.n).contiguous()  # for the mean cross-entropy's gradient
         self.pen = (l2 / self.diag)[:, :, None]  # the penalty's Hessian per row of V~
         self.bscale = self.beta ** -0.5
         self.k = k
@@ -79,34 +80,35 @@ class _Problem:
         return self.split(v)[0] * self.pen
 
     def gradient(self, theta: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        r = (torch.softmax(logits, 2) - self.onehot) / self.n
+        r = torch.softmax(logits, 2) - self.onehot  # n times the gradient in the logits
         g = torch.empty_like(theta)
         ga, gb = self.split(g)
-        torch.bmm(self.z.transpose(1, 2), r, out=ga)
-        ga += self.penalty_grad(theta)
+        torch.bmm(self.zt_n, r, out=ga)
+        ga.addcmul_(self.split(theta)[0], self.pen)
         torch.sum(r, 1, out=gb)
-        gb *= self.bscale
+        gb *= self.bscale / self.n
         return g
 
     def grad_norm(self, g: torch.Tensor) -> torch.Tensor:
         """The gradient norm of the original problem in ``(W, b)``."""
         ga, gb = self.split(g)
-        return torch.sqrt((self.diag[:, :, None] * ga * ga).sum((1, 2)) + (gb * gb).sum(1) / self.bscale ** 2)
+        return torch.sqrt(((ga * ga).sum(2) * self.diag).sum(1) + (gb * gb).sum(1) / self.bscale ** 2)
 
     def line_search(self, theta, logits, d, df, steps: int) -> torch.Tensor:
         """Per-problem step ``t > 0`` minimising the objective along ``d`` (``df``: its logit change)."""
         da = self.split(d)[0]
-        a_pd = (self.penalty_grad(theta) * da).sum((1, 2))  # the penalty's phi' at t = 0 ...
-        d_pd = (self.penalty_grad(d) * da).sum((1, 2))  # ... and its constant phi''
+        pd = self.penalty_grad(d)
+        a_pd = (pd * self.split(theta)[0]).sum((1, 2))  # the penalty's phi' at t = 0 ...
+        d_pd = (pd * da).sum((1, 2))  # ... and its constant phi''
         target = (self.onehot * df).sum(2)
         t = torch.ones_like(a_pd)
         lo = torch.zeros_like(t)
         hi = torch.full_like(t, float("inf"))
         for _ in range(steps):
-            q = torch.softmax(torch.addcmul(logits, t[:, None, None], df), 2)
-            qd = (q * df).sum(2)
+            qdf = torch.softmax(torch.addcmul(logits, t[:, None, None], df), 2).mul_(df)
+            qd = qdf.sum(2)
             d1 = (qd - target).sum(1) / self.n + a_pd + t * d_pd
-            d2 = ((q * df * df).sum(2) - qd * qd).sum(1) / self.n + d_pd
+            d2 = ((qdf.mul_(df)).sum(2) - qd * qd).sum(1) / self.n + d_pd
             lo = torch.where(d1 < 0, t, lo)
             hi = torch.where(d1 >= 0, t, hi)
             nt = t - d1 / d2.clamp_min(torch.finfo(d2.dtype).tiny)
@@ -183,7 +185,7 @@ class _Memory:
 
 
 def fit_kernel_logreg(
-    k: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, max_iter: int = 100, tol: float = 1e-5,
+    k: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, max_iter: int = 100, tol: float = 1e-4,
     history: int = 5, line_steps: int = 2,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fit a batch of multinomial logistic regressions given their Gram matrices.
@@ -214,9 +216,11 @@ def fit_kernel_logreg(
     for _ in range(max_iter):
         if not bool(active.any()):
             break
-        d = -mem.apply(g)
+        d = mem.apply(g).neg_()
         # Rounding can cost a direction its descent; fall back to the gradient there.
-        d = torch.where((_dot(d, g) >= 0)[:, None], -g, d)
+        uphill = _dot(d, g) >= 0
+        if bool(uphill.any()):
+            d = torch.where(uphill[:, None], -g, d)
         df = prob.logits(d)
         t = torch.where(active, prob.line_search(theta, logits, d, df, line_steps), torch.zeros_like(g0))
         s = t[:, None] * d
