@@ -77,10 +77,9 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
     measure_seconds: Dict[str, Dict[str, float]] = {}
 
     def measured(name: str, measure: str, seconds: float) -> None:
-        if not measure_seconds:
-            say(f"  evaluating {len(reps)} representations: {', '.join(reps)}")
         measure_seconds.setdefault(name, {})[measure] = seconds
 
+    say(f"  evaluating {len(reps)} representations: {', '.join(reps)}")
     # One call for all four: the human RDM, the triplets' levels and such are computed once.
     results: Dict[str, Dict[str, Any]] = evaluate_representations(
         {name: {**rep, "rdm_metric": rep["similarity"]} for name, rep in reps.items()}, held,
