@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from fastalign.common.calibration import reliability
 from fastalign.common.intervals import wilson_interval
@@ -185,6 +186,24 @@ def test_rdm_panel_data_rsa_matches_rsa():
     assert np.all(np.diff(data["primary"]) >= 0)  # sorted by category, uncategorised last
     with pytest.raises(ValueError, match="same objects"):
         rdm_panel_data(human, [raw[:-1]], cats, "dot", ["cosine"])
+
+
+@pytest.mark.parametrize("n, target", [(1854, 480), (37, 10), (37, 3), (9, 9), (10, 3)])
+def test_rdm_panel_block_means_match_their_definition(n, target):
+    """The drawn image: means over f x f blocks of the symmetric matrix, NaN (diagonal) ignored, the
+    last blocks partial where f does not divide n."""
+    rng = np.random.default_rng(n + target)
+    square = rdm_plot._square(torch.from_numpy(rng.random(n * (n - 1) // 2)), n)
+    assert np.array_equal(square, square.T, equal_nan=True) and np.isnan(np.diag(square)).all()
+    shown, f = rdm_plot._block_mean(square, target)
+    assert f == math.ceil(n / target) and shown.shape[0] <= target
+    for bi in range(shown.shape[0]):
+        for bj in range(shown.shape[1]):
+            block = square[bi * f:(bi + 1) * f, bj * f:(bj + 1) * f]
+            if np.isfinite(block).any():
+                assert shown[bi, bj] == pytest.approx(np.nanmean(block), abs=1e-6)
+            else:
+                assert np.isnan(shown[bi, bj])
 
 
 def test_rdm_panel_titles_rsa_and_readable_labels(tmp_path, captured):

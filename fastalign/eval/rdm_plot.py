@@ -50,12 +50,17 @@ def _percentile_ranks(upper: torch.Tensor) -> torch.Tensor:
 
 
 def _square(upper: torch.Tensor, n: int) -> np.ndarray:
-    """The symmetric (n, n) matrix of an upper triangle, its diagonal blank (NaN)."""
-    out = np.full((n, n), np.nan)
-    iu = np.triu_indices(n, k=1)
-    out[iu] = upper.cpu().numpy()
-    out[iu[1], iu[0]] = out[iu]
-    return out
+    """The symmetric (n, n) float32 matrix of an upper triangle (row-major, as ``upper_triangle``
+    lists it), its diagonal blank (NaN). float32: these are colours."""
+    out = torch.zeros((n, n), dtype=torch.float32)
+    out[torch.ones((n, n), dtype=torch.bool).triu_(1)] = upper.to(torch.float32).cpu()
+    out = out + out.T
+    return out.fill_diagonal_(float("nan")).numpy()
+
+
+def _block_sums(t: torch.Tensor, f: int) -> torch.Tensor:
+    """Sums over f x f blocks of a 2-D tensor; the last blocks of a side f does not divide are partial."""
+    return torch.nn.functional.avg_pool2d(t[None, None], f, ceil_mode=True, divisor_override=1)[0, 0]
 
 
 def _block_mean(m: np.ndarray, target: int) -> Tuple[np.ndarray, int]:
@@ -64,13 +69,10 @@ def _block_mean(m: np.ndarray, target: int) -> Tuple[np.ndarray, int]:
     f = -(-m.shape[0] // target)
     if f <= 1:
         return m, 1
-    side = -(-m.shape[0] // f)
-    padded = np.full((side * f, side * f), np.nan)
-    padded[:m.shape[0], :m.shape[1]] = m
-    blocks = padded.reshape(side, f, side, f)
-    counts = np.isfinite(blocks).sum(axis=(1, 3))
-    sums = np.nansum(blocks, axis=(1, 3))
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), f
+    t = torch.from_numpy(m)
+    sums = _block_sums(torch.nan_to_num(t, nan=0.0), f)
+    counts = _block_sums(torch.isfinite(t).to(t.dtype), f)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), float("nan")).numpy(), f
 
 
 def spread_labels(centres: Sequence[float], gap: float, lo: float, hi: float) -> np.ndarray:
