@@ -88,7 +88,10 @@ def test_quiet_errors_still_reach_stderr(data, tmp_path, capsys):
 def test_run_quiet_prints_only_the_report_path(tmp_path, capsys, monkeypatch):
     """Before: `run` had no --quiet and printed the whole report.md. (The pipeline itself is
     replaced: what is checked is what the command prints around it.)"""
-    def fake_pipeline(cfg, out, force=(), say=None):
+    seen = []
+
+    def fake_pipeline(cfg, out, force=(), say=None, progress=True):
+        seen.append(progress)
         (say or print)("[1/5] data: running")
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "report.md").write_text("# report\n| table |\n")
@@ -98,6 +101,7 @@ def test_run_quiet_prints_only_the_report_path(tmp_path, capsys, monkeypatch):
     assert rc == 0 and out == f"{tmp_path / 'r' / 'report.md'}\n" and "data: running" not in out + err
     rc, out, err = _run(capsys, "run", "--out", tmp_path / "r")
     assert rc == 0 and "| table |" in out
+    assert seen == [False, True]  # --quiet hides the progress bars too
 
 
 def test_bench_quiet_prints_only_the_results_path(tmp_path, capsys):

@@ -67,6 +67,18 @@ def test_rerun_is_cached_and_force_redoes_one(run_dir):
     assert "evaluate: running" in text
 
 
+def test_quiet_run_shows_no_progress_bar_and_keeps_the_cache(run_dir, capsys):
+    """Before: `run --quiet` still drew the student's and the evaluation's progress bars."""
+    capsys.readouterr()
+    sets = [a for o in SMALL for a in ("--set", o)]
+    rc = main(["run", "--out", str(run_dir), "--force", "student", "--force", "evaluate", "--quiet", *sets])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out == f"{run_dir / 'report.md'}\n" and err == ""
+    lines = []
+    run_pipeline(load_config(overrides=SMALL), run_dir, say=lines.append)  # the bar is not part of a stage key
+    assert all(f"{stage}: cached" in "\n".join(lines) for stage in ("student", "evaluate"))
+
+
 def test_report_links_only_the_figures_it_drew(run_dir, tmp_path, monkeypatch):
     """Before: a core install's report.md linked five figures that were never written."""
     import shutil

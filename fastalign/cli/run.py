@@ -30,15 +30,16 @@ def register(sub):
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="redo a stage even if cached: data, teacher, triplets, student, evaluate or all (repeatable)")
     p.add_argument("--quiet", action="store_true",
-                   help="no stage lines and no report on the terminal: print only the report's path (the "
-                   "student's progress bar follows student.train.progress, which is part of its cache key)")
+                   help="no stage lines, no progress bars and no report on the terminal: print only the "
+                   "report's path")
     p.set_defaults(func=_run)
 
 
 def _run(args):
     cfg = load_config(args.config, args.overrides, args.preset)
     try:
-        run_pipeline(cfg, Path(args.out), force=args.force, say=(lambda s: None) if args.quiet else None)
+        run_pipeline(cfg, Path(args.out), force=args.force, say=(lambda s: None) if args.quiet else None,
+                     progress=not args.quiet)
     except TrainingDiverged as exc:  # the student stage: same status as fastalign distill
         print(f"fastalign run: error: student stage: {exc}", file=sys.stderr)
         return 3

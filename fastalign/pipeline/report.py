@@ -60,7 +60,7 @@ def _remove_report_temps(out: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
+def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say, progress: bool = True):
     start = time.perf_counter()
     out = Path(out)
     with np.load(out / "data" / "human_triplets.npz") as z:
@@ -86,7 +86,7 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say):
         categories=inputs.categories, human_rdm_emb=inputs.human, few_shot_labels=labels,
         human_rdms=inputs.human_rdms, human_rdm_items=inputs.human_rdm_items,
         levels_data=inputs.levels_data, file_names=inputs.file_names or None,
-        options=opts, progress=True, on_measure=measured)
+        options=opts, progress=progress, on_measure=measured)
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
     figures: List[Path] = []

@@ -246,11 +246,13 @@ def check_student(cfg: RunConfig, inputs: Inputs, out: Path) -> None:
         build_student(dc.student)
 
 
-def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say):
+def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say, progress: bool):
     def body(stage_dir: Path):
         split = _load_split(out)
         save_triplets_txt(stage_dir / "calibration_triplets.txt", split["calibration"])
         dc = student_config(cfg, inputs, out)
+        # Showing the bar or not changes no result, so the stage key keeps the configured value.
+        dc.train.progress = dc.train.progress and progress
         images = dict(image_root=str(inputs.image_root), file_names=inputs.file_names) if inputs.images else {}
         device = "cuda" if dc.train.device == "cuda" or (dc.train.device == "auto" and torch.cuda.is_available()) \
             else "cpu"
@@ -288,9 +290,9 @@ def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say):
     return Stage("student", {"student": asdict(cfg.student), "inputs": inputs.student_digest()}, ["triplets"], body)
 
 
-def _stage_evaluate(cfg: RunConfig, inputs: Inputs, out: Path, runner: StageRunner, say):
+def _stage_evaluate(cfg: RunConfig, inputs: Inputs, out: Path, runner: StageRunner, say, progress: bool):
     def body(stage_dir: Path):
-        return write_report(cfg, inputs, out, stage_dir, runner, say)
+        return write_report(cfg, inputs, out, stage_dir, runner, say, progress)
 
     d = cfg.data
     key = {**asdict(cfg.eval), "human_rdms": list(d.human_rdms), "human_rdm_items": list(d.human_rdm_items),
@@ -304,8 +306,13 @@ def _stage_evaluate(cfg: RunConfig, inputs: Inputs, out: Path, runner: StageRunn
 # ------------------------------------------------------------------ driver
 
 
-def run_pipeline(cfg: RunConfig, out: Path, force: Iterable[str] = (), say: Callable[[str], None] = None):
-    """Run (or resume) every stage; returns the evaluation metrics."""
+def run_pipeline(cfg: RunConfig, out: Path, force: Iterable[str] = (), say: Callable[[str], None] = None,
+                 progress: bool = True):
+    """Run (or resume) every stage; returns the evaluation metrics.
+
+    ``say`` takes the stage lines (default: stderr); ``progress=False`` hides the progress bars
+    of the student and the evaluation (``fastalign run --quiet``) without touching any stage's key.
+    """
     say = say or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out)
     force = list(force)
@@ -317,12 +324,13 @@ def run_pipeline(cfg: RunConfig, out: Path, force: Iterable[str] = (), say: Call
     timer = StageTimer()
     # One run per folder: a second one would interleave its stages' writes with ours.
     with hold_folder_lock(out, "fastalign run"), timer("run"):
-        metrics = _run_stages(cfg, out, force, say)
+        metrics = _run_stages(cfg, out, force, say, progress)
     say(f"done in {timer.seconds['run']:.1f} s: {out / 'report.md'}")
     return metrics
 
 
-def _run_stages(cfg: RunConfig, out: Path, force: Iterable[str], say: Callable[[str], None]) -> Dict[str, Any]:
+def _run_stages(cfg: RunConfig, out: Path, force: Iterable[str], say: Callable[[str], None],
+                progress: bool) -> Dict[str, Any]:
     inputs = Inputs(cfg)  # every input error surfaces here, before any long work
     check_student(cfg, inputs, out)
     check_teacher(cfg, inputs)
@@ -333,9 +341,9 @@ def _run_stages(cfg: RunConfig, out: Path, force: Iterable[str], say: Callable[[
         _stage_data(cfg, inputs, say),
         _stage_teacher(cfg, inputs, out, say),
         _stage_triplets(cfg, inputs, out, say),
-        _stage_student(cfg, inputs, out, say),
+        _stage_student(cfg, inputs, out, say, progress),
     ]
     for i, stage in enumerate(stages, 1):
         runner.run(stage, i, len(STAGES))
-    result = runner.run(_stage_evaluate(cfg, inputs, out, runner, say), len(STAGES), len(STAGES))
+    result = runner.run(_stage_evaluate(cfg, inputs, out, runner, say, progress), len(STAGES), len(STAGES))
     return result.metrics
