@@ -162,7 +162,8 @@ def _as_int64(y: Any) -> torch.Tensor:
             y = np.unique(y, return_inverse=True)[1].reshape(y.shape)  # order kept, no int64 overflow
         if y.dtype.kind not in "biu":
             raise ValueError(f"y must hold integers, got dtype {y.dtype}")
-        y = torch.from_numpy(np.ascontiguousarray(y))
+        # A copy where torch cannot view it (a negative stride, even of a contiguous length-1 view).
+        y = torch.from_numpy(y if y.flags.c_contiguous and min(y.strides, default=0) >= 0 else y.copy())
     elif y.dtype.is_floating_point or y.dtype.is_complex:
         raise ValueError(f"y must hold integers, got dtype {y.dtype}")
     if y.dim() != 1:
