@@ -131,6 +131,13 @@ struct Level {
   int64_t count() const { return (n + 2 * w - 1) / (2 * w) * split; }
 
   Slice slice(int64_t t) const {
+    // Whole pairs need no division (tens of cycles each, per slice of 2w elements at the low levels).
+    if (split == 1) {
+      const int64_t s = t * 2 * w;
+      const int64_t nl = std::min(w, n - s);
+      const int64_t nr = std::min(w, n - s - nl);
+      return Slice{s, s + nl, s + nl, s + nl + nr, s + nl, s};
+    }
     const int64_t s = t / split * 2 * w;
     const int64_t nl = std::min(w, n - s);
     const int64_t nr = std::min(w, n - s - nl);
@@ -140,8 +147,8 @@ struct Level {
     const int64_t d1 = m * (part + 1) / split;
     const T* l = src + s;
     const T* r = src + s + nl;
-    const int64_t i0 = split == 1 ? 0 : merge_split(l, nl, r, nr, d0);
-    const int64_t i1 = split == 1 ? nl : merge_split(l, nl, r, nr, d1);
+    const int64_t i0 = merge_split(l, nl, r, nr, d0);
+    const int64_t i1 = merge_split(l, nl, r, nr, d1);
     return Slice{s + i0, s + i1, s + nl + d0 - i0, s + nl + d1 - i1, s + nl, s + d0};
   }
 };
@@ -173,17 +180,29 @@ inline int64_t merge_range(const Level<T>& level, T* dst, int64_t t0, int64_t t1
   while (live == kMergeLanes) {
     int64_t steps = INT64_MAX;
     for (int k = 0; k < kMergeLanes; ++k) steps = std::min(steps, std::min(il[k] - i[k], jr[k] - j[k]));
-    for (int64_t s = 0; s < steps; ++s) {
+    {
+      // Register copies: the arrays above are indexed at run time (refills), so they live in memory,
+      // and a store-to-load round trip per step would lengthen every lane's chain.
+      int64_t ri[kMergeLanes], rj[kMergeLanes], rs[kMergeLanes];
+      T* ro[kMergeLanes];
 #pragma GCC unroll 8
       for (int k = 0; k < kMergeLanes; ++k) {
-        const T a = src[i[k]];
-        const T b = src[j[k]];
-        const bool right = b < a;
-        dst[shift[k] + i[k] + j[k]] = right ? b : a;
-        sum_i[k] += right ? i[k] : 0;
-        j[k] += right;
-        i[k] += !right;
+        ri[k] = i[k], rj[k] = j[k], rs[k] = sum_i[k], ro[k] = dst + shift[k] + i[k] + j[k];
       }
+      for (int64_t s = 0; s < steps; ++s) {
+#pragma GCC unroll 8
+        for (int k = 0; k < kMergeLanes; ++k) {
+          const T a = src[ri[k]];
+          const T b = src[rj[k]];
+          const bool right = b < a;
+          ro[k][s] = right ? b : a;
+          rs[k] += right ? ri[k] : 0;
+          rj[k] += right;
+          ri[k] += !right;
+        }
+      }
+#pragma GCC unroll 8
+      for (int k = 0; k < kMergeLanes; ++k) i[k] = ri[k], j[k] = rj[k], sum_i[k] = rs[k];
     }
     // Refill every lane with an exhausted side; stop when the slices run out.
     for (int k = 0; k < kMergeLanes; ++k) {
