@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "cpu/floor_kernels.h"
+#include "cpu/inversions.h"
 #include "cpu/triplet_kernels.h"
 
 namespace py = pybind11;
@@ -164,6 +165,11 @@ void floor_entry(std::uintptr_t emb, int64_t n, int64_t d, std::uintptr_t trip, 
                        reinterpret_cast<float*>(grad), reinterpret_cast<uint8_t*>(touched), threads, ahead);
 }
 
+int64_t inversions_entry(std::uintptr_t y, int64_t n, int threads) {
+  if (n < 0 || threads < 1) throw std::invalid_argument("fastalign._cpu: need n >= 0 and num_threads >= 1");
+  return count_inversions(reinterpret_cast<const int64_t*>(y), n, threads);
+}
+
 // Test hook: the portable fp16 conversion used when the compiler has no _Float16.
 void f16_manual_entry(std::uintptr_t src, std::uintptr_t dst, int64_t n) {
   const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
@@ -216,6 +222,8 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("ahead") = kPrefetchAhead,
         "Benchmark hook: move the fused loss's gathered bytes (3B row reads, 3B gradient-row adds into an "
         "uninitialised fp32 grad with zeroed byte flags `touched` (N,)) with no arithmetic, rows prefetched `ahead` triplets ahead; racy, time only.");
+  m.def("count_inversions", &inversions_entry, nogil, py::arg("y"), py::arg("n"), py::arg("num_threads"),
+        "Exact number of pairs i < j with y[i] > y[j] of n contiguous int64 values (merge sort).");
   m.def("_f16_manual", &f16_manual_entry, nogil, py::arg("src"), py::arg("dst"), py::arg("n"),
         "Test hook: convert n fp16 bit patterns with the portable (non-_Float16) path.");
 }

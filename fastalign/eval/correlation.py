@@ -9,7 +9,8 @@ sorts are several times faster than ``torch.sort`` there); on a GPU through torc
   many times (the human RDM of an RSA against several representations).
 - ``kendall_tau_a``: Knight's algorithm. Sort by ``(x, y)``; the discordant
   pairs are then the inversions of ``y``, counted by ``count_inversions``
-  (``log2 n`` levels; see its docstring for the two ways a level is counted).
+  (``fastalign.ops.count_inversions``: the compiled merge sort when
+  ``fastalign._cpu`` is built, else one NumPy sort per level; torch on a GPU).
   rsatoolbox's ``_tau_a`` is also ``O(n log n)`` (it reuses scipy's Cython merge
   sort) but runs on the CPU in NumPy only; this one gives the same number on any device.
 
@@ -33,6 +34,11 @@ import numpy as np
 import torch
 
 from ..common.tensors import as_vector
+from ..ops import count_inversions
+
+# The paths under their former names, which tests/test_eval_rsa.py checks one by one.
+from ..ops.inversions import inversions_levels as _inversions_levels  # noqa: F401
+from ..ops.inversions import inversions_merge as _inversions_merge  # noqa: F401
 
 __all__ = ["Ranked", "count_inversions", "dense_rank", "kendall_tau_a", "pearson", "rank_vector", "rankdata",
            "spearman"]
@@ -150,136 +156,6 @@ def dense_rank(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     """0-based dense ranks (equal values share a rank) and the number of distinct values."""
     _, dense, counts = _rank_parts(x)
     return dense, int(counts.numel())
-
-
-def _inversions_merge(y: torch.Tensor) -> int:
-    """Inversions by a bottom-up merge sort in torch (the GPU path).
-
-    At width ``w`` the array is a row of sorted runs of length ``w``; each pair
-    of runs is merged at once for all pairs. For every element of a right run,
-    ``w - #(left <= it)`` left elements exceed it.
-    """
-    n = y.numel()
-    size = 1 << (n - 1).bit_length()
-    # Pads hold a value above every real one and sit at the end, so they are
-    # never greater than an element to their right: they add no inversion.
-    a = torch.full((size,), int(y.max()) + 1, dtype=torch.int64, device=y.device)
-    a[:n] = y
-    small = size < 2**31
-    total = 0
-    w = 1
-    while w < size:
-        runs = a.view(-1, 2, w)
-        left = runs[:, 0].contiguous()
-        right = runs[:, 1].contiguous()
-        le = torch.searchsorted(left, right, right=True, out_int32=small)  # left elements <= each right one
-        lt = torch.searchsorted(right, left, right=False, out_int32=small)  # right elements < each left one
-        total += int((w - le).sum(dtype=torch.int64))
-        # Merged position = index in own run + elements of the other run that go first
-        # (left before equal right), which is a permutation of 0..2w-1 in each row.
-        ar = torch.arange(w, device=a.device)
-        merged = torch.empty((runs.shape[0], 2 * w), dtype=a.dtype, device=a.device)
-        merged.scatter_(1, ar + lt.long(), left)
-        merged.scatter_(1, ar + le.long(), right)
-        a = merged.view(-1)
-        w *= 2
-    return total
-
-
-def _local_ranks(v: np.ndarray, vbits: int, t: int) -> np.ndarray:
-    """Dense ranks of ``v`` within each block of ``2^t`` positions (order and ties kept inside a block)."""
-    pos = np.arange(v.size, dtype=np.int64)
-    key = ((pos >> t) << vbits) | v
-    order = np.argsort(key)
-    ks = key[order]
-    new = np.empty(v.size, dtype=np.int64)
-    new[:1] = 1
-    np.not_equal(ks[1:], ks[:-1], out=new[1:])
-    dense = np.cumsum(new)
-    # Sorting by block first keeps every block at its own positions.
-    local = dense - dense[(pos >> t) << t]
-    out = np.empty_like(local)
-    out[order] = local
-    return out
-
-
-def _block_terms(n: int, s: int) -> int:
-    """Sum over the blocks of ``2^s`` positions of ``l * start + l (l - 1) / 2``, ``l`` its left elements."""
-    size, w = 1 << s, 1 << (s - 1)
-    full, rest = divmod(n, size)
-    total = w * size * full * (full - 1) // 2 + full * w * (w - 1) // 2
-    last = min(w, rest)  # the short last block
-    return total + last * full * size + last * (last - 1) // 2
-
-
-def _inversions_levels(y: np.ndarray, key_bits: int = 31) -> int:
-    """Inversions of non-negative ints by one NumPy sort per level (the CPU path).
-
-    Level ``s`` counts the inversions between the two halves of every block of
-    ``2^s`` positions. Sorting every block by ``(value, half)`` (one sort of packed
-    keys for all blocks) puts before each left-half element exactly the
-    right-half elements smaller than it: their number is the element's position
-    in its block minus the left elements before it. So a level's count is the
-    sum of its left elements' positions (a dot product) minus, per block,
-    ``l (l - 1) / 2`` for its ``l`` left elements and ``l`` times its start.
-    Equal values are no inversion: the half bit sorts a left element before an
-    equal right one. Keys are int32 (half the sort time of int64): when block,
-    value and half bits no longer fit, the values are replaced by their dense
-    ranks within the current blocks, which is all the lower levels compare.
-    ``key_bits`` (31, or 63 for int64 keys) is lowered in the tests to exercise that.
-    """
-    n = y.size
-    levels = (n - 1).bit_length()
-    if levels + 3 > key_bits:
-        key_bits = 63
-    kdt = np.int32 if key_bits <= 31 else np.int64
-    v = y.astype(np.int64)
-    vbits = max(1, int(v.max()).bit_length())
-    total = int(np.count_nonzero(v[0:n - 1:2] > v[1::2]))  # level 1: adjacent pairs
-    pos = np.arange(n, dtype=kdt)
-    # Exact int64 position sums; einsum, not np.dot: no BLAS threads to wake beside torch's.
-    pos64 = np.arange(n, dtype=np.int64)
-    q = np.empty_like(pos)
-    key = np.empty_like(pos)
-    v2 = None
-    for s in range(levels, 1, -1):
-        if (levels - s) + vbits + 1 > key_bits:
-            v = _local_ranks(v, vbits, s)
-            vbits, v2 = max(1, s), None
-        if v2 is None:
-            v2 = (v << 1).astype(kdt)
-        np.right_shift(pos, s - 1, out=q)  # block index * 2 + half
-        np.right_shift(q, 1, out=key)
-        np.left_shift(key, vbits + 1, out=key)
-        np.bitwise_or(key, v2, out=key)
-        np.bitwise_and(q, 1, out=q)
-        np.bitwise_or(key, q, out=key)
-        key.sort()
-        np.bitwise_and(key, 1, out=q)  # 1 where a right element sits in the sorted blocks
-        left_pos = n * (n - 1) // 2 - int(np.einsum("i,i->", q, pos64))
-        total += left_pos - _block_terms(n, s)
-    return total
-
-
-def count_inversions(y: torch.Tensor) -> int:
-    """Number of pairs ``i < j`` with ``y[i] > y[j]`` (strict; equal values are not inversions).
-
-    Args:
-        y: 1-D integer tensor (any values).
-    """
-    if y.dim() != 1:
-        raise ValueError(f"y must be 1-D, got shape {tuple(y.shape)}")
-    n = y.numel()
-    if n < 2:
-        return 0
-    y = y.long()
-    if y.device.type != "cpu":
-        return _inversions_merge(y)
-    a = y.numpy()
-    # Packed keys need values below 2^31 or so; dense ranks (< n) always fit.
-    if int(a.min()) < 0 or int(a.max()) >= max(n, 1 << 20):
-        a = dense_rank(y)[0].numpy()
-    return _inversions_levels(a)
 
 
 def kendall_tau_a(x: Vector, y: Vector) -> float:

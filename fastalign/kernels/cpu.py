@@ -120,6 +120,23 @@ def load_extension():
     return _cpu
 
 
+def count_inversions(y: torch.Tensor, num_threads: int = 1) -> int:
+    """Pairs ``i < j`` with ``y[i] > y[j]`` of a 1-D int64 CPU tensor, exact (``csrc/cpu/inversions.h``).
+
+    Raises ImportError when the extension is missing or was built before this
+    kernel existed (``fastalign.ops.count_inversions`` then takes the NumPy path).
+    """
+    ext = load_extension()
+    if not hasattr(ext, "count_inversions"):
+        raise ImportError("fastalign._cpu was built before count_inversions existed; rebuild it: "
+                          "pip install -e . --no-build-isolation")
+    if y.device.type != "cpu" or y.dtype != torch.int64 or y.dim() != 1:
+        raise ValueError(f"count_inversions needs a 1-D int64 CPU tensor, got {y.dtype} of shape "
+                         f"{tuple(y.shape)} on {y.device}")
+    y = y.contiguous()
+    return int(ext.count_inversions(y=y.data_ptr(), n=y.numel(), num_threads=int(num_threads)))
+
+
 def _ptr(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
