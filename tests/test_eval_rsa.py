@@ -116,6 +116,16 @@ def test_rankdata_pearson_spearman_vs_scipy():
         st.spearmanr(x, y.astype(np.float32))[0], abs=1e-6)
 
 
+def test_float32_ranks_vs_scipy_with_signed_zeros_infinities_and_ties():
+    """float32 vectors rank by one integer sort of packed (value bits, index) keys: every sign,
+    -0.0 against +0.0 (equal), the infinities, subnormals and heavy ties must rank as scipy does."""
+    rng = np.random.default_rng()
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 3e38, -3e38, 1e-45, -1e-45, 1.0, -1.0], np.float32)
+    for x in (rng.normal(size=5000).astype(np.float32), rng.integers(-4, 4, 5000).astype(np.float32),
+              np.concatenate([special, special, rng.normal(size=50).astype(np.float32)]), special[:1]):
+        np.testing.assert_array_equal(rankdata(torch.from_numpy(x)).numpy(), st.rankdata(x))
+
+
 def test_correlation_bad_input():
     assert np.isnan(pearson(np.ones(5), np.arange(5.0)))
     assert np.isnan(spearman(np.ones(5), np.arange(5.0)))

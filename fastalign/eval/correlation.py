@@ -88,12 +88,30 @@ def _check_pair(x: Vector, y: Vector) -> Tuple[torch.Tensor, torch.Tensor]:
     return xv, yv
 
 
+def _argsort(a: np.ndarray) -> np.ndarray:
+    """An order that sorts ``a`` (ties in any order; no NaN).
+
+    float32 (an RDM's triangle): one uint64 sort of keys holding the value's order-preserving
+    bits above its index. NumPy sorts 64-bit integers with SIMD but argsorts by comparing
+    through an index array: 36 against 55 ms for a THINGS RDM's 1.7M pairs.
+    """
+    if a.dtype != np.float32 or a.size >= 1 << 32:
+        return np.argsort(a)
+    u = a.view(np.uint32)
+    # Negative floats: flip every bit (larger magnitude, smaller); others: set the sign bit. -0.0
+    # and +0.0 land next to each other, so equal values stay contiguous.
+    key = np.where(u >> np.uint32(31) == 1, ~u, u | np.uint32(1 << 31)).astype(np.uint64) << np.uint64(32)
+    key |= np.arange(a.size, dtype=np.uint64)
+    key.sort()
+    return (key & np.uint64(0xFFFFFFFF)).astype(np.intp)
+
+
 def _rank_parts(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(average ranks float64, dense ranks int64, group sizes int64) of a 1-D tensor, by one sort."""
     n = x.numel()
     if x.device.type == "cpu":
         a = x.numpy()
-        order = np.argsort(a)
+        order = _argsort(a)
         s = a[order]
         new = np.empty(n, dtype=bool)
         new[:1] = True
