@@ -171,10 +171,12 @@ def test_student_options_change_the_student_key():
         def student_digest(self):
             return "same-inputs"
 
-    def key(overrides):
-        return digest_obj(_stage_student(load_config(overrides=overrides), SameInputs(), Path("."), print).config)
+    def key(overrides, progress=True):
+        cfg = load_config(overrides=overrides)
+        return digest_obj(_stage_student(cfg, SameInputs(), Path("."), print, progress).config)
 
     base = key([])
+    assert key([], progress=False) == base  # `run --quiet` hides the bar and keeps the cache
     for o in ["student.train.steps=7", "student.optim.lr=0.1", "student.loss.divergence=kl",
               "student.student.head=linear", "student.data.image_size=32", "student.eval.val_batches=2"]:
         assert key([o]) != base, o

@@ -246,7 +246,7 @@ def check_student(cfg: RunConfig, inputs: Inputs, out: Path) -> None:
         build_student(dc.student)
 
 
-def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say, progress: bool):
+def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say, progress: bool = True):
     def body(stage_dir: Path):
         split = _load_split(out)
         save_triplets_txt(stage_dir / "calibration_triplets.txt", split["calibration"])
@@ -290,7 +290,8 @@ def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say, progress: boo
     return Stage("student", {"student": asdict(cfg.student), "inputs": inputs.student_digest()}, ["triplets"], body)
 
 
-def _stage_evaluate(cfg: RunConfig, inputs: Inputs, out: Path, runner: StageRunner, say, progress: bool):
+def _stage_evaluate(cfg: RunConfig, inputs: Inputs, out: Path, runner: StageRunner, say,
+                    progress: bool = True):
     def body(stage_dir: Path):
         return write_report(cfg, inputs, out, stage_dir, runner, say, progress)
 
