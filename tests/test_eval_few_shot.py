@@ -111,3 +111,55 @@ def test_options_validation():
         FewShotOptions(episodes=1).check()
     with pytest.raises(ValueError, match="normalize"):
         FewShotOptions(normalize="zscore").check()
+
+
+def _things_probes(episodes=40):
+    from fastalign.datasets.things import load_things
+    from fastalign.eval.few_shot import few_shot_probes
+
+    d = load_things()
+    x = torch.tensor(np.asarray(d.features["spose49"]))
+    return few_shot_probes(x, single_category_labels(d.categories), ("centroid", "logreg"),
+                           FewShotOptions(shots=(1, 5), episodes=episodes))
+
+
+def test_probe_results_do_not_depend_on_threads_or_unit_size(monkeypatch):
+    """The episodes run as units side by side, each on one torch thread: the numbers are the same,
+    bit for bit, on 1 or 2 threads and for any unit size (each episode's fit stops on its own)."""
+    import fastalign.eval.few_shot as fs
+
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads, unit in ((2, 100), (1, 100), (2, 7), (2, 1000)):
+            torch.set_num_threads(threads)
+            monkeypatch.setattr(fs, "UNIT_EPISODES", unit)
+            runs.append(_things_probes())
+            assert torch.get_num_threads() == threads  # restored after the units ran on one thread each
+    finally:
+        torch.set_num_threads(before)
+    assert all(r == runs[0] for r in runs[1:])
+    assert runs[0]["logreg"][5]["mean"] > runs[0]["logreg"][5]["chance"] + 0.2  # a real result, not zeros
+
+
+def test_map_units_keeps_order_restores_threads_and_raises():
+    from fastalign.eval.threads import map_units
+
+    before = torch.get_num_threads()
+    seen_threads = []
+
+    def work(i):
+        seen_threads.append(torch.get_num_threads())
+        return torch.full((3,), float(i)).sum().item()
+
+    assert map_units(work, list(range(20)), torch.device("cpu")) == [3.0 * i for i in range(20)]
+    assert set(seen_threads) == {1} and torch.get_num_threads() == before
+
+    def bad(i):
+        if i == 3:
+            raise ValueError("unit 3 failed")
+        return i
+
+    with pytest.raises(ValueError, match="unit 3 failed"):
+        map_units(bad, list(range(6)), torch.device("cpu"))
+    assert torch.get_num_threads() == before

@@ -43,6 +43,7 @@ from ..common.seeds import derive_seed
 from ..common.tensors import as_emb, as_index
 from ..ops import acc_dtype
 from .logreg import fit_kernel_logreg
+from .threads import map_units
 
 __all__ = ["FewShotOptions", "PROBES", "few_shot_accuracy", "few_shot_probes", "fit_logreg", "single_category_labels"]
 
@@ -124,8 +125,9 @@ def fit_logreg(
 
 # Labelled rows up to which the probes share one Gram matrix (256 MB in float32).
 GRAM_MAX_ROWS = 8192
-# Episodes fitted together, and scored together (the scores are episodes x examples x classes).
-FIT_BATCH = 256
+# Episodes fitted together (one work unit), and scored together (the scores are episodes x examples x
+# classes). Results do not depend on either: each episode's fit stops on its own.
+UNIT_EPISODES = 100
 SCORE_BATCH = 50
 
 
@@ -202,39 +204,39 @@ class _Episodes:
         return per_class.mean(1).to(torch.float64).cpu()
 
 
-def _episode_accuracies(x: torch.Tensor, y: torch.Tensor, n_classes: int, k: int, opts: FewShotOptions,
-                        probes: Sequence[str], gram: Optional[torch.Tensor]):
-    """Episodes for one shot count: (summary base, {probe: (episodes,) balanced accuracies} or None)."""
-    ep = _Episodes(x, y, n_classes, k, opts)
-    c = ep.c
-    base = {"shots": k, "n_classes": c, "episodes": opts.episodes, "chance": (1.0 / c) if c else None}
-    if c < 2:
-        return base, None
-    xs = ep.xs
-    products = _Products(xs, None if gram is None else (gram if bool(ep.sel.all()) else gram[ep.sel][:, ep.sel]))
-    # Draw every episode first (the draws are per episode_batch, as always); then fit them in
-    # large batches: fewer, larger ops (each large op waits for both threads on a loaded CPU).
-    supports = torch.cat(list(ep.supports()))
-    chunks = [(e0, min(e0 + FIT_BATCH, opts.episodes)) for e0 in range(0, opts.episodes, FIT_BATCH)]
-    accs: Dict[str, List[torch.Tensor]] = {p: [] for p in probes}
-    for e0, e1 in progress(chunks, len(chunks), f"few-shot k={k} ({', '.join(probes)})", opts.show_progress):
-        support = supports[e0:e1]
-        for probe in probes:
+class _Shot:
+    """One shot count's episodes, their support sets and the products the probes share."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int, k: int, opts: FewShotOptions,
+                 gram: Optional[torch.Tensor]):
+        self.k = k
+        self.ep = ep = _Episodes(x, y, n_classes, k, opts)
+        self.base = {"shots": k, "n_classes": ep.c, "episodes": opts.episodes,
+                     "chance": (1.0 / ep.c) if ep.c else None}
+        if ep.c < 2:
+            return
+        self.products = _Products(ep.xs, None if gram is None else
+                                  (gram if bool(ep.sel.all()) else gram[ep.sel][:, ep.sel]))
+        self.supports = torch.cat(list(ep.supports()))  # every episode, drawn per episode_batch as always
+
+    def accuracies(self, probe: str, e0: int, e1: int, opts: FewShotOptions) -> torch.Tensor:
+        """(e1 - e0,) balanced accuracies of episodes ``e0:e1`` under ``probe``."""
+        ep, k, c = self.ep, self.k, self.ep.c
+        support = self.supports[e0:e1]
+        if probe == "logreg":
+            a, b, _ = fit_kernel_logreg(self.products.support(support), ep.support_y, c, float(opts.l2),
+                                        opts.max_iter, float(opts.tol))
+        out = []
+        for s0 in range(0, e1 - e0, SCORE_BATCH):
+            sl = slice(s0, s0 + SCORE_BATCH)
             if probe == "centroid":
-                for s0 in range(0, e1 - e0, SCORE_BATCH):
-                    sup = support[s0:s0 + SCORE_BATCH]
-                    cent = xs[sup].reshape(sup.shape[0], c, k, -1).mean(2)  # (E, C, D)
-                    # argmin |x - c|^2 = argmax 2 x.c - |c|^2
-                    scores = 2 * torch.matmul(xs, cent.transpose(1, 2)) - (cent * cent).sum(2)[:, None, :]
-                    accs[probe].append(ep.accuracy(sup, scores.argmax(2)))
+                cent = ep.xs[support[sl]].reshape(support[sl].shape[0], c, k, -1).mean(2)  # (E, C, D)
+                # argmin |x - c|^2 = argmax 2 x.c - |c|^2
+                scores = 2 * torch.matmul(ep.xs, cent.transpose(1, 2)) - (cent * cent).sum(2)[:, None, :]
             else:
-                a, b, _ = fit_kernel_logreg(products.support(support), ep.support_y, c, float(opts.l2),
-                                            opts.max_iter, float(opts.tol))
-                for s0 in range(0, e1 - e0, SCORE_BATCH):
-                    sl = slice(s0, s0 + SCORE_BATCH)
-                    scores = products.scores(support[sl], a[sl], b[sl])
-                    accs[probe].append(ep.accuracy(support[sl], scores.argmax(2)))
-    return base, {p: torch.cat(v) for p, v in accs.items()}
+                scores = self.products.scores(support[sl], a[sl], b[sl])
+            out.append(ep.accuracy(support[sl], scores.argmax(2)))
+        return torch.cat(out)
 
 
 def _summary(base: Dict[str, Any], probe: str, acc: Optional[torch.Tensor]) -> Dict[str, Any]:
@@ -282,11 +284,20 @@ def few_shot_probes(features: Any, labels: Any, probes: Sequence[str] = PROBES,
             raise ValueError(f"probe must be one of {list(PROBES)}, got {p!r}")
     x, y, n_classes = _labelled(features, labels, opts)
     gram = x @ x.T if "logreg" in probes and x.shape[0] <= GRAM_MAX_ROWS else None
+    shots = [_Shot(x, y, n_classes, k, opts, gram) for k in opts.shots]
+    # Work units of UNIT_EPISODES episodes: fitted side by side, each on one thread (see .threads).
+    units = [(i, p, e0, min(e0 + UNIT_EPISODES, opts.episodes)) for i, shot in enumerate(shots) if shot.ep.c >= 2
+             for p in probes for e0 in range(0, opts.episodes, UNIT_EPISODES)]
+    results = map_units(lambda u: shots[u[0]].accuracies(u[1], u[2], u[3], opts), units, x.device,
+                        lambda it: progress(it, len(units), f"few-shot ({', '.join(probes)})", opts.show_progress))
+    accs: Dict[Tuple[int, str], List[torch.Tensor]] = {}
+    for (i, p, _, _), acc in zip(units, results):
+        accs.setdefault((i, p), []).append(acc)
     out: Dict[str, Dict[int, Dict[str, Any]]] = {p: {} for p in probes}
-    for k in opts.shots:
-        base, accs = _episode_accuracies(x, y, n_classes, k, opts, probes, gram)
+    for i, shot in enumerate(shots):
         for p in probes:
-            out[p][k] = _summary(base, p, None if accs is None else accs[p])
+            acc = torch.cat(accs[(i, p)]) if (i, p) in accs else None
+            out[p][shot.k] = _summary(shot.base, p, acc)
     return out
 
 
