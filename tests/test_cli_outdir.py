@@ -3,8 +3,8 @@ theirs, as make-triplets does (issue 14, problem 8)."""
 
 import json
 
-import numpy as np
 import pytest
+from small_inputs import write_small_inputs
 
 from fastalign.cli.main import main
 
@@ -12,27 +12,7 @@ from fastalign.cli.main import main
 @pytest.fixture
 def inputs(tmp_path):
     """Small features, teacher embeddings, human triplets and a distill config over them."""
-    rng = np.random.default_rng(0)
-    np.save(tmp_path / "feats.npy", rng.normal(size=(30, 6)).astype(np.float32))
-    np.save(tmp_path / "teacher.npy", rng.normal(size=(30, 4)).astype(np.float32))
-    np.savetxt(tmp_path / "human.txt", np.stack([rng.choice(30, 3, replace=False) for _ in range(300)]), fmt="%d")
-    (tmp_path / "distill.toml").write_text(f"""
-[student]
-features = "{tmp_path / 'feats.npy'}"
-head_dim = 3
-[data]
-source = "dense"
-teacher_embeddings = "{tmp_path / 'teacher.npy'}"
-dense_items = 10
-[optim]
-warmup_steps = 1
-[train]
-steps = 2
-batch_triplets = 16
-micro_batch = 8
-progress = false
-""")
-    return tmp_path
+    return write_small_inputs(tmp_path, steps=2, progress=False)
 
 
 def _foreign(folder):

@@ -3,8 +3,8 @@ for); errors still go to stderr (issue 14, problem 8: "--quiet still prints tabl
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from small_inputs import write_small_inputs
 
 from fastalign.cli import run as run_cli
 from fastalign.cli.main import main
@@ -12,27 +12,7 @@ from fastalign.cli.main import main
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("quiet")
-    rng = np.random.default_rng(0)
-    np.save(root / "feats.npy", rng.normal(size=(30, 6)).astype(np.float32))
-    np.save(root / "teacher.npy", rng.normal(size=(30, 4)).astype(np.float32))
-    np.savetxt(root / "human.txt", np.stack([rng.choice(30, 3, replace=False) for _ in range(300)]), fmt="%d")
-    (root / "distill.toml").write_text(f"""
-[student]
-features = "{root / 'feats.npy'}"
-head_dim = 3
-[data]
-source = "dense"
-teacher_embeddings = "{root / 'teacher.npy'}"
-dense_items = 10
-[optim]
-warmup_steps = 1
-[train]
-steps = 3
-batch_triplets = 16
-micro_batch = 8
-""")
-    return root
+    return write_small_inputs(tmp_path_factory.mktemp("quiet"), steps=3)
 
 
 def _run(capsys, *argv):
