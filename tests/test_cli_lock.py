@@ -120,8 +120,19 @@ def test_the_folder_may_be_a_link_to_one_but_not_a_file(tmp_path):
         assert (tmp_path / "real" / LOCK_NAME).is_file() and folder == tmp_path / "link"
     (tmp_path / "file").write_text("x")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
-    for bad in ("file", "dangling"):
-        with pytest.raises(FileExistsError):
+    for bad, kind in (("file", "not a folder"), ("dangling", "a link to nowhere")):
+        with pytest.raises(FileExistsError, match=f"{bad} exists and is {kind}"):
             with hold_folder_lock(tmp_path / bad):
                 pass
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_run_out_on_a_file_is_a_clear_error(tmp_path, capsys):
+    """Before: `fastalign run --out FILE` ended with '[Errno 17] File exists'."""
+    from fastalign.cli.main import main
+
+    (tmp_path / "afile").write_text("x")
+    assert main(["run", "--out", str(tmp_path / "afile"), "--preset", "quick"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fastalign run: error: {tmp_path / 'afile'} exists and is not a folder; choose another output folder")
+    assert (tmp_path / "afile").read_text() == "x"

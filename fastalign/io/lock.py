@@ -45,7 +45,7 @@ def _holder(path: Path) -> str:
 
 
 def _make_folder(folder: Path) -> bool:
-    """``mkdir -p folder``; True if this call created it.
+    """``mkdir -p folder``; True if this call created it. FileExistsError if something else is there.
 
     ``Path.mkdir(exist_ok=True)`` is not enough: when the folder exists at its mkdir but a releaser
     removes it (see ``hold_folder_lock``) before its own is-dir check, it raises FileExistsError
@@ -66,7 +66,8 @@ def _make_folder(folder: Path) -> bool:
                 return False
             if stat.S_ISLNK(mode) and os.path.isdir(folder):  # a link to a folder is a folder
                 return False
-            raise  # a file, or a link to nowhere: a real error
+            kind = "a link to nowhere" if stat.S_ISLNK(mode) else "not a folder"
+            raise FileExistsError(f"{folder} exists and is {kind}; choose another output folder") from None
 
 
 def _acquire(folder: Path, what: str) -> int:
