@@ -146,3 +146,97 @@ def test_float32_rounded_probabilities_pass_as_float64():
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="probability vector"):
         fastalign.triplet_distill_loss(emb, trip, target_probs=p64 * (1 + 1e-4), backend="torch")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_bad_target_sims_are_named(backend):
+    """NaN / +Inf teacher similarities are reported as target_sims (the op softmaxes them itself);
+    -Inf is a similarity of probability 0, and a row of -Inf alone has no distribution."""
+    emb, trip = random_problem()
+    b = trip.shape[0]
+    for bad in (float("nan"), float("inf")):
+        s = torch.zeros(b, 3)
+        s[4, 1] = bad
+        with pytest.raises(ValueError, match=r"target_sims row 4 .* NaN or \+Inf"):
+            fastalign.triplet_distill_loss(emb, trip, target_sims=s, backend=backend)
+    s = torch.zeros(b, 3)
+    s[4] = float("-inf")
+    with pytest.raises(ValueError, match="target_sims row 4 is all -Inf"):
+        fastalign.triplet_distill_loss(emb, trip, target_sims=s, backend=backend)
+    s[4, 0] = 0.0  # one finite pair: p = [1, 0, 0], a valid target
+    p = torch.full((b, 3), 1 / 3)
+    p[4] = torch.tensor([1.0, 0.0, 0.0])
+    s[s != float("-inf")] = 0.0
+    got = fastalign.triplet_distill_loss(emb, trip, target_sims=s, backend=backend)
+    want = fastalign.triplet_distill_loss(emb, trip, target_probs=p, backend=backend)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("t", [torch.tensor(2.0), torch.tensor(2.0, requires_grad=True), "1", True, None])
+def test_temperature_must_be_a_python_number(t):
+    """A tensor would be read with float() and silently detached (a learnable temperature would
+    get no gradient); strings and bools are not numbers."""
+    emb, trip = random_problem()
+    with pytest.raises(TypeError, match="temperature must be a"):
+        fastalign.triplet_loss(emb, trip, temperature=t)
+    with pytest.raises(TypeError, match="temperature must be a"):
+        fastalign.TripletDistillLoss(temperature=t)
+    with pytest.raises(TypeError, match="teacher_temperature must be a"):
+        fastalign.triplet_distill_loss(emb, trip, target_sims=torch.zeros(trip.shape[0], 3), teacher_temperature=t)
+
+
+def test_numpy_scalar_temperatures_are_numbers():
+    import numpy as np
+
+    emb, trip = random_problem()
+    for t in (np.float32(2.0), np.float64(2.0), 2):
+        torch.testing.assert_close(fastalign.triplet_loss(emb, trip, temperature=t),
+                                   fastalign.triplet_loss(emb, trip, temperature=2.0))
+
+
+def test_loss_modules_check_backend_when_built():
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        fastalign.TripletLoss(backend="gpu")
+    with pytest.raises(TypeError, match="backend must be a string"):
+        fastalign.TripletDistillLoss(backend=3)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_accuracy_of_nan_embeddings_is_an_error(backend):
+    """NaN compares false: a NaN row used to count as a tie (wrong) and give a plausible accuracy."""
+    emb, trip = random_problem(n=40)
+    emb[int(trip[7, 1])] = float("nan")
+    with pytest.raises(ValueError, match=r"triplets row \d+ .* NaN or Inf similarity"):
+        fastalign.odd_one_out_accuracy(emb, trip, backend=backend)
+    with pytest.raises(ValueError, match="NaN or Inf similarity"):
+        fastalign.odd_one_out_accuracy(emb, trip, backend=backend, reduction="none")
+
+
+def test_eval_accuracy_of_nan_embeddings_is_an_error():
+    import numpy as np
+
+    from fastalign.eval import triplet_accuracy
+
+    e = np.random.default_rng(0).standard_normal((4, 3))
+    e[0] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf similarity"):
+        triplet_accuracy(e, np.array([[0, 1, 2], [1, 2, 3]]))
+
+
+@pytest.mark.parametrize("std", [torch.zeros(3), -torch.ones(3), torch.tensor([1.0, float("nan"), 1.0]),
+                                 torch.tensor(float("inf")), 0.0, -2.0, float("nan"), float("inf")])
+def test_affine_transform_refuses_bad_std(std):
+    x, W, b = torch.randn(5, 3), torch.randn(3, 2), torch.zeros(2)
+    with pytest.raises(ValueError, match="std must be finite and > 0"):
+        fastalign.affine_transform(x, W, b, 0.0, std)
+    # the caller that checked std itself may skip the check (no device sync)
+    z = fastalign.affine_transform(x, W, b, 0.0, torch.full((3,), 2.0), check_std=False)
+    torch.testing.assert_close(z, (x / 2) @ W + b)
+
+
+def test_affine_transform_refuses_non_tensor_weights():
+    x = torch.randn(5, 3)
+    with pytest.raises(TypeError, match="W must be a torch.Tensor"):
+        fastalign.affine_transform(x, torch.randn(3, 2).numpy())
+    with pytest.raises(TypeError, match="b must be a torch.Tensor"):
+        fastalign.affine_transform(x, torch.randn(3, 2), [0.0, 0.0])

@@ -59,8 +59,10 @@ def test_opcheck():
     trip = torch.randint(0, 10, (12, 3))
     torch.library.opcheck(torch.ops.fastalign.triplet_similarities.default, (emb, trip, False, "torch"))
     p = torch.softmax(torch.randn(12, 3, dtype=torch.float64), 1)
+    sims = torch.randn(12, 3, dtype=torch.float64)
     for reduction in (0, 2):
-        torch.library.opcheck(
-            torch.ops.fastalign.triplet_objective.default,
-            (emb, trip, p, None, None, 1, True, 1.5, reduction, "torch", True, False),
-        )
+        for target, teacher_t in ((p, 0.0), (sims, 0.7)):  # probabilities, or similarities softmaxed in the op
+            torch.library.opcheck(
+                torch.ops.fastalign.triplet_objective.default,
+                (emb, trip, target, None, None, 1, True, 1.5, teacher_t, reduction, "torch", True, False),
+            )

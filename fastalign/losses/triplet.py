@@ -8,12 +8,21 @@ from typing import Optional
 
 import torch
 
-from ..ops import triplet_distill_loss, triplet_loss, validate
+from ..ops import registry, triplet_distill_loss, triplet_loss, validate
 
 
 @dataclass(frozen=True)
 class TripletLossOptions:
-    """Options shared by the triplet losses (see ``fastalign.triplet_loss``)."""
+    """Options shared by the triplet losses, checked when the loss is built.
+
+    Attributes:
+        temperature: student softmax temperature, a Python number > 0.
+        similarity: "dot" or "cosine".
+        reduction: "mean" (sum of weighted losses / B), "sum" or "none" (B,).
+        backend: None ($FASTALIGN_BACKEND or "auto"), "auto" or a registered backend
+            ("torch", "cpu", "triton", "cuda"); see ``fastalign.backends()``.
+        check_finite: raise ``ValueError`` on NaN/Inf in ``emb`` (one extra read of it).
+    """
 
     temperature: float = 1.0
     similarity: str = "dot"
@@ -25,13 +34,23 @@ class TripletLossOptions:
         validate.check_temperature("temperature", self.temperature)
         validate.check_option("similarity", self.similarity, validate.SIMILARITIES)
         validate.check_option("reduction", self.reduction, validate.REDUCTIONS)
+        registry.check_name(self.backend)
 
 
 class TripletLoss(torch.nn.Module):
-    """Hard odd-one-out loss on human choices.
+    """Hard odd-one-out loss ``-log q[c]`` on human choices (``fastalign.triplet_loss``).
 
     ``loss = TripletLoss()(emb, triplets, odd=None, weight=None)``; column 2 of
     ``triplets`` is the odd one out unless ``odd`` says otherwise.
+
+    Args:
+        temperature, similarity, reduction, backend, check_finite: see
+            ``TripletLossOptions``; checked here, not at the first call.
+
+    ``forward(emb, triplets, odd=None, weight=None)``: ``emb`` (N, D) float
+    embeddings, ``triplets`` (B, 3) int32/int64 rows, ``odd`` optional (B,)
+    positions {0, 1, 2} of the odd one out, ``weight`` optional (B,) finite
+    weights >= 0. Returns a scalar, or (B,) with ``reduction="none"``.
     """
 
     def __init__(self, temperature: float = 1.0, similarity: str = "dot", reduction: str = "mean",
@@ -48,10 +67,20 @@ class TripletLoss(torch.nn.Module):
 
 
 class TripletDistillLoss(torch.nn.Module):
-    """KL or JSD between teacher and student odd-one-out distributions.
+    """KL or JSD between teacher and student odd-one-out distributions (``fastalign.triplet_distill_loss``).
 
     ``loss = TripletDistillLoss(divergence="jsd", temperature=100)(emb, triplets, target_sims=s)``.
     AligNet's released configuration is JSD at temperature 100.
+
+    Args:
+        divergence: "kl" for KL(p || q) or "jsd" for the Jensen-Shannon divergence.
+        temperature: student temperature, a Python number > 0.
+        teacher_temperature: applied to ``target_sims`` (> 0); unused with ``target_probs``.
+        similarity, reduction, backend, check_finite: see ``TripletLossOptions``.
+
+    ``forward(emb, triplets, target_probs=None, target_sims=None, weight=None)``:
+    exactly one target, (B, 3) in pair order ``[s01, s02, s12]``: teacher
+    probabilities (rows summing to 1) or teacher similarities.
     """
 
     def __init__(self, divergence: str = "kl", temperature: float = 1.0, teacher_temperature: float = 1.0,

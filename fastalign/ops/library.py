@@ -10,15 +10,20 @@ Ops
 - ``fastalign::triplet_similarities(emb, triplets, cosine, backend) -> sims``
 - ``fastalign::triplet_scatter(emb, triplets, coef, cosine, backend) -> grad``
 - ``fastalign::triplet_objective(emb, triplets, target, choice, weight, mode,
-  cosine, temperature, reduction, backend, want_grad, check_finite)
+  cosine, temperature, teacher_temperature, reduction, backend, want_grad,
+  check_finite)
   -> (loss, dsim, grad)``
 
 ``triplet_objective`` runs the fused forward+backward kernel when the loss is
 reduced ("mean"/"sum") and a gradient is wanted: the (N, D) gradient for a unit
 upstream gradient is computed in the forward pass and only scaled in backward,
-so the rows are read once per training step instead of twice. For
+so the rows are read once per training step instead of twice (a retained
+graph's later backward runs the fused kernel again). For
 ``reduction="none"`` the upstream gradient is per triplet, so backward runs the
 scatter kernel with ``coef = grad_out * weight * dsim``.
+
+The ops are once differentiable: a backward with ``create_graph=True`` raises
+instead of returning a gradient whose own gradient would silently be zero.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ def _sims_setup(ctx, inputs, output):
 
 
 def _sims_backward(ctx, grad_sims):
+    _refuse_double_backward()
     emb, triplets = ctx.saved_tensors
     coef = grad_sims.to(acc_dtype(emb.dtype))
     grad = triplet_scatter_op(emb, triplets, coef, ctx.cosine, ctx.backend)
@@ -90,6 +96,47 @@ def _rowscale(weight: Optional[torch.Tensor], reduction: int, b: int, acc: torch
     return (None if weight is None else weight.to(acc)), grad_scale
 
 
+def _target_probs(target: Optional[torch.Tensor], teacher_temperature: float, acc: torch.dtype):
+    """The teacher's probabilities: ``target`` itself, or ``softmax(target / T_teacher)`` when
+    ``teacher_temperature > 0`` says it holds similarities."""
+    if target is None:
+        return None
+    if teacher_temperature > 0:
+        return torch.softmax(target.to(acc) / teacher_temperature, dim=1).contiguous()
+    return target.to(acc).contiguous()
+
+
+def _run_fused(emb, triplets, target, choice, weight, mode, cosine, temperature, teacher_temperature,
+               reduction, backend, want_grad):
+    acc = acc_dtype(emb.dtype)
+    rowscale, grad_scale = _rowscale(weight, reduction, triplets.shape[0], acc)
+    return _kernels(backend, emb.device).fused(
+        emb,
+        triplets,
+        _target_probs(target, teacher_temperature, acc),
+        None if choice is None else choice.long().contiguous(),
+        rowscale,
+        mode,
+        cosine,
+        temperature,
+        grad_scale,
+        want_grad,
+    )
+
+
+_NO_DOUBLE_BACKWARD = (
+    "fastalign's triplet ops have no second derivative (their backward is a fused kernel): "
+    "create_graph=True through them (double backward, a gradient penalty) is not supported"
+)
+
+
+def _refuse_double_backward() -> None:
+    # The engine runs a backward with grad mode on exactly when create_graph=True. Without this
+    # check the gradient would come back as a tensor whose own gradient is silently zero.
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError(_NO_DOUBLE_BACKWARD)
+
+
 @torch.library.custom_op("fastalign::triplet_objective", mutates_args=())
 def triplet_objective_op(
     emb: torch.Tensor,
@@ -100,37 +147,34 @@ def triplet_objective_op(
     mode: int,
     cosine: bool,
     temperature: float,
+    teacher_temperature: float,
     reduction: int,
     backend: str,
     want_grad: bool,
     check_finite: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss of one of the ``MODES``, its ``dsim`` and (reduced, ``want_grad``) its fused gradient.
+
+    ``target`` holds probabilities when ``teacher_temperature`` is 0, else the
+    teacher's similarities (softmaxed here, so their check names them).
+    """
     b = triplets.shape[0]
     acc = acc_dtype(emb.dtype)
     validate.check_index_range(triplets, emb.shape[0])
     if choice is not None:
         validate.check_choice_range("odd", 2 - choice)
     if target is not None:
-        validate.check_probs(target, target.dtype)
+        if teacher_temperature > 0:
+            validate.check_sims("target_sims", target)
+        else:
+            validate.check_probs(target, target.dtype)
     if weight is not None:
         validate.check_weights(weight)
     if check_finite:
         validate.check_finite("emb", emb)
-    kernels = _kernels(backend, emb.device)
-    rowscale, grad_scale = _rowscale(weight, reduction, b, acc)
     fuse_grad = want_grad and reduction != _NONE
-    loss, dsim, grad = kernels.fused(
-        emb,
-        triplets,
-        None if target is None else target.to(acc).contiguous(),
-        None if choice is None else choice.long().contiguous(),
-        rowscale,
-        mode,
-        cosine,
-        temperature,
-        grad_scale,
-        fuse_grad,
-    )
+    loss, dsim, grad = _run_fused(emb, triplets, target, choice, weight, mode, cosine, temperature,
+                                  teacher_temperature, reduction, backend, fuse_grad)
     weighted = loss if weight is None else loss * weight.to(acc)
     if reduction == _NONE:
         out = weighted
@@ -142,7 +186,8 @@ def triplet_objective_op(
 
 
 @triplet_objective_op.register_fake
-def _(emb, triplets, target, choice, weight, mode, cosine, temperature, reduction, backend, want_grad, check_finite):
+def _(emb, triplets, target, choice, weight, mode, cosine, temperature, teacher_temperature, reduction, backend,
+      want_grad, check_finite):
     acc = acc_dtype(emb.dtype)
     b = triplets.shape[0]
     out = emb.new_empty((b,) if reduction == _NONE else (), dtype=acc)
@@ -153,22 +198,31 @@ def _(emb, triplets, target, choice, weight, mode, cosine, temperature, reductio
 
 
 def _objective_setup(ctx, inputs, output):
-    emb, triplets, _, _, weight, _, cosine, _, reduction, backend, _, _ = inputs
+    emb, triplets, target, choice, weight, mode, cosine, temperature, teacher_temperature, reduction, backend, \
+        _, _ = inputs
     _, dsim, grad = output
     ctx.cosine, ctx.backend, ctx.reduction = cosine, backend, reduction
+    ctx.mode, ctx.temperature, ctx.teacher_temperature = mode, temperature, teacher_temperature
     ctx.has_weight = weight is not None
     ctx.emb_dtype = emb.dtype
-    # Only kernels with a scale_ method (the cpu backend) take the in-place
-    # path; the GPU backends keep grad * grad_out.
-    ctx.scale_in_place = reduction != _NONE and hasattr(_kernels(backend, emb.device), "scale_")
-    ctx.scaled = ctx.handed_out = False
-    # dsim and grad are outputs nobody differentiates; materialized, their
-    # "gradients" would be a zero (B, 3) and a zero (N, D) tensor per backward.
+    # dsim and grad are by-products: nothing differentiates them, and a
+    # gradient taken with create_graph=True must not look differentiable.
+    ctx.mark_non_differentiable(dsim, grad)
+    # Unused outputs get no materialized zero "gradients" (a (B, 3) and an (N, D) tensor per backward).
     ctx.set_materialize_grads(False)
     if reduction == _NONE:
         ctx.save_for_backward(emb, triplets, dsim, weight if weight is not None else dsim.new_empty(0))
-    else:
-        ctx.save_for_backward(grad)
+        return
+    # Only kernels with a scale_ method (the cpu backend) take the in-place
+    # path; the GPU backends keep grad * grad_out.
+    ctx.scale_in_place = hasattr(_kernels(backend, emb.device), "scale_")
+    # The fused gradient is held detached, not saved: the first backward hands
+    # it to the caller (it becomes emb.grad, which the caller may zero or add
+    # to), so a later backward through a retained graph must not read it and
+    # recomputes it from the saved inputs instead. Detached, it holds no
+    # reference back to this node, so an unused graph frees it.
+    ctx.fused_grad = grad.detach()
+    ctx.save_for_backward(emb, triplets, target, choice, weight)
 
 
 @torch.library.custom_op("fastalign::triplet_grad_scale_", mutates_args=("grad",))
@@ -192,44 +246,49 @@ def _scale_in_place(grad: torch.Tensor, scale: torch.Tensor, backend: str) -> bo
     return True
 
 
+def _fused_grad(ctx) -> torch.Tensor:
+    """The unit-upstream gradient of a reduced loss.
+
+    The forward's buffer, or for a retained graph's later backward (the buffer
+    went to the caller) the same fused kernel run again on the saved inputs:
+    deterministic, so the value is the forward's.
+    """
+    grad = ctx.fused_grad
+    if grad is None:
+        emb, triplets, target, choice, weight = ctx.saved_tensors
+        _, _, grad = _run_fused(emb, triplets, target, choice, weight, ctx.mode, ctx.cosine, ctx.temperature,
+                                ctx.teacher_temperature, ctx.reduction, ctx.backend, True)
+    return grad
+
+
 def _objective_backward(ctx, grad_out, _grad_dsim, _grad_grad):
+    _refuse_double_backward()
     if grad_out is None:  # only dsim or grad was used downstream: neither carries a gradient
-        return (None,) * 12
-    if ctx.reduction != _NONE:
-        (grad,) = ctx.saved_tensors
-        if grad.numel() == 0:  # no gradient was requested in forward
-            return (None,) * 12
-        if grad_out.dim() == 0 and ctx.scale_in_place:
-            # A reduced loss's upstream gradient is a scalar (known from its
-            # shape, so tracing takes no data-dependent branch): the kernel
-            # scales the fused gradient, which only this node holds, in place
-            # instead of allocating grad * grad_out, and skips the pass when
-            # the scale is 1. Under torch.compile the op is functionalized
-            # like any in-place op.
-            if torch.compiler.is_compiling():
-                triplet_grad_scale_op(grad, grad_out, ctx.backend)
-            elif ctx.scaled:
-                raise RuntimeError(
-                    "backward ran twice through a retained graph of a reduced fastalign loss whose first "
-                    "upstream gradient was not 1: its fused gradient was scaled in place then; "
-                    "evaluate the loss again instead")
-            elif ctx.handed_out:
-                # A retained graph's later backward: the buffer went to the
-                # caller the first time (still unscaled), so copy.
-                return ((grad * grad_out.to(grad.dtype)).to(ctx.emb_dtype),) + (None,) * 11
-            else:
-                ctx.scaled = _scale_in_place(grad, grad_out, ctx.backend)
-                ctx.handed_out = True
-            grad_emb = grad if grad.dtype == ctx.emb_dtype else grad.to(ctx.emb_dtype)
-            return (grad_emb,) + (None,) * 11
-        grad_emb = (grad * grad_out.to(grad.dtype)).to(ctx.emb_dtype)
-    else:
+        return (None,) * 13
+    if ctx.reduction == _NONE:
         emb, triplets, dsim, weight = ctx.saved_tensors
         coef = dsim * grad_out.to(dsim.dtype)[:, None]
         if ctx.has_weight:
             coef = coef * weight.to(dsim.dtype)[:, None]
         grad_emb = triplet_scatter_op(emb, triplets, coef, ctx.cosine, ctx.backend).to(ctx.emb_dtype)
-    return (grad_emb,) + (None,) * 11
+        return (grad_emb,) + (None,) * 12
+    if ctx.fused_grad is not None and ctx.fused_grad.numel() == 0:  # no gradient was requested in forward
+        return (None,) * 13
+    if grad_out.dim() == 0 and ctx.scale_in_place:
+        # A reduced loss's upstream gradient is a scalar (known from its shape,
+        # so tracing takes no data-dependent branch): the kernel scales the
+        # fused gradient in place instead of allocating grad * grad_out, and
+        # skips the pass when the scale is 1. Under torch.compile the op is
+        # functionalized like any in-place op.
+        grad = _fused_grad(ctx)
+        ctx.fused_grad = None  # from here on the caller's
+        if torch.compiler.is_compiling():
+            triplet_grad_scale_op(grad, grad_out, ctx.backend)
+        else:
+            _scale_in_place(grad, grad_out, ctx.backend)
+        return ((grad if grad.dtype == ctx.emb_dtype else grad.to(ctx.emb_dtype)),) + (None,) * 12
+    grad = _fused_grad(ctx)
+    return ((grad * grad_out.to(grad.dtype)).to(ctx.emb_dtype),) + (None,) * 12
 
 
 triplet_objective_op.register_autograd(_objective_backward, setup_context=_objective_setup)

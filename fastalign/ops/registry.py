@@ -85,6 +85,16 @@ def auto_choice(device_type: str) -> str:
     return "torch"
 
 
+def check_name(backend: Optional[str]) -> None:
+    """Refuse a ``backend=`` that names no registered backend, without loading any."""
+    if backend is None:
+        return
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string or None, got {type(backend).__name__}")
+    if backend != "auto" and backend not in _REGISTRY.entries:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {['auto'] + names()}")
+
+
 def resolve(backend: Optional[str], device: torch.device) -> TripletKernels:
     """Turn ``backend=`` (or ``$FASTALIGN_BACKEND``) into kernels for ``device``."""
     choice = backend if backend is not None else os.environ.get(ENV_VAR, "auto") or "auto"

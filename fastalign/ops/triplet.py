@@ -20,8 +20,8 @@ from typing import Optional, Union
 
 import torch
 
-from ..kernels.contract import MODES, acc_dtype
-from . import validate
+from ..kernels.contract import MODES
+from . import registry, validate
 from .library import REDUCTION_CODES, triplet_objective_op, triplet_similarities_op
 
 Backend = Optional[str]
@@ -37,8 +37,7 @@ def _prepare(emb: torch.Tensor, triplets: torch.Tensor):
 
 
 def _backend_arg(backend: Backend) -> str:
-    if backend is not None and not isinstance(backend, str):
-        raise TypeError(f"backend must be a string or None, got {type(backend).__name__}")
+    registry.check_name(backend)
     return "" if backend is None else backend
 
 
@@ -80,6 +79,13 @@ def odd_one_out_probs(
     """``softmax(s / temperature)`` over ``[s01, s02, s12]``, shape (B, 3).
 
     Column 0 is P(item 2 is the odd one out), column 1 P(item 1), column 2 P(item 0).
+
+    Args:
+        emb: (N, D) embeddings.
+        triplets: (B, 3) int32/int64 row indices into ``emb``.
+        temperature: softmax temperature, a Python number > 0.
+        similarity: "dot" or "cosine".
+        backend: see ``triplet_similarities``.
     """
     t = validate.check_temperature("temperature", temperature)
     sims = triplet_similarities(emb, triplets, similarity, backend)
@@ -103,7 +109,8 @@ def triplet_loss(
         emb: (N, D) embeddings.
         triplets: (B, 3) row indices; by default column 2 is the odd one out.
         odd: optional (B,) positions {0, 1, 2} of the odd one out instead.
-        temperature: softmax temperature, > 0.
+        temperature: softmax temperature, a Python number > 0 (a tensor is refused: it would be
+            detached silently).
         similarity: "dot" or "cosine".
         reduction: "mean" (sum of weighted losses / B), "sum" or "none" (B,).
         weight: optional (B,) per-triplet weights, finite and >= 0 (else ValueError).
@@ -119,7 +126,7 @@ def triplet_loss(
     choice = _choice(odd, b, emb.device)
     want_grad = torch.is_grad_enabled() and emb.requires_grad
     out, _, _ = triplet_objective_op(
-        emb, triplets, None, choice, weight, MODES["hard"], _cosine(similarity), t,
+        emb, triplets, None, choice, weight, MODES["hard"], _cosine(similarity), t, 0.0,
         REDUCTION_CODES[reduction], _backend_arg(backend), want_grad, check_finite,
     )
     return out
@@ -162,17 +169,17 @@ def triplet_distill_loss(
     validate.check_rows("weight", weight, b, emb.device, None)
     if (target_probs is None) == (target_sims is None):
         raise ValueError("give exactly one of target_probs and target_sims")
-    acc = acc_dtype(emb.dtype)
     if target_sims is not None:
         validate.check_rows("target_sims", target_sims, b, emb.device, 3)
+        # The op softmaxes the similarities itself, after checking them under their own name.
         tt = validate.check_temperature("teacher_temperature", teacher_temperature)
-        target = torch.softmax(target_sims.detach().to(acc) / tt, dim=1)
+        target = target_sims.detach()
     else:
         validate.check_rows("target_probs", target_probs, b, emb.device, 3)
-        target = target_probs.detach()
+        tt, target = 0.0, target_probs.detach()
     want_grad = torch.is_grad_enabled() and emb.requires_grad
     out, _, _ = triplet_objective_op(
-        emb, triplets, target, None, weight, MODES[divergence], _cosine(similarity), t,
+        emb, triplets, target, None, weight, MODES[divergence], _cosine(similarity), t, tt,
         REDUCTION_CODES[reduction], _backend_arg(backend), want_grad, check_finite,
     )
     return out
@@ -188,13 +195,24 @@ def odd_one_out_accuracy(
 ) -> Union[float, torch.Tensor]:
     """Fraction of triplets whose chosen pair has the strictly largest similarity.
 
-    Ties count as wrong. With ``reduction="none"`` returns the (B,) bool
-    correctness per triplet; with "mean" a float (NaN when B = 0).
+    Args:
+        emb: (N, D) embeddings.
+        triplets: (B, 3) row indices; column 2 is the odd one out unless ``odd`` is given.
+        odd: optional (B,) positions {0, 1, 2} of the odd one out.
+        similarity: "dot" or "cosine".
+        backend: see ``triplet_similarities``.
+        reduction: "mean" for a float (NaN when B = 0), "none" for the (B,) bool
+            correctness per triplet.
+
+    Ties count as wrong. A triplet whose similarities are NaN or Inf (an embedding
+    row with NaN or Inf) raises ``ValueError`` instead of counting as wrong.
     """
     validate.check_option("reduction", reduction, ("mean", "none"))
     with torch.no_grad():
         sims = triplet_similarities(emb, triplets, similarity, backend)
         b = sims.shape[0]
+        # NaN compares false, so a NaN row would count as a tie (wrong) and give a plausible accuracy.
+        validate.check_finite_sims(sims, triplets)
         choice = _choice(odd, b, sims.device)
         if choice is not None:
             validate.check_choice_range("odd", odd)

@@ -11,6 +11,7 @@ Two kinds of check:
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -87,11 +88,22 @@ def check_option(name: str, value, allowed) -> None:
 
 
 def check_temperature(name: str, value) -> float:
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a positive number, got {value!r}") from None
-    if not t > 0 or t != t or t == float("inf"):
+    """A temperature as a Python float: a real number, finite and > 0.
+
+    Tensors are refused rather than read with ``float()``: that would silently
+    detach a learnable temperature and, under ``torch.compile``, fail on a
+    data-dependent guard. Strings and bools are refused too.
+    """
+    if isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a Python number, got a tensor; the fused kernels take a fixed temperature "
+            f"(pass float(t) for a fixed one; for a learnable one with dot similarity, scale emb by a "
+            f"learnable factor c instead: (c * emb) gives similarities c^2 * s)"
+        )
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    t = float(value)
+    if not t > 0 or t == float("inf"):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return t
 
@@ -116,6 +128,19 @@ def check_choice_range(name: str, choice: torch.Tensor) -> None:
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
         raise ValueError(f"{name}[{row}] = {int(choice[row])} is not a triplet position in {{0, 1, 2}}")
+
+
+def check_sims(name: str, sims: torch.Tensor) -> None:
+    """Teacher similarities: -inf is a similarity (probability 0), NaN and +inf are not."""
+    if sims.numel() == 0:
+        return
+    bad = (torch.isnan(sims) | (sims == float("inf"))).any(1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name} row {row} = {sims[row].tolist()} has a NaN or +Inf")
+    if bool((sims == float("-inf")).all(1).any()):
+        row = int((sims == float("-inf")).all(1).nonzero()[0, 0])
+        raise ValueError(f"{name} row {row} is all -Inf: no pair has a probability")
 
 
 def check_probs(target: torch.Tensor, source_dtype: torch.dtype) -> None:
@@ -147,3 +172,16 @@ def check_finite(name: str, value: torch.Tensor) -> None:
     if value.numel() and not bool(torch.isfinite(value).all()):
         row = int((~torch.isfinite(value)).reshape(value.shape[0], -1).any(1).nonzero()[0, 0])
         raise ValueError(f"{name} has a NaN or Inf in row {row}")
+
+
+def check_finite_sims(sims: torch.Tensor, triplets: torch.Tensor) -> None:
+    """Similarities that decide a triplet must be finite: NaN and Inf come from NaN/Inf embeddings."""
+    if sims.numel() == 0:
+        return
+    bad = ~torch.isfinite(sims).all(1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"triplets row {row} = {triplets[row].tolist()} has a NaN or Inf similarity "
+            f"({sims[row].tolist()}): emb has NaN or Inf in one of those rows"
+        )
