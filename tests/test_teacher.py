@@ -67,7 +67,8 @@ def test_affine_transform_init_and_buffers():
     np.testing.assert_array_equal(t.bias.detach().numpy(), np.full(6, 1e-3, dtype=np.float32))
     assert AffineTransform(4, bias=False).bias is None
     names = dict(t.named_buffers())
-    assert set(names) == {"mean", "std", "temperature"}
+    assert set(names) == {"mean", "std", "temperature", "temperature_calibrated"}
+    assert names["temperature_calibrated"].dtype == torch.bool and not t.calibrated
     with pytest.raises(ValueError, match="std"):
         AffineTransform(4, std=0.0)
     with pytest.raises(ValueError, match=r"shape \(4,\)"):
@@ -417,3 +418,23 @@ def test_plot_lambda_search(tmp_path):
     assert path == tmp_path / "search.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_lambda_search({"candidates": [], "chosen": {"lam": 1.0}}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_state_dict_keeps_calibration_and_refuses_bad_buffers():
+    t = AffineTransform(3)
+    t.set_temperature(0.5)  # calibrated
+    u = AffineTransform(3)
+    u.load_state_dict(t.state_dict())
+    assert u.calibrated and float(u.temperature) == 0.5
+    # a state dict from before `calibrated` was saved: a fitted temperature differs from 1
+    old = {k: v for k, v in t.state_dict().items() if k != "temperature_calibrated"}
+    v = AffineTransform(3)
+    v.load_state_dict(old)
+    assert v.calibrated
+    for name, value in (("std", 0.0), ("std", float("nan")), ("mean", float("inf")), ("temperature", -1.0)):
+        bad = dict(old)
+        bad[name] = torch.tensor(value, dtype=torch.float64)
+        w = AffineTransform(3)
+        with pytest.raises(ValueError, match=f"state dict's {name} must be"):
+            w.load_state_dict(bad)
+        assert float(w.std) == 1.0 and float(w.temperature) == 1.0  # nothing half-loaded

@@ -32,6 +32,21 @@ def _scalar_or_vector(name: str, value, d: int) -> torch.Tensor:
     raise ValueError(f"{name} must be a scalar or shape ({d},), got shape {tuple(t.shape)}")
 
 
+def _check_state_dict(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    # forward skips the per-call std check because std is checked when it is set, and loading
+    # sets it: check the incoming values before any of them is copied in.
+    for name, rule in (("std", "finite and > 0"), ("mean", "finite"), ("temperature", "finite and > 0")):
+        v = state_dict.get(prefix + name)
+        if isinstance(v, torch.Tensor):
+            ok = bool(torch.isfinite(v).all()) and (name == "mean" or bool((v > 0).all()))
+            if not ok:
+                raise ValueError(f"the state dict's {name} must be {rule}")
+    # State dicts written before ``calibrated`` was saved: a temperature other than 1 was fitted.
+    key = prefix + "temperature_calibrated"
+    if key not in state_dict and isinstance(state_dict.get(prefix + "temperature"), torch.Tensor):
+        state_dict[key] = torch.tensor(float(state_dict[prefix + "temperature"]) != 1.0)
+
+
 class AffineTransform(nn.Module):
     """``z = ((x - mean) / std) @ W + b`` as a module.
 
@@ -44,8 +59,9 @@ class AffineTransform(nn.Module):
         temperature: softmax temperature used by ``probs`` (> 0; 1 until calibrated).
 
     Parameters: ``weight`` (D, D'), ``bias`` (D',) or None. Buffers (float64):
-    ``mean``, ``std`` (0-d or (D,)), ``temperature`` (0-d). The attribute
-    ``calibrated`` says whether the temperature was fitted.
+    ``mean``, ``std`` (0-d or (D,)), ``temperature`` (0-d), and the bool
+    ``temperature_calibrated`` behind the ``calibrated`` property (whether the
+    temperature was fitted).
     """
 
     def __init__(
@@ -76,7 +92,9 @@ class AffineTransform(nn.Module):
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float64))
+        self.register_buffer("temperature_calibrated", torch.tensor(False))
         self.set_temperature(temperature, calibrated=False)
+        self.register_load_state_dict_pre_hook(_check_state_dict)
 
     # ------------------------------------------------------------ constructors
 
@@ -160,6 +178,16 @@ class AffineTransform(nn.Module):
             out["temperature"] = self.temperature.detach().cpu().numpy().copy()
         return out
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether the temperature was fitted (kept in the ``temperature_calibrated`` buffer, so it
+        travels with the temperature through ``state_dict``)."""
+        return bool(self.temperature_calibrated)
+
+    @calibrated.setter
+    def calibrated(self, value: bool) -> None:
+        self.temperature_calibrated.fill_(bool(value))
+
     # ------------------------------------------------------------ behaviour
 
     def set_temperature(self, temperature: float, calibrated: bool = True) -> None:
@@ -182,7 +210,8 @@ class AffineTransform(nn.Module):
         if x.dim() != 2:
             raise ValueError(f"x must be 2-D (N, D), got shape {tuple(x.shape)}")
         self.check_input_dim(x.shape[1])
-        return affine_transform(x, self.weight, self.bias, self.mean, self.std)
+        # std was checked when it was set: no device sync per call.
+        return affine_transform(x, self.weight, self.bias, self.mean, self.std, check_std=False)
 
     @torch.no_grad()
     def transform(self, x: ArrayLike) -> np.ndarray:
