@@ -70,7 +70,7 @@ def test_run_quiet_prints_only_the_report_path(tmp_path, capsys, monkeypatch):
     replaced: what is checked is what the command prints around it.)"""
     seen = []
 
-    def fake_pipeline(cfg, out, force=(), say=None, progress=True):
+    def fake_pipeline(cfg, out, force=(), say=None, progress=True, overwrite=False):
         seen.append(progress)
         (say or print)("[1/5] data: running")
         Path(out).mkdir(parents=True, exist_ok=True)

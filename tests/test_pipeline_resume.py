@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastalign.pipeline.outdir import RUN_MARKER
 from fastalign.pipeline.stages import PENDING_FILE, Stage, StageRunner, spec_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +62,12 @@ def test_interrupted_attempt_resumes_only_with_the_same_fingerprint(tmp_path):
     lines, seen = [], []
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        _runner(out, lines).run(Stage("triplets", {}, [], _writer("s", [1.0], seen, fail=True),
+        _runner(out, lines).run(Stage("triplets", {}, [], _writer("s", [1.0], seen, fail=True), resumes=True,
                                       inputs={"embeddings": src}), 1, 1)
     assert (out / "triplets" / PENDING_FILE).exists()
     # Same content: the partial work is picked up.
     with pytest.raises(KeyboardInterrupt):
-        _runner(out, lines).run(Stage("triplets", {}, [], _writer("s", [1.0], seen, fail=True),
+        _runner(out, lines).run(Stage("triplets", {}, [], _writer("s", [1.0], seen, fail=True), resumes=True,
                                       inputs={"embeddings": src}), 1, 1)
     assert "partial" in seen[-1] and "triplets: resuming" in lines[-1]
     np.save(src, np.zeros(3))
@@ -195,5 +196,6 @@ def test_fastalign_run_killed_at_each_point_resumes_byte_identical(tmp_path):
         assert _untimed(b["stages"][name]["metrics"]) == _untimed(a["stages"][name]["metrics"]), name
     a, b = report(tmp_path / "straight", "student/run/report.json"), report(victim, "student/run/report.json")
     assert _untimed(b["metrics"]) == _untimed(a["metrics"]) and "loss" in b["metrics"]
-    leftovers = [p for p in victim.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    leftovers = [p for p in victim.rglob("*") if (p.name.startswith(".") and p.name != RUN_MARKER)
+                 or p.name.endswith(".tmp")]
     assert not leftovers, leftovers

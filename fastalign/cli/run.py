@@ -8,6 +8,7 @@ from pathlib import Path
 from ..distill.loop import TrainingDiverged
 from ..io.lock import FolderLocked
 from ..pipeline import load_config, run_pipeline
+from ..pipeline.stages import ForeignFiles
 from .main import CLIError
 
 DEFAULT_OUT = "fastalign-run"
@@ -29,6 +30,9 @@ def register(sub):
                    help="override one config field, e.g. --set student.train.steps=500 (repeatable)")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="redo a stage even if cached: data, teacher, triplets, student, evaluate or all (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that holds no fastalign run output (files of the names "
+                   "the run writes are replaced; a stage folder holding other files is still never cleared)")
     p.add_argument("--quiet", action="store_true",
                    help="no stage lines, no progress bars and no report on the terminal: print only the "
                    "report's path")
@@ -39,11 +43,11 @@ def _run(args):
     cfg = load_config(args.config, args.overrides, args.preset)
     try:
         run_pipeline(cfg, Path(args.out), force=args.force, say=(lambda s: None) if args.quiet else None,
-                     progress=not args.quiet)
+                     progress=not args.quiet, overwrite=args.overwrite)
     except TrainingDiverged as exc:  # the student stage: same status as fastalign distill
         print(f"fastalign run: error: student stage: {exc}", file=sys.stderr)
         return 3
-    except FolderLocked as exc:
+    except (FolderLocked, ForeignFiles) as exc:
         raise CLIError(str(exc)) from None
     report = Path(args.out) / "report.md"
     print(report if args.quiet else report.read_text())

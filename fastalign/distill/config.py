@@ -232,8 +232,24 @@ class DistillConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "DistillConfig":
-        """Check option values; raise ``ValueError`` naming the key."""
+    def validate(self, prefix: str = "") -> "DistillConfig":
+        """Check option values; raise ``ValueError`` naming the key.
+
+        ``prefix`` is where this config sits in a larger one (``"student."`` in
+        ``fastalign run``'s): messages then name the key the user wrote.
+        """
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self._check()
+        except ValueError as exc:
+            raise ValueError(f"{prefix}{exc}") from None
+        for w in caught:
+            warnings.warn(f"{prefix}{w.message}", w.category, stacklevel=2)
+        return self
+
+    def _check(self) -> None:
+        # Every message starts with the key it is about, so validate can prefix it.
         _choice("student.kind", self.student.kind, ("features", "timm", "open_clip", "module"))
         _choice("student.head", self.student.head, ("linear", "mlp", "none"))
         _choice("student.head_init", self.student.head_init, ("random", "identity"))
@@ -269,7 +285,7 @@ class DistillConfig:
                 raise ValueError(f"{key} must be >= 0, got {value!r}")
         if self.optim.warmup_steps >= self.train.steps:
             warnings.warn(f"optim.warmup_steps = {self.optim.warmup_steps} >= train.steps = {self.train.steps}: the "
-                          "whole run is warm-up and the learning rate never reaches optim.lr", stacklevel=2)
+                          "whole run is warm-up and the learning rate never reaches optim.lr", stacklevel=1)
         if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.optim.min_lr_ratio!r}")
         if len(self.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.optim.betas):
@@ -285,7 +301,6 @@ class DistillConfig:
             raise ValueError("loss.human_weight > 0 needs loss.human_triplets and loss.human_batch > 0")
         if len(self.data.mean) not in (0, 3) or len(self.data.std) not in (0, 3):
             raise ValueError("data.mean and data.std must be empty or have 3 entries")
-        return self
 
 
 def _choice(key: str, value: str, options: Sequence[str]) -> None:

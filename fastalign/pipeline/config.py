@@ -216,7 +216,20 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), prese
     cfg = build_dataclass(RunConfig, data)
     check_student_section(cfg)
     check_teacher_section(cfg)
+    check_triplets_section(cfg)
     return cfg
+
+
+def check_triplets_section(cfg: RunConfig) -> None:
+    """Refuse triplet counts the student stage could not train on (one line, before the teacher is fitted)."""
+    t = cfg.triplets
+    for key, value, least in (("num", t.num, 1), ("clusters", t.clusters, 1), ("val_num", t.val_num, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"triplets.{key} must be an integer >= {least}, got {value!r}")
+    batch = cfg.student.train.batch_triplets
+    if t.num < batch:
+        raise ValueError(f"triplets.num = {t.num} is less than one student batch (student.train.batch_triplets = "
+                         f"{batch}): raise triplets.num or lower student.train.batch_triplets")
 
 
 def check_teacher_section(cfg: RunConfig) -> None:

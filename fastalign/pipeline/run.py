@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable
@@ -56,6 +57,7 @@ from ..triplets.generate import GenerateOptions, generate
 from ..triplets.heldout import heldout_rows
 from .config import RunConfig
 from .inputs import Inputs
+from .outdir import check_run_folder, mark_run_folder
 from .report import write_report
 from .stages import Stage, StageRunner, digest_files, spec_inputs
 
@@ -210,7 +212,7 @@ def _stage_triplets(cfg: RunConfig, inputs: Inputs, out: Path, say):
                    "temperature": summary.temperature}
         return files, metrics
 
-    return Stage("triplets", asdict(cfg.triplets), ["teacher"], body)
+    return Stage("triplets", asdict(cfg.triplets), ["teacher"], body, resumes=True)
 
 
 def student_config(cfg: RunConfig, inputs: Inputs, out: Path) -> DistillConfig:
@@ -235,7 +237,7 @@ def student_config(cfg: RunConfig, inputs: Inputs, out: Path) -> DistillConfig:
     dc.train.seed = cfg.data.seed
     dc.train.out_dir = str(stage_dir / "run")
     dc.eval.human_triplets = str(stage_dir / "calibration_triplets.txt")
-    return dc.validate()
+    return dc.validate(prefix="student.")
 
 
 def check_student(cfg: RunConfig, inputs: Inputs, out: Path) -> None:
@@ -250,7 +252,9 @@ def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say, progress: boo
     def body(stage_dir: Path):
         split = _load_split(out)
         save_triplets_txt(stage_dir / "calibration_triplets.txt", split["calibration"])
-        dc = student_config(cfg, inputs, out)
+        with warnings.catch_warnings():  # check_student said them before any stage ran
+            warnings.simplefilter("ignore")
+            dc = student_config(cfg, inputs, out)
         # Showing the bar or not changes no result, so the stage key keeps the configured value.
         dc.train.progress = dc.train.progress and progress
         images = dict(image_root=str(inputs.image_root), file_names=inputs.file_names) if inputs.images else {}
@@ -287,7 +291,8 @@ def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say, progress: boo
         return outputs, metrics
 
     # The student's own inputs are part of its key: the triplets do not depend on them.
-    return Stage("student", {"student": asdict(cfg.student), "inputs": inputs.student_digest()}, ["triplets"], body)
+    return Stage("student", {"student": asdict(cfg.student), "inputs": inputs.student_digest()}, ["triplets"], body,
+                 resumes=True)
 
 
 def _stage_evaluate(cfg: RunConfig, inputs: Inputs, out: Path, runner: StageRunner, say,
@@ -308,11 +313,13 @@ def _stage_evaluate(cfg: RunConfig, inputs: Inputs, out: Path, runner: StageRunn
 
 
 def run_pipeline(cfg: RunConfig, out: Path, force: Iterable[str] = (), say: Callable[[str], None] = None,
-                 progress: bool = True):
+                 progress: bool = True, overwrite: bool = False):
     """Run (or resume) every stage; returns the evaluation metrics.
 
     ``say`` takes the stage lines (default: stderr); ``progress=False`` hides the progress bars
     of the student and the evaluation (``fastalign run --quiet``) without touching any stage's key.
+    ``out`` must be new, empty or a run's own folder (``ForeignFiles`` otherwise, before any work)
+    unless ``overwrite``; a stage folder holding files the run did not write is never cleared.
     """
     say = say or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out)
@@ -323,6 +330,7 @@ def run_pipeline(cfg: RunConfig, out: Path, force: Iterable[str] = (), say: Call
     if bad:
         raise ValueError(f"--force names unknown stage(s) {bad}; stages are {list(STAGES)} or 'all'")
     timer = StageTimer()
+    check_run_folder(out, overwrite)  # before the lock, whose file would make any folder look used
     # One run per folder: a second one would interleave its stages' writes with ours.
     with hold_folder_lock(out, "fastalign run"), timer("run"):
         metrics = _run_stages(cfg, out, force, say, progress)
@@ -336,6 +344,8 @@ def _run_stages(cfg: RunConfig, out: Path, force: Iterable[str], say: Callable[[
     check_student(cfg, inputs, out)
     check_teacher(cfg, inputs)
     out.mkdir(parents=True, exist_ok=True)
+    # After the checks: a run refused for its inputs leaves no folder behind (the lock removes one it made empty).
+    mark_run_folder(out)
     atomic_write_json(out / "config.json", cfg.to_dict())
     runner = StageRunner(out, force, say)
     stages = [

@@ -43,6 +43,25 @@ STAGE_FILE = "stage.json"
 PENDING_FILE = "stage.pending"  # the key (and fingerprint) of the attempt in progress
 
 
+class ForeignFiles(ValueError):
+    """A folder the run would write into or clear holds files it did not write."""
+
+
+def _check_stage_dir_is_ours(stage_dir: Path) -> None:
+    """Refuse to clear a stage folder that holds files but neither marker of a stage attempt.
+
+    Every attempt writes ``stage.pending`` before anything else and removes it
+    only after ``stage.json``, so a folder of ours always has one of them (or is
+    empty). Anything else is the user's: a ``data/`` or ``triplets/`` folder that
+    happened to sit in ``--out``.
+    """
+    entries = sorted(p.name for p in stage_dir.iterdir())
+    if entries and not (stage_dir / PENDING_FILE).exists() and not (stage_dir / STAGE_FILE).exists():
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ForeignFiles(f"{stage_dir} holds files that fastalign run did not write ({shown}), and its "
+                           f"{stage_dir.name} stage would clear that folder; move them or choose another --out")
+
+
 def digest_files(paths: Iterable[Path]) -> str:
     """sha256 over the bytes of the files (in the given order)."""
     h = hashlib.sha256()
@@ -103,6 +122,8 @@ class Stage:
             content is part of the key, so the same path with new bytes is a new key.
         options: resolved options that change the stage's bytes but are not in
             ``config`` (a backend, a device).
+        resumes: the body picks up an interrupted attempt's partial work (the
+            triplet store, the distillation checkpoints); other stages start over.
     """
 
     name: str
@@ -111,6 +132,7 @@ class Stage:
     body: Callable[[Path], Any]
     inputs: Dict[str, Any] = field(default_factory=dict)
     options: Dict[str, Any] = field(default_factory=dict)
+    resumes: bool = False
 
 
 def _read_pending(path: Path) -> Optional[Dict[str, Any]]:
@@ -223,6 +245,7 @@ class StageRunner:
         if attempt is not None:
             self.log(f"  {stage.name}: not resuming the interrupted attempt, it differs in "
                      f"{', '.join(fingerprint_changes(attempt.get('fingerprint'), fp))}: starting clean")
+        _check_stage_dir_is_ours(stage_dir)
         shutil.rmtree(stage_dir)
         stage_dir.mkdir(parents=True)
         atomic_write_json(pending, {"key": key, "fingerprint": fp}, named_tmp=True)
@@ -241,7 +264,9 @@ class StageRunner:
             return result
         resuming = self._prepare(stage, stage_dir, key, fp)
         record.unlink(missing_ok=True)  # a stage without its record is unfinished
-        self.log(f"[{index}/{total}] {stage.name}: {'resuming' if resuming else 'running'}")
+        state = "resuming" if resuming and stage.resumes else "running again (nothing to resume)" if resuming \
+            else "running"
+        self.log(f"[{index}/{total}] {stage.name}: {state}")
         timer = StageTimer()
         with timer(stage.name):
             outputs, metrics = stage.body(stage_dir)
