@@ -16,6 +16,7 @@ import sys
 from ..distill.export import export_embeddings, sidecar_path
 from ..io import read_file_names
 from .main import CLIError
+from .outdir import check_out_file
 
 
 def register(sub):
@@ -35,6 +36,7 @@ def register(sub):
 def _run(args):
     if args.micro_batch <= 0:
         raise CLIError(f"--micro-batch must be > 0, got {args.micro_batch}")
+    check_out_file("--out", args.out, ".npy")
     if args.features and args.images:
         raise CLIError("give --features or --images, not both")
     names = None

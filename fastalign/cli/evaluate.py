@@ -27,6 +27,7 @@ from ..io.rdm import read_human_rdm, read_rdm_items
 from ..io.resolve import is_bundled, resolve_categories, resolve_features, resolve_labels, resolve_triplets
 from ..teacher import load_transform
 from .main import CLIError
+from .outdir import check_out_file
 
 EPILOG = """\
 bundled THINGS data (1,854 objects) by name instead of a path:
@@ -171,6 +172,8 @@ def _run(args) -> int:
 
 
 def _check_args(args) -> None:
+    if args.out:
+        check_out_file("--out", args.out, ".json")
     if args.episodes < 2:
         raise CLIError("--episodes must be >= 2")
     if args.rdm_bootstrap < 0 or args.levels_seeds < 1:
