@@ -31,7 +31,7 @@ class GenerateOptions:
         embeddings: the (N, D) teacher features: ``things:KEY`` or a file (any format
             ``fastalign.io.load_features`` reads), resolved by ``fastalign.io.resolve``.
         out: store directory to create (the training split).
-        num: number of training triplets (>= 0).
+        num: number of training triplets (>= 1).
         strategy: a strategy or a mix, e.g. ``"cluster_border"`` or ``"cluster_border:0.8,random:0.2"``.
         clusters: k for k-means on the teacher embeddings (needed by ``cluster_border``).
         labels: optional per-item class labels: ``things`` (THINGS objects in one category) or a file
@@ -107,7 +107,7 @@ def _int(name: str, value, lo: int) -> int:
 
 def check_options(o: GenerateOptions) -> List[Tuple[str, float]]:
     """Validate options that need no file access; returns the parsed strategy mix."""
-    _int("num", o.num, 0)
+    _int("num", o.num, 1)
     _int("val_num", o.val_num, 0)
     _int("shard_size", o.shard_size, 1)
     _int("chunk_size", o.chunk_size, 1)
