@@ -23,7 +23,8 @@ def register(sub):
     p = sub.add_parser("embed", help="export a distilled student's embeddings to .npy",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (newest checkpoint)")
-    p.add_argument("--features", help="(N, D) .npy features for a feature student (default: its training features)")
+    p.add_argument("--features", help="(N, D) features for a feature student: a file (FILE.npz:KEY for one of several arrays) "
+                   "or things:KEY (default: its training features)")
     p.add_argument("--images", metavar="ROOT", help="image root for an image student")
     p.add_argument("--file-names", help="text file with one image path (relative to ROOT) per line")
     p.add_argument("--out", required=True, help="output .npy (written atomically, with OUT.json beside it)")

@@ -71,7 +71,8 @@ def register(sub):
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--features", required=True, help="(N, D) features: .npy/.npz/.pt/.h5/.txt, or things:KEY")
+    p.add_argument("--features", required=True, help="(N, D) features: .npy/.npz/.pt/.h5/.txt (FILE.npz:KEY for one of several arrays), "
+                   "or things:KEY")
     p.add_argument("--file-names", help="file_names.txt giving the feature rows' names (checked against N)")
     p.add_argument("--transform", help="teacher transform (.npz/.safetensors or its folder) applied to the features")
     p.add_argument("--triplets", required=True, help="human triplets (odd one out in column 2): .txt/.npy/.npz, or things:KEY")

@@ -15,7 +15,8 @@ def register(sub) -> None:
         "shards; the result equals a single-process run with the same seed.",
     )
     p.add_argument("--embeddings", required=True,
-                   help="(N, D) teacher features: things:KEY (e.g. things:clip) or a .npy/.npz/.pt/.h5/.txt file")
+                   help="(N, D) teacher features: things:KEY (e.g. things:clip) or a .npy/.npz/.pt/.h5/.txt file "
+                        "(FILE.npz:KEY for one of several arrays)")
     p.add_argument("--transform", help="teacher transform (.npz/.safetensors); its calibrated T sets the probabilities")
     p.add_argument("--labels", help="per-item class labels: things (THINGS objects in one category) or "
                                     ".npy/.npz/.txt (negative = no label)")
