@@ -218,6 +218,26 @@ def check_triplets_fit(triplets: np.ndarray, n: int, name: str = "triplets") -> 
                       "from every index (fastalign's indices are 0-based rows of the features)", stacklevel=2)
 
 
+def shared_triplets(reference: np.ndarray, rows: np.ndarray) -> int:
+    """How many of ``rows`` are triplets of ``reference``: the same two kept objects (in either order)
+    and the same odd one out."""
+    a, b = np.asarray(reference)[:, :3], np.asarray(rows)[:, :3]
+    if len(a) == 0 or len(b) == 0:
+        return 0
+
+    def keys(t: np.ndarray) -> np.ndarray:
+        t = t.astype(np.int64)
+        lo, hi = np.minimum(t[:, 0], t[:, 1]), np.maximum(t[:, 0], t[:, 1])
+        return np.stack([lo, hi, t[:, 2]], axis=1)
+
+    ka, kb = keys(a), keys(b)
+    n = int(max(ka.max(), kb.max())) + 1
+    if n < 2 ** 21:  # one int64 per triplet: n ** 3 fits
+        return int(np.isin(kb @ np.array([n * n, n, 1]), ka @ np.array([n * n, n, 1])).sum())
+    seen = set(map(tuple, ka.tolist()))
+    return sum(tuple(r) in seen for r in kb.tolist())
+
+
 def save_triplets_txt(path: PathLike, triplets: np.ndarray, participants: Optional[np.ndarray] = None) -> None:
     """Write triplets (and optional participant ids) as whitespace text, atomically."""
     table = _as_table(_stack(triplets, participants), str(path))
