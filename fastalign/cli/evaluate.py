@@ -216,10 +216,28 @@ def _load_inputs(args) -> Dict[str, Any]:
     file_names = read_file_names(args.file_names) if args.file_names else None
     human_rdms, rdm_items = _load_human_rdms(args, n, file_names)
     labels = resolve_labels(args.few_shot, n=n)[0] if args.few_shot else None
+    if labels is not None:
+        _check_shots(args.shots, labels, args.few_shot)
     return {"features": feats, "triplets": triplets, "categories": categories, "category_names": cat_names,
             "levels": levels, "human": human, "file_names": file_names, "human_rdms": human_rdms,
             "rdm_items": rdm_items, "levels_data": _load_levels_data(args, file_names), "labels": labels,
             "recorded": _recorded(args)}
+
+
+def _check_shots(shots, labels: np.ndarray, spec: str) -> None:
+    """CLIError for a shot count no two classes can serve: an episode needs two classes with
+    ``shots + 1`` objects each (one left to query), else its row of the table is empty."""
+    sizes = np.sort(np.unique(labels[labels >= 0], return_counts=True)[1])[::-1]
+    usable = int(sizes[1]) - 1 if len(sizes) >= 2 else 0
+    too_many = [k for k in shots if k > usable]
+    if not too_many:
+        return
+    if usable < 1:
+        raise CLIError(f"--few-shot {spec}: no two classes have 2 or more objects; few-shot needs two classes "
+                       "with shots + 1 objects each")
+    k = max(too_many)
+    raise CLIError(f"--shots {k}: fewer than two classes of --few-shot {spec} have {k + 1} objects (shots + 1, "
+                   f"one left to query); the largest usable --shots is {usable}")
 
 
 def _recorded(args) -> Dict[str, Any]:
