@@ -24,7 +24,14 @@ from ..eval import (
 )
 from ..io import atomic_write_json, check_triplets_fit, read_file_names
 from ..io.rdm import read_human_rdm, read_rdm_items
-from ..io.resolve import is_bundled, resolve_categories, resolve_features, resolve_labels, resolve_triplets
+from ..io.resolve import (
+    is_bundled,
+    resolve_categories,
+    resolve_features,
+    resolve_labels,
+    resolve_triplets,
+    rows_mismatch,
+)
 from ..teacher import load_transform
 from .main import CLIError
 from .outdir import check_out_file
@@ -212,7 +219,8 @@ def _load_inputs(args) -> Dict[str, Any]:
     if args.human_embedding:
         human = resolve_features(args.human_embedding, default="spose49")
         if human.shape[0] != n:
-            raise CLIError(f"--human-embedding has {human.shape[0]} rows but the features have {n}")
+            raise CLIError(rows_mismatch(("--human-embedding", args.human_embedding, human.shape[0]),
+                                         ("--features", args.features, n)))
     file_names = read_file_names(args.file_names) if args.file_names else None
     human_rdms, rdm_items = _load_human_rdms(args, n, file_names)
     labels = resolve_labels(args.few_shot, n=n)[0] if args.few_shot else None

@@ -46,6 +46,7 @@ __all__ = [
     "resolve_labels",
     "resolve_triplet_table",
     "resolve_triplets",
+    "rows_mismatch",
     "split_spec",
 ]
 
@@ -81,6 +82,19 @@ def _bundled_key(spec: str, kind: str, known, default: Optional[str]) -> Optiona
         raise ValueError(f"unknown bundled {kind} {spec!r}; choose one of "
                          f"{', '.join(THINGS_PREFIX + ':' + k for k in sorted(known))}")
     return key
+
+
+def rows_mismatch(first: Tuple[str, str, int], second: Tuple[str, str, int]) -> str:
+    """The message for two inputs over different objects, each given as (what, spec, rows): both
+    files and their counts, and, when one is bundled, that its count is the THINGS one."""
+    (wa, sa, na), (wb, sb, nb) = first, second
+    text = (f"{wa} {sa} has {na:,} rows but {wb} {sb} has {nb:,}; every input must list the same objects "
+            "in the same order")
+    bundled = [(s, n) for s, n in ((sa, na), (sb, nb)) if is_bundled(s)]
+    if len(bundled) == 1:
+        other = sb if bundled[0][0] == sa else sa
+        text += f" (the bundled THINGS data has {bundled[0][1]:,} objects, so {other} lists other objects)"
+    return text
 
 
 def _existing_file(spec: str, kind: str) -> Path:
