@@ -16,13 +16,15 @@ import sys
 from ..distill.export import export_embeddings, sidecar_path
 from ..io import read_file_names
 from .main import CLIError
+from .outdir import check_out_file
 
 
 def register(sub):
     p = sub.add_parser("embed", help="export a distilled student's embeddings to .npy",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (newest checkpoint)")
-    p.add_argument("--features", help="(N, D) .npy features for a feature student (default: its training features)")
+    p.add_argument("--features", help="(N, D) features for a feature student: a file (FILE.npz:KEY for one of several arrays) "
+                   "or things:KEY (default: its training features)")
     p.add_argument("--images", metavar="ROOT", help="image root for an image student")
     p.add_argument("--file-names", help="text file with one image path (relative to ROOT) per line")
     p.add_argument("--out", required=True, help="output .npy (written atomically, with OUT.json beside it)")
@@ -35,6 +37,7 @@ def register(sub):
 def _run(args):
     if args.micro_batch <= 0:
         raise CLIError(f"--micro-batch must be > 0, got {args.micro_batch}")
+    check_out_file("--out", args.out, ".npy")
     if args.features and args.images:
         raise CLIError("give --features or --images, not both")
     names = None

@@ -24,9 +24,17 @@ from ..eval import (
 )
 from ..io import atomic_write_json, check_triplets_fit, read_file_names
 from ..io.rdm import read_human_rdm, read_rdm_items
-from ..io.resolve import is_bundled, resolve_categories, resolve_features, resolve_labels, resolve_triplets
+from ..io.resolve import (
+    is_bundled,
+    resolve_categories,
+    resolve_features,
+    resolve_labels,
+    resolve_triplets,
+    rows_mismatch,
+)
 from ..teacher import load_transform
 from .main import CLIError
+from .outdir import check_out_file
 
 EPILOG = """\
 bundled THINGS data (1,854 objects) by name instead of a path:
@@ -70,7 +78,8 @@ def register(sub):
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--features", required=True, help="(N, D) features: .npy/.npz/.pt/.h5/.txt, or things:KEY")
+    p.add_argument("--features", required=True, help="(N, D) features: .npy/.npz/.pt/.h5/.txt (FILE.npz:KEY for one of several arrays), "
+                   "or things:KEY")
     p.add_argument("--file-names", help="file_names.txt giving the feature rows' names (checked against N)")
     p.add_argument("--transform", help="teacher transform (.npz/.safetensors or its folder) applied to the features")
     p.add_argument("--triplets", required=True, help="human triplets (odd one out in column 2): .txt/.npy/.npz, or things:KEY")
@@ -171,6 +180,8 @@ def _run(args) -> int:
 
 
 def _check_args(args) -> None:
+    if args.out:
+        check_out_file("--out", args.out, ".json")
     if args.episodes < 2:
         raise CLIError("--episodes must be >= 2")
     if args.rdm_bootstrap < 0 or args.levels_seeds < 1:
@@ -208,14 +219,33 @@ def _load_inputs(args) -> Dict[str, Any]:
     if args.human_embedding:
         human = resolve_features(args.human_embedding, default="spose49")
         if human.shape[0] != n:
-            raise CLIError(f"--human-embedding has {human.shape[0]} rows but the features have {n}")
+            raise CLIError(rows_mismatch(("--human-embedding", args.human_embedding, human.shape[0]),
+                                         ("--features", args.features, n)))
     file_names = read_file_names(args.file_names) if args.file_names else None
     human_rdms, rdm_items = _load_human_rdms(args, n, file_names)
     labels = resolve_labels(args.few_shot, n=n)[0] if args.few_shot else None
+    if labels is not None:
+        _check_shots(args.shots, labels, args.few_shot)
     return {"features": feats, "triplets": triplets, "categories": categories, "category_names": cat_names,
             "levels": levels, "human": human, "file_names": file_names, "human_rdms": human_rdms,
             "rdm_items": rdm_items, "levels_data": _load_levels_data(args, file_names), "labels": labels,
             "recorded": _recorded(args)}
+
+
+def _check_shots(shots, labels: np.ndarray, spec: str) -> None:
+    """CLIError for a shot count no two classes can serve: an episode needs two classes with
+    ``shots + 1`` objects each (one left to query), else its row of the table is empty."""
+    sizes = np.sort(np.unique(labels[labels >= 0], return_counts=True)[1])[::-1]
+    usable = int(sizes[1]) - 1 if len(sizes) >= 2 else 0
+    too_many = [k for k in shots if k > usable]
+    if not too_many:
+        return
+    if usable < 1:
+        raise CLIError(f"--few-shot {spec}: no two classes have 2 or more objects; few-shot needs two classes "
+                       "with shots + 1 objects each")
+    k = max(too_many)
+    raise CLIError(f"--shots {k}: fewer than two classes of --few-shot {spec} have {k + 1} objects (shots + 1, "
+                   f"one left to query); the largest usable --shots is {usable}")
 
 
 def _recorded(args) -> Dict[str, Any]:

@@ -25,9 +25,10 @@ def register(sub) -> None:
         "(full-batch L-BFGS, early stopping, CV over lambda), optionally calibrate its "
         "temperature and distil soft targets. Writes DIR/transform.npz, DIR/report.json and a PNG.",
     )
-    p.add_argument("--features", required=True, help="features file (.npy/.npz/.pt/.h5/.txt) or things:clip|word2vec|spose49")
+    p.add_argument("--features", required=True, help="features file (.npy/.npz/.pt/.h5/.txt; FILE.npz:KEY for one of several "
+                   "arrays) or things:clip|word2vec|spose49")
     p.add_argument("--file-names", default=None, help="file_names.txt listing one name per feature row (count is checked)")
-    p.add_argument("--key", default=None, help="array name inside a .npz/.pt/.h5 features file")
+    p.add_argument("--key", default=None, help="array name inside a .npz/.pt/.h5 features file (the same as --features FILE.npz:KEY)")
     p.add_argument("--triplets", required=True, help="training triplets (.txt/.npy/.npz, column 2 the odd one out) or things:test_10")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-triplets", default=None, help="validation triplets (early stopping, selection, calibration)")

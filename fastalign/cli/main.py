@@ -30,6 +30,19 @@ COMMANDS = [
 ]
 
 
+# What to do after Ctrl-C, per command: only make-triplets needs a flag to continue (it refuses a
+# non-empty --out otherwise), distill and run resume by themselves, fit-teacher starts over in its
+# own folder, and import-triplets leaves a store its writer will not reopen without resume.
+INTERRUPT_ADVICE = {
+    "make-triplets": "rerun the same command with --resume to continue it",
+    "distill": "rerun the same command to resume from the newest checkpoint in its run folder",
+    "run": "rerun the same command to resume it (finished stages are kept)",
+    "fit-teacher": "rerun the same command to fit again (fit-teacher does not resume)",
+    "import-triplets": "the store in --out may be incomplete: remove that folder, then rerun the same command",
+}
+DEFAULT_INTERRUPT_ADVICE = "rerun the same command to start again (it does not resume)"
+
+
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2, no traceback."""
 
@@ -66,7 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"fastalign {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fastalign {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        advice = INTERRUPT_ADVICE.get(args.command, DEFAULT_INTERRUPT_ADVICE)
+        print(f"fastalign {args.command}: interrupted; {advice}", file=sys.stderr)
         return 130
 
 

@@ -15,7 +15,8 @@ def register(sub) -> None:
         "shards; the result equals a single-process run with the same seed.",
     )
     p.add_argument("--embeddings", required=True,
-                   help="(N, D) teacher features: things:KEY (e.g. things:clip) or a .npy/.npz/.pt/.h5/.txt file")
+                   help="(N, D) teacher features: things:KEY (e.g. things:clip) or a .npy/.npz/.pt/.h5/.txt file "
+                        "(FILE.npz:KEY for one of several arrays)")
     p.add_argument("--transform", help="teacher transform (.npz/.safetensors); its calibrated T sets the probabilities")
     p.add_argument("--labels", help="per-item class labels: things (THINGS objects in one category) or "
                                     ".npy/.npz/.txt (negative = no label)")
@@ -26,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--strategy", default="cluster_border",
                    help="random|between_class|within_class|class_border|cluster_border|within_category|"
                         "between_category|category_border, or a mix such as cluster_border:0.8,random:0.2 "
-                        "(default: cluster_border). Category strategies (need --categories; an object may be in "
+                        "(weights are relative: normalised to shares, with a note when they do not sum to 1; "
+                        "default: cluster_border). Category strategies (need --categories; an object may be in "
                         "several categories or none; objects in none are never used): within_category = all three "
                         "share a category; between_category = no two share a category; category_border = items 0 "
                         "and 1 share a category and item 2 (the odd one out) shares none with either")

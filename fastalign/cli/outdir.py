@@ -1,4 +1,5 @@
-"""Refuse an --out folder that is not empty and holds another program's files.
+"""Refuse an --out folder that is not empty and holds another program's files, and a
+single-file --out that names a folder.
 
 A command may write into a folder that does not exist, is empty, or already holds
 its own output (a rerun of fit-teacher replaces its files; distill resumes). Any
@@ -14,6 +15,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Iterable
 
+from ..io.atomic import check_file_target
 from .main import CLIError
 
 OVERWRITE_HELP = "write into a non-empty --out that holds no {what} output (files of the names it writes are replaced)"
@@ -42,3 +44,13 @@ def check_out_dir(out: Path, what: str, markers: Iterable[str], overwrite: bool)
         return
     raise CLIError(f"{out} already exists and is not empty, and holds no {what} output; pass --overwrite to "
                    "write into it anyway, or choose a new --out")
+
+
+def check_out_file(flag: str, value, suffix: str) -> Path:
+    """CLIError when the single file ``flag`` names is a folder (an existing one, or a name ending in
+    a slash), before any work starts; the atomic writer would refuse it only when it writes."""
+    try:
+        check_file_target(value, f" ending in {suffix}")
+    except ValueError as exc:
+        raise CLIError(f"{flag} {exc}") from None
+    return Path(value)

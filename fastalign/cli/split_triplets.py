@@ -19,6 +19,7 @@ from ..io import save_triplets
 from ..io.resolve import is_bundled, resolve_triplet_table
 from ..triplets.heldout import SPLIT_KINDS, split_rows
 from .main import CLIError
+from .outdir import check_out_file
 
 EPILOG = """\
 Both parts keep the input's participant column when it has one; the format of each
@@ -54,12 +55,11 @@ def register(sub) -> None:
 
 
 def _check_outputs(args) -> None:
-    train, held = Path(args.train), Path(args.heldout)
+    train = check_out_file("--train", args.train, ".txt, .npy or .npz")
+    held = check_out_file("--heldout", args.heldout, ".txt, .npy or .npz")
     for flag, path in (("--train", train), ("--heldout", held)):
         if path.suffix.lower() not in (".txt", ".tsv", ".npy", ".npz"):
             raise CLIError(f"{flag} {path}: unknown triplet format {path.suffix!r}; use .txt, .npy or .npz")
-        if path.is_dir():
-            raise CLIError(f"{flag} {path} is a directory; give a file name")
         if not is_bundled(args.triplets) and path.exists() and path.resolve() == Path(args.triplets).resolve():
             raise CLIError(f"{flag} {path} is the input file; write the parts to new files")
     if train.resolve() == held.resolve():

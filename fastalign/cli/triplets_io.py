@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ..triplets.alignet_io import export_store, import_store
+from .outdir import check_out_file
 
 FORMATS = ("alignet-npz", "things-txt")
+SUFFIXES = {"alignet-npz": ".npz", "things-txt": ".txt"}
 
 
 def register(sub) -> None:
@@ -39,6 +41,7 @@ def register(sub) -> None:
 
 
 def _export(args) -> int:
+    check_out_file("--out", args.out, SUFFIXES[args.format])
     n = export_store(args.store, args.out, args.format, verify=not args.no_verify)
     print(f"wrote {n:,} triplets to {args.out} ({args.format})")
     return 0

@@ -96,6 +96,17 @@ def _open_tmp(target: Path, named_tmp: bool) -> tuple:
     return fd, tmp
 
 
+def check_file_target(path: PathLike, hint: str = "") -> None:
+    """ValueError when ``path`` names a folder: an existing one, or a name ending in a slash.
+
+    ``hint`` completes the advice, e.g. ``" ending in .json"``.
+    """
+    text = os.fspath(path)
+    seps = (os.sep, os.altsep) if os.altsep else (os.sep,)
+    if text.endswith(seps) or os.path.isdir(text):
+        raise ValueError(f"{text} is a folder; give a file name{hint}")
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb", encoding: str = "utf-8", *,
                  named_tmp: bool = False, fault: Optional[str] = None) -> Iterator[IO[Any]]:
@@ -110,10 +121,13 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str = "utf-8", *,
             ``TAG.renamed`` of this write (``fastalign.io.faults``; tests only).
 
     Yields the open temporary file. On exception the temporary file is deleted,
-    the target is untouched and the exception propagates.
+    the target is untouched and the exception propagates. A ``path`` that is a
+    folder, or ends in a slash, is a ValueError naming it (``os.replace`` would
+    fail only after the body ran, and ``Path`` drops a trailing slash).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
+    check_file_target(path)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _open_tmp(target, named_tmp)

@@ -4,13 +4,16 @@ thingsvision writes features as ``features.npy`` / ``.pt`` / ``.hdf5`` (key
 ``features``) / ``.txt`` next to a ``file_names.txt`` listing one image path
 per row. ``load_features`` reads any of these; ``read_file_names`` and
 ``order_rows`` put the rows into a wanted order (e.g. THINGS ``unique_id``).
+
+One array of a container that holds several is named ``FILE:KEY`` (``two.npz:a``),
+so every command and config key that takes a features path can choose it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,23 +23,43 @@ from .untrusted import load_npy, load_npz, torch_load
 PathLike = Union[str, os.PathLike]
 
 FEATURE_FORMATS = (".npy", ".npz", ".pt", ".pth", ".h5", ".hdf5", ".txt", ".csv")
+# The formats that hold named arrays, so that ``FILE:KEY`` can name one.
+CONTAINER_FORMATS = (".npz", ".pt", ".pth", ".h5", ".hdf5")
 # Keys tried, in order, when a container holds several arrays and no key is given.
 DEFAULT_KEYS = ("features", "embeddings", "x")
 
 
+def split_key(path: PathLike) -> Tuple[Path, Optional[str]]:
+    """``two.npz:a`` -> (``two.npz``, ``"a"``); any other path -> (path, None).
+
+    A file that exists under the whole name is that file (a colon is a legal file-name character).
+    """
+    text = os.fspath(path)
+    base, sep, key = text.rpartition(":")
+    if (sep and key and not Path(text).is_file() and Path(base).suffix.lower() in CONTAINER_FORMATS
+            and not any(s in key for s in ("/", "\\"))):
+        return Path(base), key
+    return Path(text), None
+
+
+def _choices(name: str, keys: List[str]) -> str:
+    forms = [f"{name}:{k}" for k in keys]
+    return f"{forms[0]} or {forms[1]}" if len(forms) == 2 else "one of " + ", ".join(forms)
+
+
 def _pick(name: str, mapping: Dict[str, object], key: Optional[str]) -> object:
     """Choose one array out of a dict-like container (npz, pt dict, HDF5 file)."""
-    keys = list(mapping.keys())
+    keys = [str(k) for k in mapping.keys()]
     if key is not None:
         if key not in mapping:
-            raise ValueError(f"{name}: no key {key!r}; available keys: {keys}")
+            raise ValueError(f"{name}: holds no array {key!r}; its arrays: {', '.join(f'{name}:{k}' for k in keys)}")
         return mapping[key]
     if len(keys) == 1:
         return mapping[keys[0]]
     for k in DEFAULT_KEYS:
         if k in mapping:
             return mapping[k]
-    raise ValueError(f"{name}: holds several arrays {keys}; pass key= to choose one")
+    raise ValueError(f"{name}: holds several arrays {keys}; pass {_choices(name, keys)} to choose one")
 
 
 def _load_raw(path: Path, key: Optional[str]) -> np.ndarray:
@@ -158,12 +181,12 @@ def load_features(
     """Load an (N, D) feature matrix.
 
     Args:
-        path: ``.npy``; ``.npz`` (``key``, else the single array, else ``features``);
+        path: ``.npy``; ``.npz`` (``key`` or ``FILE.npz:KEY``, else the single array, else ``features``);
             ``.pt``/``.pth`` (a tensor or a dict of tensors, read with
             ``torch.load(weights_only=True)``); ``.h5``/``.hdf5`` (thingsvision's
             ``features`` dataset; needs h5py); ``.txt``/``.csv`` (numeric table).
         file_names: optional ``file_names.txt``; its line count must equal N.
-        key: which array to read from a container format.
+        key: which array to read from a container format (the same as a ``:KEY`` tail of ``path``).
         order: optional list of wanted names (needs ``file_names``); the rows are
             returned in this order (see ``order_rows``).
 
@@ -174,7 +197,10 @@ def load_features(
         ValueError: unknown format, wrong rank, NaN/Inf (naming the first bad
             row), a ``file_names`` count that differs from N, or an unmatched name.
     """
-    p = Path(path)
+    p, named = split_key(path)
+    if named is not None and key is not None and named != key:
+        raise ValueError(f"{path} names the array {named!r} but key={key!r} was given too; give one")
+    key = named if named is not None else key
     if not p.is_file():
         raise FileNotFoundError(f"{p}: feature file not found")
     if p.suffix.lower() not in FEATURE_FORMATS:

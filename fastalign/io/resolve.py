@@ -31,7 +31,7 @@ import numpy as np
 
 from ..common.category_levels import single_category_labels
 from ..datasets.things import FEATURES, ROOT, TRIPLETS, load_things
-from .features import load_features, read_file_names
+from .features import load_features, read_file_names, split_key
 from .triplets import TripletTable, load_triplets
 from .untrusted import load_npy, load_npz
 
@@ -46,6 +46,7 @@ __all__ = [
     "resolve_labels",
     "resolve_triplet_table",
     "resolve_triplets",
+    "rows_mismatch",
     "split_spec",
 ]
 
@@ -83,6 +84,19 @@ def _bundled_key(spec: str, kind: str, known, default: Optional[str]) -> Optiona
     return key
 
 
+def rows_mismatch(first: Tuple[str, str, int], second: Tuple[str, str, int]) -> str:
+    """The message for two inputs over different objects, each given as (what, spec, rows): both
+    files and their counts, and, when one is bundled, that its count is the THINGS one."""
+    (wa, sa, na), (wb, sb, nb) = first, second
+    text = (f"{wa} {sa} has {na:,} rows but {wb} {sb} has {nb:,}; every input must list the same objects "
+            "in the same order")
+    bundled = [(s, n) for s, n in ((sa, na), (sb, nb)) if is_bundled(s)]
+    if len(bundled) == 1:
+        other = sb if bundled[0][0] == sa else sa
+        text += f" (the bundled THINGS data has {bundled[0][1]:,} objects, so {other} lists other objects)"
+    return text
+
+
 def _existing_file(spec: str, kind: str) -> Path:
     p = Path(spec)
     if not p.is_file():
@@ -91,9 +105,10 @@ def _existing_file(spec: str, kind: str) -> Path:
 
 
 def feature_path(spec: str, default: Optional[str] = None) -> Path:
-    """The file behind a features spec (``things:KEY`` -> the bundled ``.npy``): what a cache key hashes."""
+    """The file behind a features spec (``things:KEY`` -> the bundled ``.npy``, ``two.npz:a`` -> ``two.npz``):
+    what a cache key hashes (with the spec, which names the array)."""
     key = _bundled_key(spec, "features", FEATURES, default)
-    return ROOT / FEATURES[key] if key is not None else _existing_file(spec, "features")
+    return ROOT / FEATURES[key] if key is not None else _existing_file(str(split_key(spec)[0]), "features")
 
 
 def resolve_features(spec: str, file_names: Optional[str] = None, key: Optional[str] = None,
@@ -101,15 +116,16 @@ def resolve_features(spec: str, file_names: Optional[str] = None, key: Optional[
     """(N, D) features from ``things:KEY`` or a file (``fastalign.io.load_features``: checked finite).
 
     Args:
-        spec: ``things:KEY`` or a features file.
+        spec: ``things:KEY``, a features file, or ``FILE:KEY`` for one array of a ``.npz`` / ``.pt`` / ``.h5``.
         file_names: for a file, ``file_names.txt`` whose count must match the rows.
-        key: array name inside a ``.npz`` / ``.pt`` / ``.h5`` file.
+        key: array name inside a ``.npz`` / ``.pt`` / ``.h5`` file (the same as a ``:KEY`` tail).
         default: the key that a bare ``things`` means (None: a bare ``things`` is an error).
     """
     bkey = _bundled_key(spec, "features", FEATURES, default)
     if bkey is not None:
         return np.array(load_things().features[bkey])  # a writable copy of the read-only bundled array
-    return load_features(_existing_file(spec, "features"), key=key, file_names=file_names)
+    feature_path(spec)  # the file must exist: a one-line error that says what else the spec may be
+    return load_features(spec, key=key, file_names=file_names)
 
 
 def resolve_triplet_table(spec: str) -> TripletTable:

@@ -49,7 +49,7 @@ from ..io.resolve import resolve_categories, resolve_features, resolve_file_name
 from ..teacher import load_transform
 from .fingerprint import input_digests, run_fingerprint
 from .kmeans import KMeansOptions, check_finite, kmeans
-from .options import EMB_DTYPES, GenerateOptions, check_options, content_options, uses_clusters
+from .options import EMB_DTYPES, GenerateOptions, check_options, content_options, share_note, uses_clusters
 from .ranks import check_fresh, rank_and_world, rank_device, start_run, wait_for, write_shared_json
 from .report import (
     ENTROPY_BINS,
@@ -240,6 +240,9 @@ def generate(o: GenerateOptions, say: Callable[[str], None] = lambda s: print(s,
     """Run the whole stage (see the module docstring); returns a ``GenerateSummary``."""
     mix = check_options(o)
     rank, world = rank_and_world(o.rank, o.world_size)
+    note = share_note(o.strategy)
+    if note and rank == 0:
+        say(note)
     root = Path(o.out)
     quiet = say if rank == 0 else (lambda s: None)
     device = rank_device(o.device, rank, world)

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .sampling import CATEGORY_STRATEGIES, parse_strategy
+from .sampling import CATEGORY_STRATEGIES, parse_strategy, strategy_weights
 from .store.layout import SIM_DTYPES
 
 EMB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -31,8 +31,9 @@ class GenerateOptions:
         embeddings: the (N, D) teacher features: ``things:KEY`` or a file (any format
             ``fastalign.io.load_features`` reads), resolved by ``fastalign.io.resolve``.
         out: store directory to create (the training split).
-        num: number of training triplets (>= 0).
-        strategy: a strategy or a mix, e.g. ``"cluster_border"`` or ``"cluster_border:0.8,random:0.2"``.
+        num: number of training triplets (>= 1).
+        strategy: a strategy or a mix, e.g. ``"cluster_border"`` or ``"cluster_border:0.8,random:0.2"``;
+            the weights are relative (normalised to shares; ``share_note`` says so when they do not sum to 1).
         clusters: k for k-means on the teacher embeddings (needed by ``cluster_border``).
         labels: optional per-item class labels: ``things`` (THINGS objects in one category) or a file
             (.npy/.npz/.txt, one label per item; negative = none), see ``fastalign.io.resolve_labels``.
@@ -107,7 +108,7 @@ def _int(name: str, value, lo: int) -> int:
 
 def check_options(o: GenerateOptions) -> List[Tuple[str, float]]:
     """Validate options that need no file access; returns the parsed strategy mix."""
-    _int("num", o.num, 0)
+    _int("num", o.num, 1)
     _int("val_num", o.val_num, 0)
     _int("shard_size", o.shard_size, 1)
     _int("chunk_size", o.chunk_size, 1)
@@ -132,6 +133,16 @@ def check_options(o: GenerateOptions) -> List[Tuple[str, float]]:
     if o.temperature is not None and not (o.temperature > 0 and math.isfinite(o.temperature)):
         raise ValueError(f"temperature must be finite and > 0, got {o.temperature!r}")
     return mix
+
+
+def share_note(strategy: str) -> Optional[str]:
+    """A one-line note of the shares a mix's relative weights become when they do not sum to 1, else None."""
+    weights = strategy_weights(strategy)
+    total = sum(weights.values())
+    if len(weights) < 2 or abs(total - 1.0) <= 1e-6:
+        return None
+    shares = ", ".join(f"{name} {w / total:.4g}" for name, w in weights.items())
+    return f"note: strategy {strategy}: the weights sum to {total:g}, not 1; they are relative, so the shares are {shares}"
 
 
 def content_options(o: GenerateOptions) -> Dict[str, Any]:

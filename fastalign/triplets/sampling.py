@@ -76,8 +76,9 @@ STRATEGIES = ("random", "between_class", "within_class", "class_border", "cluste
 WEIGHTINGS = ("size", "uniform")
 
 
-def parse_strategy(spec: str) -> List[Tuple[str, float]]:
-    """Parse ``"cluster_border"`` or ``"cluster_border:0.8,random:0.2"`` into normalised (name, weight) pairs."""
+def strategy_weights(spec: str) -> Dict[str, float]:
+    """The weights of ``"cluster_border"`` or ``"cluster_border:0.8,random:0.2"`` as written (a bare name
+    weighs 1); they are relative, ``parse_strategy`` normalises them to shares."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"strategy must be a non-empty string, got {spec!r}")
     out: Dict[str, float] = {}
@@ -96,8 +97,14 @@ def parse_strategy(spec: str) -> List[Tuple[str, float]]:
         if name in out:
             raise ValueError(f"strategy {name!r} is listed twice")
         out[name] = weight
-    total = sum(out.values())
-    return [(k, v / total) for k, v in out.items()]
+    return out
+
+
+def parse_strategy(spec: str) -> List[Tuple[str, float]]:
+    """Parse ``"cluster_border"`` or ``"cluster_border:0.8,random:0.2"`` into (name, share) pairs summing to 1."""
+    weights = strategy_weights(spec)
+    total = sum(weights.values())
+    return [(k, v / total) for k, v in weights.items()]
 
 
 def split_counts(n: int, mix: Sequence[Tuple[str, float]], rotate: int = 0) -> List[int]:
