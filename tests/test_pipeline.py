@@ -49,13 +49,37 @@ def test_pipeline_artefacts(run_dir):
 
 
 def test_student_embeddings_carry_their_training_temperature(run_dir):
-    # `fastalign evaluate embeddings/student.npy` must score at the student's T, as the report does.
+    # `fastalign evaluate embeddings/student.npy` scores at the student's training T (the report fits its own).
     from fastalign.distill.export import read_sidecar
 
     info, note = read_sidecar(run_dir / "embeddings" / "student.npy")
     assert note == "" and info is not None
     cfg = load_config(overrides=SMALL)
     assert info["temperature"] == cfg.student.loss.temperature and info["similarity"] == cfg.student.loss.similarity
+
+
+def test_report_fits_every_temperature_on_the_calibration_split(run_dir):
+    """Before: the raw rows' NLL and ECE were at T = 1 and the student's at its training T, against a
+    teacher calibrated on the calibration triplets."""
+    import numpy as np
+
+    from fastalign.eval import fit_temperature
+    from fastalign.pipeline.inputs import Inputs
+
+    report = json.loads((run_dir / "report.json").read_text())
+    teacher_t = json.loads((run_dir / "teacher" / "report.json").read_text())["calibration"]["temperature"]
+    with np.load(run_dir / "data" / "human_triplets.npz") as z:
+        calibration = z["calibration"]
+    res = report["results"]
+    for r in res.values():
+        fit = r["temperature_fit"]
+        assert fit["split"] == "calibration" and fit["n"] == len(calibration) and r["temperature"] == fit["temperature"]
+    raw = Inputs(load_config(overrides=SMALL)).teacher
+    assert res["raw teacher features"]["temperature"] == pytest.approx(
+        fit_temperature(raw, calibration, "cosine").temperature)
+    assert res["raw teacher features"]["temperature"] < 0.5  # cosine similarities need a small T, not 1
+    assert res["teacher"]["temperature"] == pytest.approx(teacher_t)
+    assert "T (fitted)" in (run_dir / "report.md").read_text()
 
 
 def test_rerun_is_cached_and_force_redoes_one(run_dir):

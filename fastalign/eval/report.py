@@ -54,6 +54,9 @@ class EvalOptions:
         ceiling: human noise ceiling for the normalised score (> 1/3).
         n_bins: ECE bins.
         min_repeats: responses an object set needs to count for human uncertainty (>= 2).
+        uncertainty_bootstrap: object-set resamples for the 95 % interval of the KL to
+            repeated human choices (0: none).
+        uncertainty_seed: seed of that bootstrap.
         uncategorized: how objects without a category enter the levels ("distinct" or "exclude").
         rdm_metric: RDM metric of the evaluated representation; ``None`` = "dot" for
             dot similarity, "cosine" for cosine similarity.
@@ -73,6 +76,8 @@ class EvalOptions:
     ceiling: float = DEFAULT_CEILING
     n_bins: int = DEFAULT_BINS
     min_repeats: int = 2
+    uncertainty_bootstrap: int = 1000
+    uncertainty_seed: int = 0
     uncategorized: str = "distinct"
     rdm_metric: Optional[str] = None
     human_rdm_metric: str = "dot"
@@ -256,7 +261,8 @@ def _evaluate(emb: Any, shared: _Shared, similarity: str, temperature: float, op
         "accuracy by level": lambda: _category_levels(report, e, t, o, shared, similarity, opts, backend),
         "levels file": lambda: _levels_file(report, e, t, o, shared, similarity, backend),
         "human uncertainty": lambda: report.update(uncertainty=human_uncertainty(
-            e, t, o, similarity, temperature, opts.min_repeats, backend)),
+            e, t, o, similarity, temperature, opts.min_repeats, backend, opts.uncertainty_bootstrap,
+            opts.uncertainty_seed)),
         "RSA and CKA": lambda: report.update(rsa=_rsa(e, shared, similarity, opts)),
         "measured human RDMs": lambda: report.update(human_rdms=_measured_rdms(e, shared, similarity, opts)),
         "Levels dataset": lambda: report.update(levels_dataset=_levels_dataset(e, shared, similarity, opts,
@@ -373,6 +379,11 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return str(v)
 
 
+def _interval(iv: Optional[Mapping[str, Any]]) -> str:
+    ci = (iv or {}).get("ci95")
+    return "-" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
 def _rows(report: Mapping[str, Any]) -> List[Tuple[str, str]]:
     rows = [
         ("triplets", _fmt(report.get("n_triplets"))),
@@ -398,6 +409,7 @@ def _rows(report: Mapping[str, Any]) -> List[Tuple[str, str]]:
             ("human agreement, leave-one-out", _fmt(unc.get("noise_ceiling_loo"), True)),
             (f"accuracy vs majority (n={unc['n_majority']})", _fmt(unc["model_accuracy_vs_majority"], True)),
             ("KL(human || model)", _fmt(unc["kl_human_model"])),
+            ("KL(human || model) 95 % interval over sets", _interval(unc.get("kl_human_model_interval"))),
             ("entropy Spearman (model vs human)", _fmt(unc["entropy_spearman"])),
         ]
     if "rsa" in report:

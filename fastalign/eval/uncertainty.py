@@ -37,6 +37,23 @@ def _loo_agreement(counts: torch.Tensor) -> torch.Tensor:
     return (c * match).sum(1) / c.sum(1)
 
 
+def _mean_interval(values: torch.Tensor, bootstrap: int, seed: int) -> Dict[str, Any]:
+    """Standard error and percentile-bootstrap 95 % interval of the mean of (U,) per-set values.
+
+    Resampling the object sets is what a rerun on other repeated sets would vary; with a handful
+    of sets the interval is wide, and two models' means inside each other's intervals are not ranked.
+    """
+    v = values.to(torch.float64).cpu()
+    n = v.shape[0]
+    se = float(v.std(unbiased=True) / n ** 0.5) if n >= 2 else None
+    ci = None
+    if n >= 2 and bootstrap > 0:
+        gen = torch.Generator().manual_seed(seed)
+        means = v[torch.randint(n, (bootstrap, n), generator=gen)].mean(1)
+        ci = [float(torch.quantile(means, 0.025)), float(torch.quantile(means, 0.975))]
+    return {"se": se, "ci95": ci, "bootstrap": bootstrap if ci is not None else 0}
+
+
 def human_uncertainty(
     emb: Any,
     triplets: Any,
@@ -45,7 +62,9 @@ def human_uncertainty(
     temperature: float = 1.0,
     min_repeats: int = 2,
     backend: Optional[str] = None,
-) -> Dict[str, Optional[float]]:
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> Dict[str, Any]:
     """Compare a model with human choice distributions over repeated triplets.
 
     Only object sets with at least ``min_repeats`` responses count (a single
@@ -59,6 +78,8 @@ def human_uncertainty(
         temperature: model softmax temperature (> 0) for the probabilities.
         min_repeats: minimum responses per object set, >= 2.
         backend: kernel backend.
+        bootstrap: resamples of the object sets for the KL's 95 % interval (0: none).
+        seed: seed of that bootstrap.
 
     Returns a dict (floats; ``None`` where undefined):
 
@@ -75,17 +96,22 @@ def human_uncertainty(
     - ``model_accuracy_vs_majority``: model accuracy (ties wrong) against that
       majority, over the ``n_majority`` sets;
     - ``kl_human_model``: mean KL(human || model) in nats;
+    - ``kl_human_model_interval``: its uncertainty over the object sets: ``se`` (standard
+      error of the mean), ``ci95`` (percentile bootstrap over sets) and ``bootstrap``
+      (resamples); ``None`` entries below two sets;
     - ``entropy_spearman``: Spearman correlation of model and human entropies;
     - ``human_entropy``, ``model_entropy``: mean entropies in nats.
     """
     if not isinstance(min_repeats, int) or min_repeats < 2:
         raise ValueError(f"min_repeats must be an int >= 2, got {min_repeats!r}")
+    if not isinstance(bootstrap, int) or isinstance(bootstrap, bool) or bootstrap < 0:
+        raise ValueError(f"bootstrap must be an int >= 0, got {bootstrap!r}")
     e = as_emb(emb)
     t = as_triplets(triplets, e.shape[0], e.device)
     agg = aggregate_triplets(t, odd)
     keep = agg.n >= min_repeats
     rows, counts = agg.triplets[keep], agg.counts[keep]
-    out: Dict[str, Optional[float]] = {
+    out: Dict[str, Any] = {
         "min_repeats": min_repeats,
         "n_sets": int(rows.shape[0]),
         "n_responses": int(counts.sum()),
@@ -94,6 +120,7 @@ def human_uncertainty(
         "n_majority": 0,
         "model_accuracy_vs_majority": None,
         "kl_human_model": None,
+        "kl_human_model_interval": {"se": None, "ci95": None, "bootstrap": 0},
         "entropy_spearman": None,
         "human_entropy": None,
         "model_entropy": None,
@@ -118,6 +145,7 @@ def human_uncertainty(
     logq = torch.log(q.clamp_min(torch.finfo(torch.float64).tiny))
     kl = torch.where(p > 0, p * (torch.log(p.clamp_min(1e-300)) - logq), torch.zeros_like(p)).sum(1)
     out["kl_human_model"] = float(kl.mean())
+    out["kl_human_model_interval"] = _mean_interval(kl, bootstrap, seed)
     h_human, h_model = entropy(p), entropy(q)
     out["human_entropy"] = float(h_human.mean())
     out["model_entropy"] = float(h_model.mean())

@@ -8,11 +8,13 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from ..common.category_levels import single_category_labels
+from ..distill.metrics import plot_curves
+from ..eval.calibration import fit_temperature
 from ..eval.few_shot import FewShotOptions
 from ..eval.human_plots import plot_human_rdms, plot_levels_dataset
 from ..eval.levels_data import LevelsOptions
@@ -22,23 +24,49 @@ from ..io import atomic_write_json, atomic_write_text
 from ..io.atomic import TMP_PREFIX
 
 LEVELS = ("fine", "class_boundary", "coarse")
+# The student stage's eval.human_triplets are the calibration split (pipeline.run.student_config).
+CURVE_TITLES = {"human_acc": "odd-one-out accuracy on the training-side\ncalibration human triplets (%)"}
 
 
-def _representations(cfg, inputs, out: Path) -> Dict[str, Dict[str, Any]]:
-    """name -> embedding, similarity and temperature used to score it."""
+# How every representation's temperature is obtained (report.json ``temperature_fit.method``).
+TEMPERATURE_METHOD = ("one softmax temperature fitted by the NLL of the training-side calibration triplets "
+                      "(fastalign.teacher.calibrate_temperature, as the teacher stage calibrates the teacher)")
+
+
+def _temperature_fit(emb: np.ndarray, similarity: str, calibration: np.ndarray) -> Dict[str, Any]:
+    """The temperature a representation is scored at, and how it was fitted."""
+    if len(calibration) == 0:
+        return {"temperature": 1.0, "method": "T = 1: the run has no calibration triplets", "split": None, "n": 0}
+    fit = fit_temperature(emb, calibration, similarity)
+    return {"temperature": fit.temperature, "method": TEMPERATURE_METHOD, "split": "calibration",
+            **{k: v for k, v in fit.to_dict().items() if k != "temperature"}}
+
+
+def _representations(cfg, inputs, out: Path, calibration: np.ndarray) -> Dict[str, Dict[str, Any]]:
+    """name -> embedding, similarity, and the temperature its calibration measures use.
+
+    Every temperature is fitted the same way on the same training-side calibration triplets, so
+    NLL, ECE and the KL to human choices compare the representations, not their temperatures.
+    """
     teacher_report = json.loads((out / "teacher" / "report.json").read_text())
-    t_teacher = float((teacher_report.get("calibration") or {}).get("temperature", 1.0))
-    return {
-        "raw teacher features": {"emb": inputs.teacher, "similarity": "cosine", "temperature": 1.0},
-        "teacher": {"emb": np.load(out / "embeddings" / "teacher.npy"), "similarity": "dot",
-                    "temperature": t_teacher},
+    reps: Dict[str, Dict[str, Any]] = {
+        "raw teacher features": {"emb": inputs.teacher, "similarity": "cosine"},
+        "teacher": {"emb": np.load(out / "embeddings" / "teacher.npy"), "similarity": "dot"},
         # An image student's raw representation is its backbone before distillation.
         "raw student features": {"emb": inputs.student if inputs.student is not None
                                  else np.load(out / "embeddings" / "student_raw.npy"),
-                                 "similarity": "cosine", "temperature": 1.0},
-        "student": {"emb": np.load(out / "embeddings" / "student.npy"), "similarity": "dot",
-                    "temperature": cfg.student.loss.temperature},
+                                 "similarity": "cosine"},
+        "student": {"emb": np.load(out / "embeddings" / "student.npy"), "similarity": "dot"},
     }
+    for rep in reps.values():
+        rep["temperature_fit"] = _temperature_fit(rep["emb"], rep["similarity"], calibration)
+        rep["temperature"] = rep["temperature_fit"]["temperature"]
+    # For the record: the temperatures the stages themselves used.
+    teacher_cal = teacher_report.get("calibration")
+    reps["teacher"]["temperature_fit"]["teacher_stage_temperature"] = (
+        float(teacher_cal["temperature"]) if teacher_cal else None)
+    reps["student"]["temperature_fit"]["training_temperature"] = float(cfg.student.loss.temperature)
+    return reps
 
 
 def _measured_human_figures(results: Dict[str, Dict[str, Any]], fig_dir: Path) -> List[Path]:
@@ -54,6 +82,29 @@ def _measured_human_figures(results: Dict[str, Dict[str, Any]], fig_dir: Path) -
     return [f for f in figures if f is not None]
 
 
+def _metric_rows(path: Path) -> List[Dict[str, Any]]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line from a kill
+    return rows
+
+
+def _distillation_curves(out: Path, path: Path) -> Optional[Path]:
+    """The student's training curves, their human accuracy named as the calibration triplets it is on
+    (the stage monitors the training-side calibration split, never the held-out one)."""
+    logs = sorted((out / "student").rglob("metrics.jsonl"))
+    if logs:
+        return plot_curves(_metric_rows(logs[0]), path, labels=CURVE_TITLES)
+    curves = sorted((out / "student").rglob("*.png"))
+    if not curves:
+        return None
+    shutil.copyfile(curves[0], path)
+    return path
+
+
 def _remove_report_temps(out: Path) -> None:
     """The named temp files (``.tmp-report.*.PID``) a killed earlier write of the report left behind."""
     for path in list(out.glob(f"{TMP_PREFIX}report.json.*")) + list(out.glob(f"{TMP_PREFIX}report.md.*")):
@@ -64,7 +115,7 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say, progress:
     start = time.perf_counter()
     out = Path(out)
     with np.load(out / "data" / "human_triplets.npz") as z:
-        held = z["heldout"]
+        held, calibration = z["heldout"], z["calibration"]
     labels = single_category_labels(inputs.categories) if inputs.categories is not None else None
     opts = EvalOptions(ceiling=cfg.eval.ceiling,
                        few_shot=FewShotOptions(shots=tuple(cfg.eval.few_shot_shots),
@@ -72,8 +123,11 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say, progress:
                        category_levels_name=("THINGS category levels" if cfg.data.categories in ("things", "things:categories")
                                              else "category levels"),
                        rdm_seed=cfg.data.seed, rdm_bootstrap=cfg.eval.rdm_bootstrap,
+                       uncertainty_seed=cfg.data.seed,
                        levels_data=LevelsOptions(seed=cfg.data.seed, allow_missing=cfg.data.allow_missing))
-    reps = _representations(cfg, inputs, out)
+    reps = _representations(cfg, inputs, out, calibration)
+    say("  temperatures fitted on " + f"{len(calibration)} calibration triplets: "
+        + ", ".join(f"{name} {rep['temperature']:.3g}" for name, rep in reps.items()))
     measure_seconds: Dict[str, Dict[str, float]] = {}
 
     def measured(name: str, measure: str, seconds: float) -> None:
@@ -82,11 +136,14 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say, progress:
     say(f"  evaluating {len(reps)} representations: {', '.join(reps)}")
     # One call for all four: the human RDM, the triplets' levels and such are computed once.
     results: Dict[str, Dict[str, Any]] = evaluate_representations(
-        {name: {**rep, "rdm_metric": rep["similarity"]} for name, rep in reps.items()}, held,
+        {name: {"emb": rep["emb"], "similarity": rep["similarity"], "temperature": rep["temperature"],
+                "rdm_metric": rep["similarity"]} for name, rep in reps.items()}, held,
         categories=inputs.categories, human_rdm_emb=inputs.human, few_shot_labels=labels,
         human_rdms=inputs.human_rdms, human_rdm_items=inputs.human_rdm_items,
         levels_data=inputs.levels_data, file_names=inputs.file_names or None,
         options=opts, progress=progress, on_measure=measured)
+    for name, rep in reps.items():
+        results[name]["temperature_fit"] = rep["temperature_fit"]
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
     figures: List[Path] = []
@@ -109,10 +166,7 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say, progress:
         if src.exists():
             shutil.copyfile(src, fig_dir / dst)
             figures.append(fig_dir / dst)
-    curves = sorted((out / "student").rglob("*.png"))
-    if curves:
-        shutil.copyfile(curves[0], fig_dir / "distillation_curves.png")
-        figures.append(fig_dir / "distillation_curves.png")
+    figures.append(_distillation_curves(out, fig_dir / "distillation_curves.png"))
     stages = {name: {"seconds": r.seconds, "cached": r.cached, "metrics": r.metrics}
               for name, r in runner.results.items()}
     # The report is written inside the evaluation stage, so its row holds the time up to this point.
@@ -171,6 +225,55 @@ def _measured_human_markdown(res: Dict[str, Dict[str, Any]]) -> List[str]:
     return lines
 
 
+def _five_shot(r: Dict[str, Any]) -> Dict[str, Any]:
+    few = (r.get("few_shot") or {}).get("centroid") or {}
+    return few.get("5") or few.get(5) or {}
+
+
+def _kl_cell(unc: Dict[str, Any]) -> str:
+    """Two decimals and the bootstrap interval: a few repeated sets do not carry a third decimal."""
+    if not unc.get("n_sets"):
+        return "n/a (no repeats)"
+    ci = (unc.get("kl_human_model_interval") or {}).get("ci95")
+    return _num(unc.get("kl_human_model"), ".2f") + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+# Below this many repeated object sets the KL only indicates, it does not rank.
+FEW_SETS = 30
+
+
+def _calibration_notes(res: Dict[str, Dict[str, Any]], fives: Dict[str, Dict[str, Any]]) -> List[str]:
+    """What the calibration table's temperature, KL and few-shot columns are."""
+    fits = [r.get("temperature_fit") or {} for r in res.values()]
+    notes = []
+    n_cal = max((f.get("n") or 0 for f in fits), default=0)
+    if n_cal:
+        student = (res.get("student") or {}).get("temperature_fit") or {}
+        trained = student.get("training_temperature")
+        notes.append(f"T: one softmax temperature per representation, fitted by the NLL of the {n_cal} "
+                     "training-side calibration triplets (as the teacher stage calibrates the teacher), never on "
+                     "the held-out ones. NLL, ECE and the KL use it; accuracy, RSA, CKA and few-shot do not depend "
+                     "on it." + (f" The student was trained at T = {trained:g}." if trained is not None else ""))
+    else:
+        notes.append("T = 1 for every representation: the run has no calibration triplets to fit it on.")
+    unc = next((r["uncertainty"] for r in res.values() if (r.get("uncertainty") or {}).get("n_sets")), None)
+    if unc:
+        iv = unc.get("kl_human_model_interval") or {}
+        line = (f"KL: mean KL(human || model) in nats over the {unc['n_sets']} held-out object sets with at least "
+                f"{unc.get('min_repeats', 2)} responses")
+        line += (f", with a 95 % percentile-bootstrap interval over the sets ({iv['bootstrap']} resamples)."
+                 if iv.get("ci95") else ".")
+        if unc["n_sets"] < FEW_SETS:
+            line += f" With {unc['n_sets']} sets it is indicative only: rows whose intervals overlap are not ranked by it."
+        notes.append(line)
+    few = next((f for f in fives.values() if f.get("n_classes")), None)
+    if few:
+        notes.append(f"5-shot centroid: nearest-centroid classification (balanced accuracy, mean of "
+                     f"{few.get('episodes')} episodes) of the {few['n_classes']} categories with at least 6 objects "
+                     f"in that category alone; chance is 1/{few['n_classes']} = {_pct(1 / few['n_classes'])} %.")
+    return notes
+
+
 def render_markdown(report: Dict[str, Any]) -> str:
     res = report["results"]
     names = list(res)
@@ -194,21 +297,25 @@ def render_markdown(report: Dict[str, Any]) -> str:
     model = tf.get("similarity_model") or "SPoSE"
     rsa_head = (f"agreement with {model}, the similarity model the teacher was fitted to (RSA Spearman)" if dense
                 else f"RSA Spearman (vs {model})")
+    fives = {n: _five_shot(res[n]) for n in names}
+    few_head = "5-shot centroid (%)"
+    classes = {f.get("n_classes") for f in fives.values() if f}
+    if len(classes) == 1 and None not in classes:
+        few_head = f"5-shot centroid (%, chance {_pct(1 / next(iter(classes)))})"
     lines += ["## Calibration, human uncertainty, RSA and few-shot", "",
-              f"| representation | T | NLL | ECE | KL to repeated human choices (sets) | {rsa_head} | CKA | "
-              "5-shot centroid (%) |",
+              f"| representation | T (fitted) | NLL | ECE | KL to repeated human choices [95 % CI] | {rsa_head} | CKA | "
+              f"{few_head} |",
               "|---|---|---|---|---|---|---|---|"]
     for n in names:
         r = res[n]
         cal = r.get("calibration", {})
         rsa = r.get("rsa", {})
-        unc = r.get("uncertainty") or {}
-        kl = f"{_num(unc.get('kl_human_model'))} ({unc.get('n_sets', 0)})" if unc.get("n_sets") else "n/a (no repeats)"
         spear = (rsa.get("scores") or rsa).get("spearman") if isinstance(rsa, dict) else None
-        few = ((r.get("few_shot") or {}).get("centroid") or {})
-        five = few.get("5") or few.get(5) or {}
         lines.append(f"| {n} | {_num(r.get('temperature'), '.3g')} | {_num(cal.get('nll'))} | {_num(cal.get('ece'))} | "
-                     f"{kl} | {_num(spear)} | {_num(rsa.get('cka'))} | {_pct(five.get('mean'))} |")
+                     f"{_kl_cell(r.get('uncertainty') or {})} | {_num(spear)} | {_num(rsa.get('cka'))} | "
+                     f"{_pct(fives[n].get('mean'))} |")
+    for note in _calibration_notes(res, fives):
+        lines += ["", note]
     lines += ["", "Held-out human accuracy is the main measure."]
     if dense:
         lines += [f"The teacher was fitted to {model}'s choice distributions, so agreement with {model} (RSA) is "
