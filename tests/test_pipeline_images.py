@@ -101,7 +101,7 @@ def test_missing_and_extra_images_are_named(user_data, tmp_path, capsys):
     args = ["run", "--out", str(tmp_path / "x")]
     for o in _overrides(user_data, **{"data.file_names": f'"{short}"'}):
         args += ["--set", o]
-    assert main(args) == 2 and "lists 59 objects but the teacher features have 60" in capsys.readouterr().err
+    assert main(args) == 2 and "has 59 rows but data.teacher_features" in capsys.readouterr().err
     gone = tmp_path / "gone.txt"
     gone.write_text("\n".join(names[:-1] + ["absent.png"]))
     args = ["run", "--out", str(tmp_path / "y")]
@@ -119,4 +119,4 @@ def test_file_names_are_checked_for_a_features_student_too(user_data, tmp_path, 
     for o in _overrides(user_data, **{"student.student.kind": "features", "data.student_images": '""',
                                       "data.file_names": f'"{short}"'}):
         args += ["--set", o]
-    assert main(args) == 2 and "lists 58 objects but the teacher features have 60" in capsys.readouterr().err
+    assert main(args) == 2 and "has 58 rows but data.teacher_features" in capsys.readouterr().err

@@ -63,3 +63,34 @@ def test_a_stage_that_cannot_resume_says_it_runs_again(tmp_path):
     (tmp_path / "t2" / PENDING_FILE).write_text(json.dumps({"key": digest_obj(fp), "fingerprint": fp}))
     runner.run(resumable, 1, 1)
     assert "[1/1] t2: resuming" in lines
+
+
+def test_npz_key_features_reach_every_stage_and_mismatches_name_both_inputs(tmp_path):
+    """`data.teacher_features = "two.npz:a"` was checked, then lost its key on the way to the triplet
+    stage (which found two arrays); a row-count mismatch named no file and blamed the valid input."""
+    import numpy as np
+
+    from fastalign.io.features import load_features
+    from fastalign.io.resolve import resolve_features
+
+    clip = resolve_features("things:clip")
+    np.savez(tmp_path / "two.npz", a=clip, b=clip[:10])
+    cfg = load_config(None, [f'data.teacher_features="{tmp_path / "two.npz"}:a"'])
+    inputs = Inputs(cfg)
+    assert inputs.teacher_source == f"{tmp_path / 'two.npz'}:a"
+    assert np.array_equal(load_features(inputs.teacher_source), clip)
+    cfg = load_config(None, [f'data.student_features="{tmp_path / "two.npz"}:b"'])
+    with pytest.raises(ValueError, match=r"data.student_features .*two.npz:b has 10 rows but "
+                                         r"data.teacher_features things:clip has 1,854"):
+        Inputs(cfg)
+
+
+def test_cli_warnings_are_one_line(capsys):
+    """Before: a raw UserWarning with the library's file path and the source line under it."""
+    root = Path(__file__).resolve().parent.parent
+    rc = main(["distill", "--config", str(root / "examples" / "distill.toml"), "--set", "train.steps=5",
+               "--print-config"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "fastalign distill: warning: optim.warmup_steps = 100 >= train.steps = 5" in err, err
+    assert "UserWarning" not in err and "validate()" not in err

@@ -8,9 +8,11 @@ top (the package root imports torch anyway, so deferring imports would save noth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 from .. import __version__
@@ -59,6 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Warnings as ``fastalign CMD: warning: ...`` lines: a user of the command line needs the
+    message, not the library's file, line number and source line."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"fastalign {command}: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,7 +84,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        rc = int(args.func(args) or 0)
+        with _one_line_warnings(args.command):
+            rc = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe raises here, inside the handler, not at interpreter exit
         return rc
     except BrokenPipeError:

@@ -14,8 +14,9 @@ import numpy as np
 
 from ..datasets.levels import LevelsData, load_levels, match_images
 from ..io import check_triplets_fit, read_file_names
+from ..io.features import split_key
 from ..io.rdm import HumanRDMs, read_human_rdm, read_rdm_items, split_rdm_spec
-from ..io.resolve import feature_path, resolve_categories, resolve_features, resolve_triplets
+from ..io.resolve import feature_path, resolve_categories, resolve_features, resolve_triplets, rows_mismatch
 from .config import RunConfig, RunDataConfig
 from .stages import digest_files
 
@@ -71,6 +72,12 @@ def _digest_images(listing: Path, root: Path, names: List[str]) -> str:
     return h.hexdigest()
 
 
+def _loadable(spec: str, path: Path) -> str:
+    """What later stages load: the resolved file, with the array key of a ``FILE.npz:KEY`` spec."""
+    key = split_key(spec)[1]
+    return str(path) if key is None else f"{path}:{key}"
+
+
 class Inputs:
     """Every input of the run, loaded and cross-checked once, before any long work."""
 
@@ -78,14 +85,16 @@ class Inputs:
         d = cfg.data
         self._cfg_data = d
         self.teacher_path = _for_key("data.teacher_features", feature_path, d.teacher_features)
+        self.teacher_source = _loadable(d.teacher_features, self.teacher_path)
         self.teacher = _for_key("data.teacher_features", resolve_features, d.teacher_features)
         self.images = cfg.student.student.kind != "features"
         self.file_names_path, self.file_names = _file_names(d, self.images)
         self.image_root: Optional[Path] = Path(d.student_images) if self.images else None
         if self.images:
-            self.student_path, self.student = None, None
+            self.student_path, self.student_source, self.student = None, None, None
         else:
             self.student_path = _for_key("data.student_features", feature_path, d.student_features)
+            self.student_source = _loadable(d.student_features, self.student_path)
             self.student = _for_key("data.student_features", resolve_features, d.student_features)
         self.human = (_for_key("data.human_embedding", resolve_features, d.human_embedding)
                       if d.human_embedding else None)
@@ -98,14 +107,14 @@ class Inputs:
 
     def _check(self, d: RunDataConfig) -> None:
         n = self.n
+        teacher = ("data.teacher_features", d.teacher_features, n)
         if self.file_names_path is not None and len(self.file_names) != n:
-            raise ValueError(f"data.file_names lists {len(self.file_names)} objects but the teacher features have "
-                             f"{n} rows; every input must list the same objects in the same order")
-        for name, arr in [("student features", self.student), ("human embedding", self.human),
-                          ("categories", self.categories)]:
+            raise ValueError(rows_mismatch(("data.file_names", d.file_names, len(self.file_names)), teacher))
+        for key, spec, arr in [("data.student_features", d.student_features, self.student),
+                               ("data.human_embedding", d.human_embedding, self.human),
+                               ("data.categories", d.categories, self.categories)]:
             if arr is not None and arr.shape[0] != n:
-                raise ValueError(f"{name} have {arr.shape[0]} rows but the teacher features have {n}; "
-                                 "every input must list the same objects in the same order")
+                raise ValueError(rows_mismatch((key, spec, arr.shape[0]), teacher))
         check_triplets_fit(self.triplets, n, "human triplets")
         if not 0.0 < d.heldout_fraction < 1.0:
             raise ValueError(f"data.heldout_fraction must be in (0, 1), got {d.heldout_fraction}")

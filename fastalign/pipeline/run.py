@@ -198,7 +198,7 @@ def _stage_triplets(cfg: RunConfig, inputs: Inputs, out: Path, say):
         tc = cfg.triplets
         store = stage_dir / "store"
         opts = GenerateOptions(
-            embeddings=str(inputs.teacher_path), transform=str(out / "teacher" / "transform.npz"), out=str(store),
+            embeddings=inputs.teacher_source, transform=str(out / "teacher" / "transform.npz"), out=str(store),
             num=tc.num, val_num=tc.val_num, strategy=tc.strategy, clusters=tc.clusters, seed=cfg.data.seed,
             kmeans_normalize=tc.normalize, sim_dtype="float32", resume=store.exists(), progress=False,
         )
@@ -226,7 +226,7 @@ def student_config(cfg: RunConfig, inputs: Inputs, out: Path) -> DistillConfig:
         dc.data.image_root = str(inputs.image_root)
         dc.data.file_names = str(inputs.file_names_path)
     else:
-        dc.student.features = str(inputs.student_path)
+        dc.student.features = inputs.student_source
         dc.data.num_workers = 0  # the inputs are row indices: nothing to decode in workers
     store = out / "triplets" / "store"
     dc.data.source = "store"
@@ -284,7 +284,7 @@ def _stage_student(cfg: RunConfig, inputs: Inputs, out: Path, say, progress: boo
             export_embeddings(result.checkpoint, student_npy, **images, micro_batch=dc.train.micro_batch,
                               device=device)
         else:
-            export_embeddings(result.checkpoint, student_npy, features=str(inputs.student_path))
+            export_embeddings(result.checkpoint, student_npy, features=inputs.student_source)
         outputs += [student_npy, sidecar_path(student_npy)] + ([result.curves] if result.curves else [])
         metrics.update({"final": result.metrics, "steps": result.steps,
                         "checkpoint": str(Path(result.checkpoint).relative_to(out))})
