@@ -17,12 +17,14 @@ from ..eval import (
     FewShotOptions,
     LevelsOptions,
     evaluate_representation,
+    fit_temperature,
     format_table,
     load_level_labels,
     plot_human_rdms,
     plot_levels_dataset,
 )
 from ..io import atomic_write_json, check_triplets_fit, read_file_names
+from ..io.heldout import check_held_out
 from ..io.rdm import read_human_rdm, read_rdm_items
 from ..io.resolve import (
     is_bundled,
@@ -62,7 +64,8 @@ examples:
       --triplets test.txt --out report.json
   fastalign evaluate --features student.npy --triplets test.txt    (student.npy from fastalign embed)
 
-temperature of the probabilities (NLL, ECE): --temperature if given, else the transform's,
+temperature of the probabilities (NLL, ECE): --temperature if given, else fitted on
+--calibration-triplets (as fastalign run scores every representation), else the transform's,
 else the one fastalign embed recorded in FEATURES.json (the student's training temperature;
 its similarity too, unless --similarity is given), else 1. The line under the table and the
 JSON key "temperature_source" say which.
@@ -105,8 +108,11 @@ def register(sub):
     p.add_argument("--similarity", choices=("dot", "cosine"),
                    help="triplet similarity (default: the one recorded by fastalign embed, else dot)")
     p.add_argument("--temperature", type=float,
-                   help="softmax temperature for probabilities (default: the transform's, else the one recorded "
-                   "by fastalign embed, else 1)")
+                   help="softmax temperature for probabilities (default: fitted on --calibration-triplets if "
+                   "given, else the transform's, else the one recorded by fastalign embed, else 1)")
+    p.add_argument("--calibration-triplets", metavar="FILE",
+                   help="fit the temperature on these triplets (never the --triplets ones), as fastalign run's "
+                   "report does for every representation")
     p.add_argument("--ceiling", type=float, default=0.67, help="human noise ceiling for the normalised score (0.67)")
     p.add_argument("--min-repeats", type=int, default=2, help="responses an object set needs for human uncertainty")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
@@ -147,8 +153,8 @@ def _run(args) -> int:
     _check_args(args)
     device = _device(args.device)
     inputs = _load_inputs(args)  # every input loaded and checked before any long work starts
-    emb, temperature, source = _representation(inputs, args, device)
     similarity = args.similarity or inputs["recorded"].get("similarity", "dot")
+    emb, temperature, source = _representation(inputs, args, device, similarity)
     _log(args, f"temperature {temperature:g}: {source}")
     n = emb.shape[0]
     _log(args, f"evaluating {n} objects x {emb.shape[1]} dims on {inputs['triplets'].shape[0]} triplets")
@@ -226,7 +232,17 @@ def _load_inputs(args) -> Dict[str, Any]:
     labels = resolve_labels(args.few_shot, n=n)[0] if args.few_shot else None
     if labels is not None:
         _check_shots(args.shots, labels, args.few_shot)
-    return {"features": feats, "triplets": triplets, "categories": categories, "category_names": cat_names,
+    calibration = None
+    if args.calibration_triplets:
+        calibration = resolve_triplets(args.calibration_triplets)
+        if len(calibration) == 0:
+            raise CLIError(f"--calibration-triplets {args.calibration_triplets}: holds no triplets")
+        check_triplets_fit(calibration, n, name=args.calibration_triplets)
+        # The temperature must not be fitted on the triplets it is then scored on.
+        check_held_out("--triplets", args.triplets, triplets, "calibration triplets", args.calibration_triplets,
+                       calibration)
+    return {"features": feats, "triplets": triplets, "calibration": calibration,
+            "categories": categories, "category_names": cat_names,
             "levels": levels, "human": human, "file_names": file_names, "human_rdms": human_rdms,
             "rdm_items": rdm_items, "levels_data": _load_levels_data(args, file_names), "labels": labels,
             "recorded": _recorded(args)}
@@ -259,10 +275,11 @@ def _recorded(args) -> Dict[str, Any]:
     return info or {}
 
 
-def _representation(inputs: Dict[str, Any], args, device: torch.device) -> Tuple[torch.Tensor, float, str]:
+def _representation(inputs: Dict[str, Any], args, device: torch.device,
+                    similarity: str) -> Tuple[torch.Tensor, float, str]:
     """The evaluated embeddings (the features, or the teacher transform applied to them), their
-    temperature (``--temperature``, else the transform's, else the recorded one, else 1) and where
-    that temperature came from, in words."""
+    temperature (``--temperature``, else fitted on ``--calibration-triplets``, else the transform's,
+    else the recorded one, else 1) and where that temperature came from, in words."""
     feats = inputs["features"]
     emb = torch.from_numpy(np.ascontiguousarray(feats)).to(device)
     temperature, source = args.temperature, "--temperature"
@@ -274,6 +291,11 @@ def _representation(inputs: Dict[str, Any], args, device: torch.device) -> Tuple
         if temperature is None:
             temperature, source = float(transform.temperature), f"the transform's ({args.transform})"
         _log(args, f"applied transform {args.transform}: D={d} -> {emb.shape[1]}")
+    if args.temperature is None and inputs["calibration"] is not None:
+        fit = fit_temperature(emb, inputs["calibration"], similarity, backend=args.backend)
+        temperature = fit.temperature
+        source = (f"fitted on {len(inputs['calibration']):,} calibration triplets ({args.calibration_triplets}; "
+                  f"NLL {fit.nll_before:.3f} at T = 1 -> {fit.nll_after:.3f})")
     recorded = inputs["recorded"]
     if temperature is None and recorded:
         temperature = float(recorded["temperature"])

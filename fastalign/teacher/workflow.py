@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from ..io.atomic import atomic_write_json
+from ..io.heldout import check_held_out
 from ..io.resolve import is_bundled, resolve_categories, resolve_features, resolve_triplets
-from ..io.triplets import check_triplets_fit, shared_triplets
+from ..io.triplets import check_triplets_fit
 from ..ops import odd_one_out_accuracy
 from .calibrate import CalibrationResult, calibrate_temperature, uncertainty_metrics
 from .dense import DenseOptions, dense_targets, resolve_embedding
@@ -168,38 +169,9 @@ def _triplets(spec: str, n: int, name: str) -> np.ndarray:
     return t
 
 
-# A held-out set may share a few triplets with the training set without any leak: people answered
-# the same triplet in separate trials (THINGS' test_10 holds 187 repeated rows; split 80/20 by
-# triplet, 0.6 % of the held-out rows are also training rows). A copy or a subset of the training
-# triplets shares all of them; this share tells the two apart.
-LEAK_SHARE = 0.05
-
-
 _SHARED = {"val_in_train": "validation triplets are training triplets too",
            "test_in_train": "test triplets are training triplets too",
            "test_in_val": "test triplets are validation triplets too"}
-
-
-def _same_source(a: str, b: str) -> bool:
-    if is_bundled(a) or is_bundled(b):
-        return a == b
-    pa, pb = Path(a), Path(b)
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-
-
-def _check_held_out(name: str, spec: str, rows: np.ndarray, against: str, against_spec: str,
-                    reference: np.ndarray) -> int:
-    """ValueError when ``rows`` (``name``) are the triplets the fit learns from (``against``) or mostly
-    theirs; returns how many are shared (a few repeated trials are expected)."""
-    if _same_source(spec, against_spec):
-        raise ValueError(f"{name} {spec} is the {against} file: its metrics would measure the fit on the "
-                         f"triplets it learnt from; give held-out triplets (fastalign split-triplets makes them)")
-    shared = shared_triplets(reference, rows)
-    if shared >= LEAK_SHARE * len(rows):
-        raise ValueError(f"{shared:,} of the {len(rows):,} {name} ({spec}) are also {against} ({against_spec}); "
-                         f"held-out triplets must be other triplets (at most {LEAK_SHARE:.0%} shared, as repeated "
-                         "trials of one triplet; fastalign split-triplets makes such a split)")
-    return shared
 
 
 def _features(spec: str, file_names: Optional[str] = None, key: Optional[str] = None) -> np.ndarray:
@@ -228,13 +200,13 @@ def load_inputs(options: TeacherOptions) -> TeacherInputs:
     test = _triplets(options.test_triplets, n, "test_triplets") if options.test_triplets else None
     shared: Dict[str, int] = {}
     if options.val_triplets:
-        shared["val_in_train"] = _check_held_out("validation triplets", options.val_triplets, val,
+        shared["val_in_train"] = check_held_out("validation triplets", options.val_triplets, val,
                                                  "training triplets", options.triplets, trip)
     if test is not None:
-        shared["test_in_train"] = _check_held_out("test triplets", options.test_triplets, test,
+        shared["test_in_train"] = check_held_out("test triplets", options.test_triplets, test,
                                                   "training triplets", options.triplets, trip)
         if options.val_triplets:
-            shared["test_in_val"] = _check_held_out("test triplets", options.test_triplets, test,
+            shared["test_in_val"] = check_held_out("test triplets", options.test_triplets, test,
                                                     "validation triplets", options.val_triplets, val)
     split["shared_triplets"] = shared
     return TeacherInputs(
