@@ -144,7 +144,10 @@ val_batches = 2
     import json
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # step 0: the student before any step, evaluated only (the curves' baseline)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert "val_kl" in rows[0] and "human_acc" in rows[0] and "loss" not in rows[0]
+    rows = rows[1:]
     assert all(r["human"] > 0 for r in rows)  # the hard human loss was mixed in
     assert "val_kl" in rows[-2] and "human_acc" in rows[-2]  # evaluated at step 3
     report = json.loads((out / "report.json").read_text())

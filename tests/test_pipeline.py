@@ -88,7 +88,7 @@ def test_rerun_is_cached_and_force_redoes_one(run_dir):
     text = "\n".join(lines)
     for stage in ["data", "teacher", "triplets", "student"]:
         assert f"{stage}: cached" in text
-    assert "evaluate: running" in text
+    assert "evaluate: running" in text and "unchanged" not in lines[-1]
 
 
 def test_quiet_run_shows_no_progress_bar_and_keeps_the_cache(run_dir, capsys):
@@ -101,6 +101,8 @@ def test_quiet_run_shows_no_progress_bar_and_keeps_the_cache(run_dir, capsys):
     lines = []
     run_pipeline(load_config(overrides=SMALL), run_dir, say=lines.append)  # the bar is not part of a stage key
     assert all(f"{stage}: cached" in "\n".join(lines) for stage in ("student", "evaluate"))
+    # Before: "done ... report.md" read as if the report had been rewritten.
+    assert "report.md (unchanged: the evaluation was cached" in lines[-1]
 
 
 def test_report_links_only_the_figures_it_drew(run_dir, tmp_path, monkeypatch):

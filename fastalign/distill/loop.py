@@ -314,6 +314,13 @@ def _train_from(run: Run, counters: _Counters) -> DistillResult:
     batches = _batches(run)
     first_step = run.step
     last_metrics = _last_row(writer, run.step)
+    if run.step == 0 and cfg.train.eval_every and evaluates:
+        # The curves start where the student started: its metrics before any step are the baseline
+        # a later rise or fall is judged against. Evaluation draws no random numbers, so training
+        # is the same with or without this row.
+        first = evaluate(run)
+        if writer is not None and first:
+            writer.log({"step": 0, **first})
     last_ckpt: Optional[Path] = None
     t_start = time.perf_counter()
     while run.step < cfg.train.steps:

@@ -59,7 +59,7 @@ from .config import RunConfig
 from .inputs import Inputs
 from .outdir import check_run_folder, mark_run_folder
 from .report import write_report
-from .stages import Stage, StageRunner, digest_files, spec_inputs
+from .stages import Stage, StageResult, StageRunner, digest_files, spec_inputs
 
 __all__ = ["STAGES", "Inputs", "check_student", "run_pipeline", "student_config"]
 
@@ -333,13 +333,16 @@ def run_pipeline(cfg: RunConfig, out: Path, force: Iterable[str] = (), say: Call
     check_run_folder(out, overwrite)  # before the lock, whose file would make any folder look used
     # One run per folder: a second one would interleave its stages' writes with ours.
     with hold_folder_lock(out, "fastalign run"), timer("run"):
-        metrics = _run_stages(cfg, out, force, say, progress)
-    say(f"done in {timer.seconds['run']:.1f} s: {out / 'report.md'}")
-    return metrics
+        evaluated = _run_stages(cfg, out, force, say, progress)
+    # A stage redone to the same bytes leaves the evaluation cached: say the report is the earlier one.
+    kept = " (unchanged: the evaluation was cached, so its stages table is of the run that wrote it)" \
+        if evaluated.cached else ""
+    say(f"done in {timer.seconds['run']:.1f} s: {out / 'report.md'}{kept}")
+    return evaluated.metrics
 
 
 def _run_stages(cfg: RunConfig, out: Path, force: Iterable[str], say: Callable[[str], None],
-                progress: bool) -> Dict[str, Any]:
+                progress: bool) -> StageResult:
     inputs = Inputs(cfg)  # every input error surfaces here, before any long work
     check_student(cfg, inputs, out)
     check_teacher(cfg, inputs)
@@ -356,5 +359,4 @@ def _run_stages(cfg: RunConfig, out: Path, force: Iterable[str], say: Callable[[
     ]
     for i, stage in enumerate(stages, 1):
         runner.run(stage, i, len(STAGES))
-    result = runner.run(_stage_evaluate(cfg, inputs, out, runner, say, progress), len(STAGES), len(STAGES))
-    return result.metrics
+    return runner.run(_stage_evaluate(cfg, inputs, out, runner, say, progress), len(STAGES), len(STAGES))
