@@ -158,7 +158,8 @@ def write_report(cfg, inputs, out: Path, stage_dir: Path, runner, say, progress:
             figures.append(plot_rdm_panel(inputs.human, [reps[k]["emb"] for k in shown], inputs.categories,
                                           fig_dir / "rdm_panel.png", human_metric="dot",
                                           model_metric=[reps[k]["similarity"] for k in shown],
-                                          titles=(f"human ({cfg.data.human_embedding})", *shown),
+                                          # SPoSE is a model of human judgements, not a measured RDM: say so.
+                                          titles=(f"human similarity model ({cfg.data.human_embedding})", *shown),
                                           category_names=inputs.category_names))
     figures += _measured_human_figures(results, fig_dir)
     for src, dst in [(out / "teacher" / "reliability.png", "teacher_reliability.png"),

@@ -278,9 +278,9 @@ def fit_dense(features: Any, targets: DenseTargets, human_triplets: Any,
     bracketed = 0 < lams.index(best.lam) < len(lams) - 1 or (best.lam == 0 and len(lams) > 1)
     report = DenseFitReport(
         candidates=cands, chosen={"lam": best.lam, "alpha": 0.0, "tau": 1.0},
-        selection=f"lambda chosen by the NLL (T = 1) of {len(h_val)} held-out training-side human triplets "
+        selection=f"lambda chosen by the NLL (T = 1) of {len(h_val)} training-side validation human triplets "
                   f"(a {cfg.human_val_fraction:g} split); each fit early-stopped on the KL of "
-                  f"{len(targets.val)} held-out soft triplets",
+                  f"{len(targets.val)} validation soft triplets",
         extensions=notes, bracketed=bool(bracketed),
         calibration=_calibration(model, data, human_val, cfg.backend),
         n_soft_train=int(len(targets.train)), n_soft_val=int(len(targets.val)),
