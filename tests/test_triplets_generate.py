@@ -379,3 +379,15 @@ def test_bundled_inputs_hash_their_bundled_files():
     assert fp["embeddings"]["blake2b"] == file_checksum(feature_path("things:clip"))
     assert fp["labels"]["file"] == str(ROOT / "concepts/category_mat_manual.tsv")
     assert fp["file_names"]["blake2b"] == file_checksum(ROOT / "concepts/unique_id.txt")
+
+
+def test_kmeans_progress_is_a_summary_per_restart(inputs, tmp_path):
+    """A review: make-triplets printed ~55 per-iteration k-means lines for the bundled data. Now the
+    iteration lines come at most every KMEANS_LINE_SECONDS, and each restart ends in one summary."""
+    lines = []
+    generate(opts(inputs, tmp_path / "s", kmeans_iters=25, progress=True), say=lines.append)
+    iteration = [s for s in lines if "iter " in s and s.startswith("kmeans")]
+    summaries = [s for s in lines if s.startswith("k-means restart")]
+    assert 1 <= len(iteration) <= 2  # the first line, and one more only if the run took over 10 s
+    assert len(summaries) == 3 and sum("(best)" in s for s in summaries) == 1
+    assert all("iterations" in s and "inertia" in s for s in summaries)

@@ -34,6 +34,7 @@ Modules: ``options`` (``GenerateOptions``), ``ranks`` (coordination),
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -160,7 +161,12 @@ def _clusters(o: GenerateOptions, emb: torch.Tensor, root: Path, rank: int, devi
             if lab.shape == (n,):
                 say(f"k-means: reusing {f}")
                 return lab.astype(np.int64), info
-    res = kmeans(emb, ko, progress=say if o.progress else None)
+    res = kmeans(emb, ko, progress=_every(say, KMEANS_LINE_SECONDS) if o.progress else None)
+    if o.progress:
+        for r, run in enumerate(res.restarts):
+            say(f"k-means restart {r + 1}/{len(res.restarts)}: {run['n_iter']} iterations, "
+                f"{'converged' if run['converged'] else 'not converged'}, inertia {run['inertia']:.6g}"
+                + (" (best)" if r == res.best_restart else ""))
     lab = res.labels.cpu().numpy().astype(np.int64)
     info = {**res.to_dict(), "options": want}
     if sum(res.reseeded):
@@ -169,6 +175,23 @@ def _clusters(o: GenerateOptions, emb: torch.Tensor, root: Path, rank: int, devi
     fault_point("kmeans.saved")  # clusters.npy in place, kmeans.json not yet: a resume must recompute
     write_shared_json(meta_f, info)  # written last: its presence means clusters.npy is complete
     return lab, info
+
+
+# Per-iteration k-means lines at most this often: a long clustering (ImageNet, k = 500) still
+# shows progress, a short one prints its restart summaries and little else.
+KMEANS_LINE_SECONDS = 10.0
+
+
+def _every(say: Callable[[str], None], seconds: float) -> Callable[[str], None]:
+    """``say``, passing a line only when ``seconds`` have gone by since the last one it passed."""
+    last = [-float("inf")]
+
+    def throttled(line: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= seconds:
+            last[0] = now
+            say(line)
+    return throttled
 
 
 def _split_items(o: GenerateOptions, n: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
