@@ -215,7 +215,13 @@ def distill(config: DistillConfig, *, student: Optional[nn.Module] = None, train
     seed_host_rngs(config.train.seed)  # a resume restores the states saved instead
     run = setup(config, student, train_source, val_source, features)
     try:
-        return _train(run)
+        result = _train(run)
+        if run.dist.owned:
+            # Ranks leave together: rank 0 still writes the report and curves, and a rank that tore its
+            # gloo group down meanwhile was now and then aborted at exit ("terminate called without an
+            # active exception"). Only on success: after an error a barrier could wait for a dead rank.
+            dist.barrier()
+        return result
     finally:
         if run.dist.owned:
             dist.destroy_process_group()
